@@ -1,0 +1,48 @@
+# ana — make targets. `make` alone lists them.
+
+DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
+REDIS_URL ?= redis://127.0.0.1:6379
+export DATABASE_URL REDIS_URL
+
+CARGO ?= cargo
+# cargo-nextest when installed (faster), cargo test otherwise.
+NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
+
+.PHONY: help test lint fmt services test-redis-cluster example-02 example-03
+
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+services: ## Start the local PostgreSQL and Redis the tests use, if stopped
+	@bash scripts/services.sh
+
+test: services ## Run every test (unit, conformance, Postgres, Redis, HTTP, doc tests)
+ifeq ($(NEXTEST),yes)
+	$(CARGO) nextest run --workspace --all-features --no-fail-fast -E 'not binary_id(ana-redis::cluster)'
+else
+	$(CARGO) test --workspace --all-features --no-fail-fast --lib --bins --tests -- --skip redis_cluster::
+endif
+	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh
+	$(CARGO) test --workspace --all-features --doc
+
+test-redis-cluster: ## ana-redis conformance on a 3-master Redis Cluster it starts and stops (ports 7301-7303)
+	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh
+
+lint: ## fmt check, clippy -D warnings, rustdoc -D warnings
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --all-features -- -D warnings
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --all-features --no-deps
+
+fmt: ## Format the code
+	$(CARGO) fmt --all
+
+# The example sees DATABASE_URL / REDIS_URL only when the user set them (environment or
+# command line), never the test defaults above.
+user_set = $(filter environment% command,$(origin $(1)))
+EXAMPLE_02_ENV = $(if $(call user_set,DATABASE_URL),,-u DATABASE_URL) $(if $(call user_set,REDIS_URL),,-u REDIS_URL)
+
+example-02: ## Example 02 on :3000 (memory store; DATABASE_URL=… Postgres, REDIS_URL=… Redis, SLOW_MS=5000 slow)
+	env $(EXAMPLE_02_ENV) $(CARGO) run -p example-02-axum
+
+example-03: ## Example 03 (actix-web) on :3000, the same demo as example 02 (same variables)
+	env $(EXAMPLE_02_ENV) $(CARGO) run -p example-03-actix

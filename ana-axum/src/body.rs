@@ -1,0 +1,90 @@
+//! Reading bodies with limits, and putting a partly read body back together.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
+use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body_util::BodyExt;
+
+use ana_core::BoxError;
+use ana_core::http::{Rejection, ResponseBody};
+
+/// Reads a request body of at most `limit` bytes.
+pub(crate) async fn read_request<B>(body: B, limit: usize) -> Result<Bytes, Rejection>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            Err(Rejection::PayloadTooLarge { limit })
+        }
+        Err(error) => Err(Rejection::UnreadableBody {
+            source: std::sync::Arc::new(error),
+        }),
+    }
+}
+
+/// Reads a response body up to `limit` bytes: the whole body when it fits, else the body
+/// itself (what was read put back in front of the rest). `Err` when the body fails.
+pub(crate) async fn read_response<B>(body: B, limit: usize) -> Result<ResponseBody<Body>, BoxError>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let mut body: BoxBody = Box::pin(body.map_err(Into::into));
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame?.into_data() else {
+            // Trailers are not recorded.
+            continue;
+        };
+        read.extend_from_slice(&data);
+        if read.len() > limit {
+            return Ok(ResponseBody::Streaming(Body::new(Prefixed {
+                prefix: Some(read.freeze()),
+                rest: Body::new(body),
+            })));
+        }
+    }
+    Ok(ResponseBody::Full(read.freeze()))
+}
+
+type BoxBody = Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>;
+
+/// The bytes read so far, then the rest of the body.
+struct Prefixed {
+    prefix: Option<Bytes>,
+    rest: Body,
+}
+
+impl HttpBody for Prefixed {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if let Some(prefix) = self.prefix.take() {
+            return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        Pin::new(&mut self.rest).poll_frame(cx)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut hint = self.rest.size_hint();
+        if let Some(prefix) = &self.prefix {
+            let len = prefix.len() as u64;
+            // Raise the upper bound first: a lower bound above it is refused.
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper.saturating_add(len));
+            }
+            hint.set_lower(hint.lower().saturating_add(len));
+        }
+        hint
+    }
+}

@@ -1,0 +1,258 @@
+//! [`IdempotencyLayer`] → [`Idempotency`] → [`ResponseFuture`].
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body::Body as HttpBody;
+use tower_layer::Layer;
+use tower_service::Service;
+
+use ana_core::http::{IdempotencyConfig, IdempotencyService, Plan, ResponseBody};
+use ana_core::{BoxError, IdempotencyRepository, MemorySession};
+
+use crate::body::{read_request, read_response};
+
+/// Applies [`Idempotency`] to a service: see the [crate docs](crate).
+///
+/// Clones share the store. Give a route its own settings by layering it with a layer built by
+/// [`with_config`](Self::with_config) from the same one.
+pub struct IdempotencyLayer<Ctx = MemorySession> {
+    service: IdempotencyService<Ctx>,
+}
+
+impl<Ctx> Clone for IdempotencyLayer<Ctx> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+        }
+    }
+}
+
+impl<Ctx> fmt::Debug for IdempotencyLayer<Ctx> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyLayer")
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl<Ctx: Clone + Send + Sync + 'static> IdempotencyLayer<Ctx> {
+    /// A layer over `repository` with the default [`IdempotencyConfig`].
+    pub fn new<R>(repository: R) -> Self
+    where
+        R: IdempotencyRepository<Session = Ctx>,
+    {
+        Self::from_service(IdempotencyService::new(repository))
+    }
+
+    /// A layer over an [`IdempotencyService`] (a shared manager, a custom clock).
+    pub fn from_service(service: IdempotencyService<Ctx>) -> Self {
+        Self { service }
+    }
+
+    /// The same store with another configuration.
+    #[must_use]
+    pub fn with_config(&self, config: IdempotencyConfig) -> Self {
+        Self {
+            service: self.service.clone().with_config(config),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IdempotencyConfig {
+        self.service.config()
+    }
+
+    /// The driver, for inspection (its manager reads records).
+    pub fn service(&self) -> &IdempotencyService<Ctx> {
+        &self.service
+    }
+}
+
+impl<S, Ctx> Layer<S> for IdempotencyLayer<Ctx> {
+    type Service = Idempotency<S, Ctx>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            service: self.service.clone(),
+        }
+    }
+}
+
+/// Middleware that makes the inner service idempotent per request key: built by
+/// [`IdempotencyLayer`].
+///
+/// The inner service receives `Request<axum::body::Body>` and may answer any body with
+/// `Bytes` data. Every rejection is a response (`application/problem+json`, the typed
+/// [`Rejection`](ana_core::http::Rejection) in its extensions); an error of the inner service
+/// is returned as is (and its attempt recorded Failed).
+pub struct Idempotency<S, Ctx = MemorySession> {
+    inner: S,
+    service: IdempotencyService<Ctx>,
+}
+
+impl<S: Clone, Ctx> Clone for Idempotency<S, Ctx> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            service: self.service.clone(),
+        }
+    }
+}
+
+impl<S: fmt::Debug, Ctx> fmt::Debug for Idempotency<S, Ctx> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Idempotency")
+            .field("inner", &self.inner)
+            .field("service", &self.service)
+            .finish()
+    }
+}
+
+impl<S, Ctx> Idempotency<S, Ctx> {
+    /// Wraps `inner`.
+    pub fn new(inner: S, service: IdempotencyService<Ctx>) -> Self {
+        Self { inner, service }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, by value.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, Ctx, ReqBody, ResBody> Service<Request<ReqBody>> for Idempotency<S, Ctx>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    Ctx: Clone + Send + Sync + 'static,
+    ReqBody: HttpBody<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
+        // The ready service goes into the future; `self` keeps a clone that will be polled
+        // ready before its own call.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let service = self.service.clone();
+        ResponseFuture {
+            inner: Box::pin(respond(service, inner, request)),
+        }
+    }
+}
+
+async fn respond<S, Ctx, ReqBody, ResBody>(
+    service: IdempotencyService<Ctx>,
+    mut inner: S,
+    request: Request<ReqBody>,
+) -> Result<Response<Body>, S::Error>
+where
+    S: Service<Request<Body>, Response = Response<ResBody>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    Ctx: Clone + Send + Sync + 'static,
+    ReqBody: HttpBody<Data = Bytes> + Send + 'static,
+    ReqBody::Error: Into<BoxError>,
+    ResBody: HttpBody<Data = Bytes> + Send + 'static,
+    ResBody::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let prepared = match service.plan(&parts) {
+        Err(rejection) => return Ok(rejection.to_response().map(Body::from)),
+        Ok(Plan::PassThrough) => {
+            let response = inner
+                .call(Request::from_parts(parts, Body::new(body)))
+                .await?;
+            return Ok(response.map(Body::new));
+        }
+        Ok(Plan::Idempotent(prepared)) => prepared,
+    };
+    let body = match read_request(body, service.config().max_request_body()).await {
+        Ok(body) => body,
+        Err(rejection) => return Ok(rejection.to_response().map(Body::from)),
+    };
+    let limit = service.config().max_stored_response();
+    // An error of the inner service is handed back to the caller after the attempt is
+    // recorded Failed (the handler's response stands in as a 500).
+    let failure: Arc<Mutex<Option<S::Error>>> = Arc::default();
+    let failed = Arc::clone(&failure);
+    let next = move |parts, body: Bytes| async move {
+        match inner
+            .call(Request::from_parts(parts, Body::from(body)))
+            .await
+        {
+            Ok(response) => {
+                let (head, body) = response.into_parts();
+                match read_response(body, limit).await {
+                    Ok(body) => Response::from_parts(head, body),
+                    // The handler's body failed mid-way: nothing usable to record or send.
+                    Err(_) => status_only(StatusCode::INTERNAL_SERVER_ERROR),
+                }
+            }
+            Err(error) => {
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                status_only(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+        }
+    };
+    let response = service.execute(prepared, parts, body, next).await;
+    if let Some(error) = failure
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .take()
+    {
+        return Err(error);
+    }
+    Ok(response.map(|body| match body {
+        ResponseBody::Full(bytes) => Body::from(bytes),
+        ResponseBody::Streaming(body) => body,
+    }))
+}
+
+fn status_only(status: StatusCode) -> Response<ResponseBody<Body>> {
+    let mut response = Response::new(ResponseBody::Full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// The future of [`Idempotency`].
+pub struct ResponseFuture<E> {
+    inner: Pin<Box<dyn Future<Output = Result<Response<Body>, E>> + Send>>,
+}
+
+impl<E> fmt::Debug for ResponseFuture<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ResponseFuture").finish_non_exhaustive()
+    }
+}
+
+impl<E> Future for ResponseFuture<E> {
+    type Output = Result<Response<Body>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}

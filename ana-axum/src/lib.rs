@@ -1,0 +1,60 @@
+//! # ana-axum
+//!
+//! Idempotent HTTP endpoints for [axum], hyper and any tower service: a retried request runs
+//! the handler once, and every retry with the same `X-Idempotency-Key` gets the first response
+//! back, marked `Idempotent-Replayed: true`.
+//!
+//! [`IdempotencyLayer`] is thin glue over [`ana_core::http`], where the rules live (the same
+//! ones `ana-actix` uses): the headers, the status table, the configuration, the problem
+//! responses. Read that module's docs for the full contract.
+//!
+//! ```no_run
+//! use axum::{Router, routing::post};
+//! use ana_axum::{IdempotencyLayer, Session};
+//! use ana_core::{MemoryRepository, MemorySession};
+//!
+//! async fn hello(session: Session<MemorySession>) -> String {
+//!     println!("Not persisted!");
+//!     format!("Hello {}!", session.key())
+//! }
+//!
+//! # #[tokio::main] async fn main() -> std::io::Result<()> {
+//! let app = Router::new()
+//!     .route("/hello", post(hello))
+//!     .layer(IdempotencyLayer::new(MemoryRepository::new()));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+//! axum::serve(listener, app).await
+//! # }
+//! ```
+//!
+//! - The store is any [`IdempotencyRepository`]: [`MemoryRepository`], `ana_pg::PgRepository`
+//!   (the handler's SQL runs in the transaction that records the response: take
+//!   [`Session<PgSession>`](Session) and use its transaction), `ana_redis::RedisRepository`.
+//! - Per-route settings: `.route("/payments", post(pay).layer(layer.with_config(config)))`;
+//!   the config's `Key`, `Target`, `Payload`, `ReferenceTime`, `Timeout`, `Expiration` and
+//!   `Scope` are functions of the request ([`IdempotencyConfig`]).
+//! - The service is infallible towards its callers: every rejection is a response, with the
+//!   typed [`Rejection`] in the response extensions.
+//!
+//! ## Decisions
+//!
+//! - The request body is read (up to the limit) before the handler runs: it is fingerprinted.
+//! - A response body larger than the stored-response limit streams to the first caller and is
+//!   recorded without its body; retries get 500 `response-not-stored`, never a second run.
+//! - Response trailers are not recorded.
+//! - A handler body that fails while being read becomes a bare 500, recorded Failed.
+//! - An error of the inner service is returned to the caller as is, and recorded Failed.
+
+mod body;
+mod extract;
+mod layer;
+
+pub use extract::{MissingLayer, Session};
+pub use layer::{Idempotency, IdempotencyLayer, ResponseFuture};
+
+/// The core crate, re-exported so users get a matching version.
+pub use ana_core;
+pub use ana_core::http::{
+    IdempotencyConfig, IdempotencyContext, IdempotencyService, Rejection, value,
+};
+pub use ana_core::{IdempotencyRepository, MemoryRepository, MemorySession};

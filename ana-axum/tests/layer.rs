@@ -1,0 +1,234 @@
+//! ana-axum's own behaviour, beyond the shared conformance suite.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::convert::Infallible;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use ana_axum::{IdempotencyConfig, IdempotencyLayer, Rejection, Session};
+use ana_core::{MemoryRepository, MemorySession, Status};
+use axum::Router;
+use axum::body::Body;
+use axum::routing::post;
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::BodyExt;
+use tower::{Service, ServiceExt};
+
+fn request(path: &str, key: Option<&str>) -> Request<Body> {
+    let mut builder = Request::post(path);
+    if let Some(key) = key {
+        builder = builder.header("x-idempotency-key", key);
+    }
+    builder.body(Body::from("body")).unwrap()
+}
+
+async fn read(response: Response<Body>) -> (StatusCode, http::HeaderMap, String) {
+    let (parts, body) = response.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn session_extractor_without_the_layer_is_a_500_problem() {
+    let app = Router::new().route(
+        "/",
+        post(|session: Session<MemorySession>| async move { session.key().to_owned() }),
+    );
+    let (status, headers, body) = read(app.oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert_eq!(headers["content-type"], "application/problem+json");
+    assert!(body.contains("https://ana.dev/problems/internal"), "{body}");
+    assert!(!body.contains("layer"), "internal text stays out: {body}");
+}
+
+#[tokio::test]
+async fn optional_session_is_none_on_pass_through() {
+    let layer = IdempotencyLayer::new(MemoryRepository::new())
+        .with_config(IdempotencyConfig::default().with_key_required(false));
+    let app = Router::new()
+        .route(
+            "/",
+            post(|session: Option<Session<MemorySession>>| async move {
+                match session {
+                    Some(session) => format!(
+                        "key {} attempt {}",
+                        session.key(),
+                        session.session().attempt()
+                    ),
+                    None => "no key".to_owned(),
+                }
+            }),
+        )
+        .layer(layer);
+    let (_, _, body) = read(app.clone().oneshot(request("/", None)).await.unwrap()).await;
+    assert_eq!(body, "no key");
+    let (_, _, body) = read(app.oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!(body, "key k attempt 1");
+}
+
+#[tokio::test]
+async fn per_route_configuration() {
+    let layer = IdempotencyLayer::new(MemoryRepository::new());
+    let optional = layer.with_config(IdempotencyConfig::default().with_key_required(false));
+    let app = Router::new()
+        .route("/strict", post(|| async { "strict" }).layer(layer.clone()))
+        .route("/lenient", post(|| async { "lenient" }).layer(optional));
+    let strict = app.clone().oneshot(request("/strict", None)).await.unwrap();
+    assert_eq!(strict.status(), StatusCode::BAD_REQUEST);
+    let lenient = app.oneshot(request("/lenient", None)).await.unwrap();
+    assert_eq!(lenient.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn rejections_carry_the_typed_error() {
+    let app = Router::new()
+        .route("/", post(|| async { "ok" }))
+        .layer(IdempotencyLayer::new(MemoryRepository::new()));
+    let response = app.oneshot(request("/", None)).await.unwrap();
+    assert!(matches!(
+        response.extensions().get::<Rejection>(),
+        Some(Rejection::MissingKey { .. })
+    ));
+}
+
+/// A body sent in several frames.
+struct Chunks(Vec<Bytes>);
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if self.0.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Ok(http_body::Frame::data(self.0.remove(0)))))
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let layer = IdempotencyLayer::new(MemoryRepository::new())
+        .with_config(IdempotencyConfig::default().with_max_stored_response(10));
+    let app = Router::new()
+        .route(
+            "/",
+            post(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async {
+                    let chunks = ["0123456", "789abcd", "efghij"]
+                        .map(|chunk: &'static str| Bytes::from_static(chunk.as_bytes()));
+                    Body::new(Chunks(chunks.to_vec()))
+                }
+            }),
+        )
+        .layer(layer);
+    let (status, _, body) = read(app.clone().oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, "0123456789abcdefghij");
+    let (status, _, body) = read(app.oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("response-not-stored"));
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+/// A plain tower service (as in hyper or tonic) that fails, and checks it was polled ready
+/// before each call: its clones start unready.
+#[derive(Debug)]
+struct Flaky {
+    ready: bool,
+    calls: Arc<AtomicUsize>,
+}
+
+impl Clone for Flaky {
+    fn clone(&self) -> Self {
+        Self {
+            ready: false,
+            calls: Arc::clone(&self.calls),
+        }
+    }
+}
+
+impl Service<Request<Body>> for Flaky {
+    type Response = Response<Body>;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.ready = true;
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        assert!(self.ready, "called without poll_ready");
+        self.ready = false;
+        let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
+        Box::pin(async move {
+            if request.uri().path() == "/error" {
+                Err(std::io::Error::other(format!("inner failure {call}")))
+            } else {
+                Ok(Response::new(Body::from(format!("call {call}"))))
+            }
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_plain_tower_service_is_polled_ready_and_its_errors_pass_through() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = IdempotencyLayer::new(MemoryRepository::new());
+    let mut service = tower::Layer::layer(
+        &layer,
+        Flaky {
+            ready: false,
+            calls: Arc::clone(&calls),
+        },
+    );
+    let response = ServiceExt::<Request<Body>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(request("/ok", Some("k")))
+        .await
+        .unwrap();
+    assert_eq!(read(response).await.2, "call 1");
+    let replay = ServiceExt::<Request<Body>>::ready(&mut service)
+        .await
+        .unwrap()
+        .call(request("/ok", Some("k")))
+        .await
+        .unwrap();
+    assert_eq!(replay.headers()["idempotent-replayed"], "true");
+    for attempt in 1..=2 {
+        let error = ServiceExt::<Request<Body>>::ready(&mut service)
+            .await
+            .unwrap()
+            .call(request("/error", Some("e")))
+            .await
+            .unwrap_err();
+        assert!(error.to_string().starts_with("inner failure"));
+        let record = layer
+            .service()
+            .manager()
+            .get("[POST]/error", &ana_core::http::scoped_key(None, "e"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, Status::Failed);
+        assert_eq!(record.error_count, attempt);
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}

@@ -1,0 +1,666 @@
+//! The store conformance suite: every [`IdempotencyRepository`] must pass it.
+//!
+//! A store crate implements [`Harness`] for a fresh, isolated instance of its store and adds
+//! one line to a test file; each case becomes a `#[tokio::test]` (the crate needs `tokio` with
+//! the `macros` and `rt-multi-thread` features as a dev-dependency):
+//!
+//! ```no_run
+//! // tests/conformance.rs of a store crate; here, the memory store's own harness.
+//! async fn harness() -> ana_core::conformance::MemoryHarness {
+//!     ana_core::conformance::MemoryHarness::new()
+//! }
+//!
+//! ana_core::conformance_tests!(harness());
+//! # fn main() {}
+//! ```
+//!
+//! where `harness()` is an `async fn` returning a fresh, isolated harness. The suite covers the
+//! original `ana` test cases (replays, expiry before storage, Running with a future or no
+//! timeout, runnable states, unwrapped errors, panics, exactly-once close) and the stronger
+//! guarantees of this crate (concurrency, fencing, payload mismatch, cancellation).
+
+// Test code: a failed expectation is a panic.
+#![allow(clippy::panic)]
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{Barrier, mpsc, oneshot};
+
+use crate::clock::{Clock, ManualClock};
+use crate::error::Error;
+use crate::manager::{CANCELLED, Manager, Outcome};
+use crate::memory::MemoryRepository;
+use crate::operation::{FnOperation, operation};
+use crate::record::{Payload, Status, TrackedOperation};
+use crate::repository::IdempotencyRepository;
+
+/// An isolated instance of a store under test, with control over its time.
+pub trait Harness: Send + Sync + Sized + 'static {
+    /// The store.
+    type Repository: IdempotencyRepository + Clone;
+
+    /// A handle to the store; every handle of one harness sees the same records, and no other
+    /// harness's.
+    fn repository(&self) -> Self::Repository;
+
+    /// The clock the suite's managers use. It starts at (about) the store's current time.
+    fn clock(&self) -> ManualClock;
+
+    /// Makes `by` pass for the store's deadlines: the memory store's clock moves with
+    /// [`clock`](Self::clock) and does nothing here; a store on a server clock shifts every
+    /// stored time of this harness's records back by `by`. The suite advances the manager's
+    /// clock itself.
+    fn advance_store(&self, by: Duration) -> impl Future<Output = ()> + Send;
+
+    /// Stores `record` exactly as given, replacing any record with its identity. Records the
+    /// suite seeds or creates must stay in the store until the case ends, expired or not: a
+    /// store that deletes expired records defers that past the case (a sweep interval, a
+    /// retention period).
+    fn seed(&self, record: TrackedOperation) -> impl Future<Output = ()> + Send;
+}
+
+/// A [`Harness`] over a fresh [`MemoryRepository`] on a [`ManualClock`].
+#[derive(Clone, Debug)]
+pub struct MemoryHarness {
+    repository: MemoryRepository,
+    clock: ManualClock,
+}
+
+impl MemoryHarness {
+    /// A fresh store. Its sweep interval is a day, so expired records stay in place for the
+    /// cases that look at them (eviction has tests of its own).
+    pub fn new() -> Self {
+        let clock = ManualClock::default();
+        Self {
+            repository: MemoryRepository::new()
+                .with_clock(clock.clone())
+                .with_sweep_interval(Duration::from_secs(24 * 3600)),
+            clock,
+        }
+    }
+}
+
+impl Default for MemoryHarness {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Harness for MemoryHarness {
+    type Repository = MemoryRepository;
+
+    fn repository(&self) -> MemoryRepository {
+        self.repository.clone()
+    }
+
+    fn clock(&self) -> ManualClock {
+        self.clock.clone()
+    }
+
+    async fn advance_store(&self, _by: Duration) {}
+
+    async fn seed(&self, record: TrackedOperation) {
+        self.repository.restore(record);
+    }
+}
+
+/// Generates one `#[tokio::test]` per conformance case, each on a fresh harness from
+/// `$harness` (an expression giving a future of a [`Harness`]).
+#[macro_export]
+macro_rules! conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@cases $harness;
+            first_call_executes_and_records,
+            finished_replays_without_running,
+            finished_replays_even_when_expired,
+            expired_before_storage_is_touched,
+            expired_record_does_not_run,
+            running_with_future_timeout_is_still_running,
+            running_without_timeout_is_still_running,
+            ready_record_executes,
+            failed_record_executes,
+            timed_out_running_executes,
+            operation_error_passes_unwrapped,
+            panic_becomes_panic_error,
+            failed_is_retried_and_counts_errors,
+            concurrent_calls_execute_once,
+            payload_mismatch_is_detected_first,
+            takeover_after_timeout_supersedes_stale_holder,
+            expiry_during_execution_returns_expired,
+            cancellation_frees_the_record,
+            targets_scope_keys,
+        );
+    };
+    (@cases $harness:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
+            async fn $case() {
+                $crate::conformance::$case($harness.await).await;
+            }
+        )*
+    };
+}
+
+const TARGET: &str = "[POST]/conformance";
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+
+type Session<H> = <<H as Harness>::Repository as IdempotencyRepository>::Session;
+type TestManager<H> = Manager<&'static str, String, Session<H>>;
+
+/// The operation error of the suite.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Declined(pub String);
+
+impl fmt::Display for Declined {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn manager<H: Harness>(harness: &H) -> TestManager<H> {
+    Manager::new(harness.repository()).with_clock(harness.clock())
+}
+
+async fn advance<H: Harness>(harness: &H, by: Duration) {
+    harness.clock().advance(by);
+    harness.advance_store(by).await;
+}
+
+fn counter() -> Arc<AtomicUsize> {
+    Arc::new(AtomicUsize::new(0))
+}
+
+fn count(counter: &Arc<AtomicUsize>) -> usize {
+    counter.load(Ordering::SeqCst)
+}
+
+type TestFuture = Pin<Box<dyn Future<Output = Result<String, Declined>> + Send>>;
+type TestOperation<F> = FnOperation<&'static str, F>;
+
+/// An operation that counts its runs and returns `result`.
+fn counting<Ctx: Send>(
+    runs: &Arc<AtomicUsize>,
+    key: &str,
+    payload: &'static str,
+    result: &'static str,
+) -> TestOperation<impl FnOnce(Ctx) -> TestFuture + Send + use<Ctx>> {
+    let runs = Arc::clone(runs);
+    operation(TARGET, key, payload, move |_ctx: Ctx| -> TestFuture {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok(result.to_owned())
+        })
+    })
+}
+
+/// An operation that counts its runs, says it started, and finishes when told to.
+fn gated<Ctx: Send>(
+    runs: &Arc<AtomicUsize>,
+    key: &str,
+    result: &'static str,
+    started: oneshot::Sender<()>,
+    release: oneshot::Receiver<()>,
+) -> TestOperation<impl FnOnce(Ctx) -> TestFuture + Send + use<Ctx>> {
+    let runs = Arc::clone(runs);
+    operation(TARGET, key, "payload", move |_ctx: Ctx| -> TestFuture {
+        Box::pin(async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _ = started.send(());
+            let _ = release.await;
+            Ok(result.to_owned())
+        })
+    })
+}
+
+async fn record<H: Harness>(harness: &H, key: &str) -> TrackedOperation {
+    match harness.repository().get(TARGET, key).await {
+        Ok(Some(record)) => record,
+        Ok(None) => panic!("no record for {key}"),
+        Err(error) => panic!("reading the record for {key} failed: {error:?}"),
+    }
+}
+
+fn seeded(key: &str, status: Status, now: DateTime<Utc>) -> TrackedOperation {
+    let mut record = TrackedOperation::new(TARGET, key, status, "payload".fingerprint(), now);
+    record.started_at = Some(now);
+    record.attempt = 1;
+    record
+}
+
+fn executed(outcome: Result<Outcome<String>, Error<Declined>>) -> String {
+    match outcome {
+        Ok(Outcome::Executed(value)) => value,
+        other => panic!("expected an execution, got {other:?}"),
+    }
+}
+
+fn replayed(outcome: Result<Outcome<String>, Error<Declined>>) -> String {
+    match outcome {
+        Ok(Outcome::Replayed(value)) => value,
+        other => panic!("expected a replay, got {other:?}"),
+    }
+}
+
+/// A first call runs the operation and stores a Finished record with its result.
+pub async fn first_call_executes_and_records<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    let out = manager.run(counting(&runs, "k", "payload", "done")).await;
+    assert_eq!(executed(out), "done");
+    assert_eq!(count(&runs), 1);
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Finished);
+    assert_eq!(record.attempt, 1);
+    assert_eq!(record.error_count, 0);
+    assert_eq!(record.fingerprint, "payload".fingerprint());
+    assert_eq!(record.result.as_deref(), Some(&b"\"done\""[..]));
+    assert!(record.finished_at.is_some() && record.started_at.is_some());
+    assert_eq!(record.error, None);
+}
+
+/// Later calls replay the first result without running the operation (close is exactly-once).
+pub async fn finished_replays_without_running<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    executed(manager.run(counting(&runs, "k", "payload", "first")).await);
+    for _ in 0..3 {
+        let out = manager.run(counting(&runs, "k", "payload", "second")).await;
+        assert_eq!(replayed(out), "first");
+    }
+    assert_eq!(count(&runs), 1);
+}
+
+/// A Finished record replays even after its own expiration.
+pub async fn finished_replays_even_when_expired<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    let op = counting(&runs, "k", "payload", "first").expiration(HOUR);
+    executed(manager.run(op).await);
+    advance(&harness, 2 * HOUR).await;
+    assert!(record(&harness, "k").await.expiration.is_some());
+    let again = counting(&runs, "k", "payload", "second").expiration(HOUR);
+    assert_eq!(replayed(manager.run(again).await), "first");
+    assert_eq!(count(&runs), 1);
+}
+
+/// A call past its own reference time plus expiration is Expired before storage is touched.
+pub async fn expired_before_storage_is_touched<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    let op = counting(&runs, "k", "payload", "never")
+        .reference_time(manager.now() - chrono::TimeDelta::hours(2))
+        .expiration(HOUR);
+    let out = manager.run(op).await;
+    assert!(
+        matches!(&out, Err(Error::Expired { target, key }) if target == TARGET && key == "k"),
+        "{out:?}"
+    );
+    let message = out.err().map(|error| error.to_string());
+    assert_eq!(
+        message.as_deref(),
+        Some("Operation [POST]/conformance expired for key k.")
+    );
+    assert_eq!(count(&runs), 0);
+    assert_eq!(harness.repository().get(TARGET, "k").await.ok(), Some(None));
+}
+
+/// A stored record past its expiration does not run again, even when Failed.
+pub async fn expired_record_does_not_run<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let now = harness.clock().now();
+    let mut record = seeded("k", Status::Failed, now - chrono::TimeDelta::hours(3));
+    record.expiration = Some(now - chrono::TimeDelta::hours(1));
+    record.error = Some("earlier".into());
+    harness.seed(record).await;
+    let runs = counter();
+    let out = manager.run(counting(&runs, "k", "payload", "never")).await;
+    assert!(matches!(out, Err(Error::Expired { .. })), "{out:?}");
+    assert_eq!(count(&runs), 0);
+    assert_eq!(self::record(&harness, "k").await.status, Status::Failed);
+}
+
+/// A Running record whose timeout is ahead answers StillRunning with the time left.
+pub async fn running_with_future_timeout_is_still_running<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let now = harness.clock().now();
+    let mut record = seeded("k", Status::Running, now);
+    record.timeout = Some(now + chrono::TimeDelta::hours(1));
+    harness.seed(record).await;
+    let runs = counter();
+    let out = manager.run(counting(&runs, "k", "payload", "never")).await;
+    match &out {
+        Err(Error::StillRunning {
+            retry_after: Some(left),
+            ..
+        }) => assert!(*left > HOUR - 5 * MINUTE && *left <= HOUR, "{left:?}"),
+        other => panic!("expected StillRunning, got {other:?}"),
+    }
+    let message = out.err().map(|error| error.to_string());
+    assert_eq!(
+        message.as_deref(),
+        Some("Operation [POST]/conformance still running for key k.")
+    );
+    assert_eq!(count(&runs), 0);
+}
+
+/// A Running record without a timeout answers StillRunning, with no time to wait.
+pub async fn running_without_timeout_is_still_running<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    harness
+        .seed(seeded("k", Status::Running, harness.clock().now()))
+        .await;
+    let runs = counter();
+    let out = manager.run(counting(&runs, "k", "payload", "never")).await;
+    assert!(
+        matches!(
+            out,
+            Err(Error::StillRunning {
+                retry_after: None,
+                ..
+            })
+        ),
+        "{out:?}"
+    );
+    assert_eq!(count(&runs), 0);
+    assert_eq!(record(&harness, "k").await.status, Status::Running);
+}
+
+/// A Ready record runs.
+pub async fn ready_record_executes<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let mut ready = seeded("k", Status::Ready, harness.clock().now());
+    ready.attempt = 0;
+    ready.started_at = None;
+    harness.seed(ready).await;
+    let runs = counter();
+    executed(manager.run(counting(&runs, "k", "payload", "done")).await);
+    let record = record(&harness, "k").await;
+    assert_eq!((record.status, record.attempt), (Status::Finished, 1));
+    assert_eq!(count(&runs), 1);
+}
+
+/// A Failed record runs again, with a new attempt; its error count is kept.
+pub async fn failed_record_executes<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let mut failed = seeded("k", Status::Failed, harness.clock().now());
+    failed.attempt = 3;
+    failed.error_count = 2;
+    failed.error = Some("earlier".into());
+    harness.seed(failed).await;
+    let runs = counter();
+    executed(manager.run(counting(&runs, "k", "payload", "done")).await);
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Finished);
+    assert_eq!((record.attempt, record.error_count), (4, 2));
+    assert_eq!(record.error, None);
+    assert_eq!(count(&runs), 1);
+}
+
+/// A Running record past its timeout is taken over.
+pub async fn timed_out_running_executes<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let now = harness.clock().now();
+    let mut running = seeded("k", Status::Running, now - chrono::TimeDelta::hours(1));
+    running.timeout = Some(now - chrono::TimeDelta::minutes(30));
+    harness.seed(running).await;
+    let runs = counter();
+    executed(manager.run(counting(&runs, "k", "payload", "done")).await);
+    let record = record(&harness, "k").await;
+    assert_eq!((record.status, record.attempt), (Status::Finished, 2));
+    assert_eq!(count(&runs), 1);
+}
+
+/// The operation's own error comes back unwrapped; the record is Failed with its message.
+pub async fn operation_error_passes_unwrapped<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let op = operation(TARGET, "k", "payload", |_ctx: Session<H>| async {
+        Err::<String, _>(Declined("card declined".into()))
+    });
+    let out = manager.run(op).await;
+    assert!(
+        matches!(&out, Err(Error::Operation(Declined(m))) if m == "card declined"),
+        "{out:?}"
+    );
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some("card declined"));
+    assert_eq!(record.error_count, 1);
+    assert_eq!(record.result, None);
+}
+
+/// A panic is caught and becomes `Error::Panic` with `Got panic "<value>"`.
+pub async fn panic_becomes_panic_error<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let op = operation(TARGET, "k", "payload", |_ctx: Session<H>| async {
+        if true {
+            panic!("boom");
+        }
+        Ok::<String, Declined>(String::new())
+    });
+    let out = manager.run(op).await;
+    assert!(
+        matches!(&out, Err(Error::Panic { message }) if message == "Got panic \"boom\""),
+        "{out:?}"
+    );
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some("Got panic \"boom\""));
+}
+
+/// A Failed record is retried by the next call until one succeeds; failures are counted.
+pub async fn failed_is_retried_and_counts_errors<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    for round in 0..3 {
+        let runs = Arc::clone(&runs);
+        let op = operation(TARGET, "k", "payload", move |_ctx: Session<H>| async move {
+            let run = runs.fetch_add(1, Ordering::SeqCst);
+            if run < 2 {
+                Err(Declined(format!("failure {run}")))
+            } else {
+                Ok("paid".to_owned())
+            }
+        });
+        let out = manager.run(op).await;
+        if round < 2 {
+            assert!(matches!(out, Err(Error::Operation(_))), "{out:?}");
+            assert_eq!(record(&harness, "k").await.error_count, round + 1);
+        } else {
+            assert_eq!(executed(out), "paid");
+        }
+    }
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Finished);
+    assert_eq!((record.attempt, record.error_count), (3, 2));
+    assert_eq!(count(&runs), 3);
+}
+
+/// 64 concurrent calls on one key run the operation exactly once: the holder waits until the
+/// 63 others have answered (StillRunning), then finishes.
+pub async fn concurrent_calls_execute_once<H: Harness>(harness: H) {
+    const CALLS: usize = 64;
+    let manager = manager(&harness);
+    let runs = counter();
+    let barrier = Arc::new(Barrier::new(CALLS));
+    let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+    let (results_tx, mut results_rx) = mpsc::unbounded_channel();
+    for _ in 0..CALLS {
+        let (manager, runs, barrier) = (manager.clone(), Arc::clone(&runs), Arc::clone(&barrier));
+        let (mut release, results) = (release_rx.clone(), results_tx.clone());
+        tokio::spawn(async move {
+            let op = operation(TARGET, "k", "payload", move |_ctx: Session<H>| async move {
+                // Only the first execution waits, so a double execution shows as a second
+                // result instead of a hang.
+                if runs.fetch_add(1, Ordering::SeqCst) == 0 {
+                    let _ = release.wait_for(|released| *released).await;
+                }
+                Ok::<_, Declined>("once".to_owned())
+            });
+            barrier.wait().await;
+            let _ = results.send(manager.run(op).await);
+        });
+    }
+    drop(results_tx);
+    let mut still_running = 0;
+    for _ in 0..CALLS - 1 {
+        match results_rx.recv().await {
+            Some(Err(Error::StillRunning { .. })) => still_running += 1,
+            other => panic!("expected StillRunning while the holder runs, got {other:?}"),
+        }
+    }
+    let _ = release_tx.send(true);
+    let last = results_rx.recv().await;
+    assert!(matches!(last, Some(Ok(Outcome::Executed(_)))), "{last:?}");
+    assert_eq!(still_running, CALLS - 1);
+    assert_eq!(count(&runs), 1);
+    let record = record(&harness, "k").await;
+    assert_eq!((record.status, record.attempt), (Status::Finished, 1));
+    let replay = counting(&runs, "k", "payload", "again");
+    assert_eq!(replayed(manager.run(replay).await), "once");
+}
+
+/// A key reused with another payload is PayloadMismatch, checked before a replay, a
+/// StillRunning or a retry.
+pub async fn payload_mismatch_is_detected_first<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    executed(manager.run(counting(&runs, "done", "payload", "a")).await);
+    let out = manager.run(counting(&runs, "done", "other", "b")).await;
+    assert!(
+        matches!(&out, Err(Error::PayloadMismatch { key, .. }) if key == "done"),
+        "{out:?}"
+    );
+
+    harness
+        .seed(seeded("running", Status::Running, harness.clock().now()))
+        .await;
+    let out = manager.run(counting(&runs, "running", "other", "b")).await;
+    assert!(matches!(out, Err(Error::PayloadMismatch { .. })), "{out:?}");
+
+    harness
+        .seed(seeded("failed", Status::Failed, harness.clock().now()))
+        .await;
+    let out = manager.run(counting(&runs, "failed", "other", "b")).await;
+    assert!(matches!(out, Err(Error::PayloadMismatch { .. })), "{out:?}");
+    let failed = record(&harness, "failed").await;
+    assert_eq!((failed.status, failed.attempt), (Status::Failed, 1));
+    assert_eq!(count(&runs), 1);
+}
+
+/// After the holder's timeout another call takes over with a new attempt; the stale holder's
+/// finish is rejected as Superseded and the newer result stays.
+pub async fn takeover_after_timeout_supersedes_stale_holder<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    let (started_tx, started_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    let stale = gated(&runs, "k", "stale", started_tx, release_rx).timeout(10 * MINUTE);
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(stale).await }
+    });
+    let _ = started_rx.await;
+    let early = manager
+        .run(counting(&runs, "k", "payload", "early").timeout(10 * MINUTE))
+        .await;
+    assert!(
+        matches!(early, Err(Error::StillRunning { .. })),
+        "{early:?}"
+    );
+
+    advance(&harness, 11 * MINUTE).await;
+    let fresh = counting(&runs, "k", "payload", "fresh").timeout(10 * MINUTE);
+    assert_eq!(executed(manager.run(fresh).await), "fresh");
+    assert_eq!(record(&harness, "k").await.attempt, 2);
+
+    let _ = release_tx.send(());
+    let stale = holder.await.map_err(|error| error.to_string());
+    assert!(
+        matches!(stale, Ok(Err(Error::Superseded { .. }))),
+        "{stale:?}"
+    );
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Finished);
+    assert_eq!(record.result.as_deref(), Some(&b"\"fresh\""[..]));
+    assert_eq!(count(&runs), 2);
+}
+
+/// When the expiration passes while the operation runs, the call returns Expired (never a
+/// success) and the record is not Finished.
+pub async fn expiry_during_execution_returns_expired<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    let (started_tx, started_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    let op = gated(&runs, "k", "late", started_tx, release_rx).expiration(HOUR);
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    let _ = started_rx.await;
+    advance(&harness, 2 * HOUR).await;
+    let _ = release_tx.send(());
+    let out = holder.await.map_err(|error| error.to_string());
+    assert!(matches!(out, Ok(Err(Error::Expired { .. }))), "{out:?}");
+    let record = record(&harness, "k").await;
+    assert_ne!(record.status, Status::Finished);
+    assert_eq!(record.result, None);
+    assert_eq!(count(&runs), 1);
+}
+
+/// A call whose future is dropped mid-operation fails its attempt, so the next call runs.
+pub async fn cancellation_frees_the_record<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    let (started_tx, started_rx) = oneshot::channel::<()>();
+    let op = {
+        let runs = Arc::clone(&runs);
+        operation(TARGET, "k", "payload", move |_ctx: Session<H>| async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            let _ = started_tx.send(());
+            std::future::pending::<Result<String, Declined>>().await
+        })
+    };
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    let _ = started_rx.await;
+    holder.abort();
+    assert!(holder.await.is_err_and(|error| error.is_cancelled()));
+    manager.flush().await;
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some(CANCELLED));
+    let retry = counting(&runs, "k", "payload", "retried");
+    assert_eq!(executed(manager.run(retry).await), "retried");
+    assert_eq!(count(&runs), 2);
+}
+
+/// The same key under two targets names two records.
+pub async fn targets_scope_keys<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    executed(manager.run(counting(&runs, "k", "payload", "one")).await);
+    let other = {
+        let runs = Arc::clone(&runs);
+        operation(
+            "[POST]/other",
+            "k",
+            "payload",
+            move |_ctx: Session<H>| async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, Declined>("two".to_owned())
+            },
+        )
+    };
+    assert_eq!(executed(manager.run(other).await), "two");
+    assert_eq!(count(&runs), 2);
+}

@@ -1,0 +1,641 @@
+//! [`IdempotencyConfig`]: header names, defaults, caps, limits and the request functions.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use http::StatusCode;
+use http::header::{self, HeaderName};
+use http::request::Parts;
+
+use super::headers::{self as parse, HeaderProblem};
+use super::problem::Rejection;
+use crate::record::{Fingerprint, FingerprintHasher};
+
+/// Default name of the key header.
+pub const KEY_HEADER: HeaderName = HeaderName::from_static("x-idempotency-key");
+/// The IETF draft's key header, whose value is a structured-field string (`"abc"`).
+pub const IETF_KEY_HEADER: HeaderName = HeaderName::from_static("idempotency-key");
+/// Default name of the reference-time header (RFC 3339).
+pub const REFERENCE_TIME_HEADER: HeaderName =
+    HeaderName::from_static("x-idempotency-reference-time");
+/// Default name of the timeout header (a duration).
+pub const TIMEOUT_HEADER: HeaderName = HeaderName::from_static("x-idempotency-timeout");
+/// Default name of the expiration header (a duration).
+pub const EXPIRATION_HEADER: HeaderName = HeaderName::from_static("x-idempotency-expiration");
+
+/// Headers never stored for replay, even when listed: credentials, cookies, hop-by-hop
+/// headers, and `Content-Length` (recomputed on replay).
+pub const NEVER_REPLAYED: [HeaderName; 14] = [
+    header::SET_COOKIE,
+    header::AUTHORIZATION,
+    header::WWW_AUTHENTICATE,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    HeaderName::from_static("authentication-info"),
+    HeaderName::from_static("proxy-authentication-info"),
+    HeaderName::from_static("set-cookie2"),
+    header::CONNECTION,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TRAILER,
+    header::CONTENT_LENGTH,
+    HeaderName::from_static("keep-alive"),
+];
+
+/// The headers replayed by default.
+pub fn default_replay_headers() -> Vec<HeaderName> {
+    vec![
+        header::CONTENT_TYPE,
+        header::CONTENT_ENCODING,
+        header::CONTENT_LANGUAGE,
+        header::CONTENT_LOCATION,
+        header::CONTENT_DISPOSITION,
+        header::LOCATION,
+        header::ETAG,
+        header::LAST_MODIFIED,
+        header::LINK,
+        header::CACHE_CONTROL,
+        header::EXPIRES,
+        header::VARY,
+        header::RETRY_AFTER,
+    ]
+}
+
+/// The default recordable-status rule: 2xx, 3xx and 4xx except 408, 409, 425 and 429 (which
+/// mean "try again"). Everything else (5xx) is recorded as Failed, so a retry runs again.
+pub fn default_recordable(status: StatusCode) -> bool {
+    status.is_success()
+        || status.is_redirection()
+        || (status.is_client_error() && !matches!(status.as_u16(), 408 | 409 | 425 | 429))
+}
+
+/// What a request function returns: a value, no value (use the default), or a rejection.
+///
+/// Implemented for `T`, `Option<T>` and `Result<Option<T>, Rejection>` where `T` is `String`
+/// or `&'static str` (keys), [`Duration`] (timeout, expiration) or `DateTime<Utc>` (reference
+/// time), so [`value`] and plain closures both fit.
+pub trait RequestValue<T> {
+    /// The value, `None` for "use the default", or a rejection.
+    fn resolve(self) -> Result<Option<T>, Rejection>;
+}
+
+macro_rules! request_value {
+    ($target:ty: $($source:ty => $convert:expr),* $(,)?) => {
+        $(
+            impl RequestValue<$target> for $source {
+                fn resolve(self) -> Result<Option<$target>, Rejection> {
+                    #[allow(clippy::redundant_closure_call)]
+                    Ok(Some(($convert)(self)))
+                }
+            }
+        )*
+        impl RequestValue<$target> for Option<$target> {
+            fn resolve(self) -> Result<Option<$target>, Rejection> {
+                Ok(self)
+            }
+        }
+        impl RequestValue<$target> for Result<Option<$target>, Rejection> {
+            fn resolve(self) -> Result<Option<$target>, Rejection> {
+                self
+            }
+        }
+    };
+}
+
+request_value!(String: String => |s| s, &'static str => |s: &str| s.to_owned());
+request_value!(Duration: Duration => |d| d);
+request_value!(DateTime<Utc>: DateTime<Utc> => |t| t);
+
+/// A constant as a request function: `config.with_target(value("payments"))`.
+///
+/// ```
+/// use std::time::Duration;
+/// use ana_core::http::{value, IdempotencyConfig};
+///
+/// let config = IdempotencyConfig::default()
+///     .with_target(value("payments"))
+///     .with_timeout(value(Duration::from_secs(30)));
+/// # let _ = config;
+/// ```
+pub fn value<T: Clone + Send + Sync + 'static>(
+    value: T,
+) -> impl Fn(&Parts) -> T + Clone + Send + Sync + 'static {
+    move |_: &Parts| value.clone()
+}
+
+type ValueFn<T> = Arc<dyn Fn(&Parts) -> Result<Option<T>, Rejection> + Send + Sync>;
+type TargetFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
+type PayloadFn = Arc<dyn Fn(&Parts, &[u8]) -> Fingerprint + Send + Sync>;
+type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Vec<u8>> + Send + Sync>;
+type StatusFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+
+/// How the idempotency layer reads requests and records responses. Cheap to clone (one `Arc`);
+/// builders consume and return it.
+///
+/// | setting | default |
+/// |---|---|
+/// | key header | `X-Idempotency-Key`, and the IETF `Idempotency-Key` (`"..."`) |
+/// | key required | yes: 400 without one (else the request passes through untouched) |
+/// | reference time | `X-Idempotency-Reference-Time` (RFC 3339), else now; at most 5 min ahead |
+/// | timeout | `X-Idempotency-Timeout`, else 60s; max 1h |
+/// | expiration | `X-Idempotency-Expiration`, else 24h; max 7 days |
+/// | target | `[METHOD]path` |
+/// | payload | fingerprint of method, path and query, body |
+/// | scope | a hash of `Authorization` |
+/// | request body limit | 1 MiB (413 above it) |
+/// | stored response limit | 1 MiB (above it, recorded without body) |
+/// | recorded statuses | [`default_recordable`] |
+/// | replayed headers | [`default_replay_headers`], never [`NEVER_REPLAYED`] |
+/// | `Retry-After` on 409 | time left before the holder's timeout, at most 5s |
+/// | `Retry-After` on 503 | 1s |
+///
+/// A timeout or expiration header above its maximum (or `0`, meaning "never", while a maximum
+/// is set) is refused with 400 rather than clamped: the client learns the server will not keep
+/// the promise it asked for.
+#[derive(Clone)]
+pub struct IdempotencyConfig {
+    inner: Arc<Inner>,
+}
+
+#[derive(Clone)]
+struct Inner {
+    key_header: HeaderName,
+    ietf_key_header: Option<HeaderName>,
+    reference_time_header: HeaderName,
+    timeout_header: HeaderName,
+    expiration_header: HeaderName,
+    key_required: bool,
+    default_timeout: Duration,
+    max_timeout: Option<Duration>,
+    default_expiration: Duration,
+    max_expiration: Option<Duration>,
+    max_clock_skew: Duration,
+    max_request_body: usize,
+    max_stored_response: usize,
+    replay_headers: Vec<HeaderName>,
+    recordable: StatusFn,
+    unavailable_retry_after: Duration,
+    max_still_running_retry_after: Duration,
+    key: Option<ValueFn<String>>,
+    target: Option<TargetFn>,
+    payload: Option<PayloadFn>,
+    reference_time: Option<ValueFn<DateTime<Utc>>>,
+    timeout: Option<ValueFn<Duration>>,
+    expiration: Option<ValueFn<Duration>>,
+    scope: Option<ScopeFn>,
+}
+
+impl Default for IdempotencyConfig {
+    fn default() -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                key_header: KEY_HEADER,
+                ietf_key_header: Some(IETF_KEY_HEADER),
+                reference_time_header: REFERENCE_TIME_HEADER,
+                timeout_header: TIMEOUT_HEADER,
+                expiration_header: EXPIRATION_HEADER,
+                key_required: true,
+                default_timeout: Duration::from_secs(60),
+                max_timeout: Some(Duration::from_secs(3600)),
+                default_expiration: Duration::from_secs(24 * 3600),
+                max_expiration: Some(Duration::from_secs(7 * 24 * 3600)),
+                max_clock_skew: Duration::from_secs(300),
+                max_request_body: 1 << 20,
+                max_stored_response: 1 << 20,
+                replay_headers: default_replay_headers(),
+                recordable: Arc::new(default_recordable),
+                unavailable_retry_after: Duration::from_secs(1),
+                max_still_running_retry_after: Duration::from_secs(5),
+                key: None,
+                target: None,
+                payload: None,
+                reference_time: None,
+                timeout: None,
+                expiration: None,
+                scope: None,
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for IdempotencyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let inner = &*self.inner;
+        f.debug_struct("IdempotencyConfig")
+            .field("key_header", &inner.key_header)
+            .field("ietf_key_header", &inner.ietf_key_header)
+            .field("reference_time_header", &inner.reference_time_header)
+            .field("timeout_header", &inner.timeout_header)
+            .field("expiration_header", &inner.expiration_header)
+            .field("key_required", &inner.key_required)
+            .field("default_timeout", &inner.default_timeout)
+            .field("max_timeout", &inner.max_timeout)
+            .field("default_expiration", &inner.default_expiration)
+            .field("max_expiration", &inner.max_expiration)
+            .field("max_clock_skew", &inner.max_clock_skew)
+            .field("max_request_body", &inner.max_request_body)
+            .field("max_stored_response", &inner.max_stored_response)
+            .field("replay_headers", &inner.replay_headers)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The values of one request, read by [`IdempotencyConfig::read`].
+#[derive(Clone, Debug)]
+pub(crate) struct RequestValues {
+    pub(crate) key: String,
+    pub(crate) scoped_key: String,
+    pub(crate) target: String,
+    pub(crate) reference_time: Option<DateTime<Utc>>,
+    pub(crate) timeout: Duration,
+    pub(crate) expiration: Duration,
+}
+
+fn rejection(problem: HeaderProblem) -> Rejection {
+    Rejection::InvalidHeader {
+        header: problem.header,
+        reason: problem.reason,
+    }
+}
+
+impl IdempotencyConfig {
+    fn inner(&mut self) -> &mut Inner {
+        Arc::make_mut(&mut self.inner)
+    }
+
+    /// Sets the key header's name (default `X-Idempotency-Key`).
+    #[must_use]
+    pub fn with_key_header(mut self, name: HeaderName) -> Self {
+        self.inner().key_header = name;
+        self
+    }
+
+    /// Sets the second key header, read as a structured-field string (default the IETF
+    /// `Idempotency-Key`; `None` to ignore it). When both are sent they must agree.
+    #[must_use]
+    pub fn with_ietf_key_header(mut self, name: Option<HeaderName>) -> Self {
+        self.inner().ietf_key_header = name;
+        self
+    }
+
+    /// Sets the reference-time header's name.
+    #[must_use]
+    pub fn with_reference_time_header(mut self, name: HeaderName) -> Self {
+        self.inner().reference_time_header = name;
+        self
+    }
+
+    /// Sets the timeout header's name.
+    #[must_use]
+    pub fn with_timeout_header(mut self, name: HeaderName) -> Self {
+        self.inner().timeout_header = name;
+        self
+    }
+
+    /// Sets the expiration header's name.
+    #[must_use]
+    pub fn with_expiration_header(mut self, name: HeaderName) -> Self {
+        self.inner().expiration_header = name;
+        self
+    }
+
+    /// Whether a request without a key is refused with 400 (`true`, the default) or passed to
+    /// the handler untouched, without idempotency.
+    #[must_use]
+    pub fn with_key_required(mut self, required: bool) -> Self {
+        self.inner().key_required = required;
+        self
+    }
+
+    /// How long one attempt holds the key when the request does not say (default 60s; zero:
+    /// until it finishes). Past it a retry may take over.
+    #[must_use]
+    pub fn with_default_timeout(mut self, timeout: Duration) -> Self {
+        self.inner().default_timeout = timeout;
+        self
+    }
+
+    /// The largest timeout a request may ask for (default 1h; `None`: no limit).
+    #[must_use]
+    pub fn with_max_timeout(mut self, max: Option<Duration>) -> Self {
+        self.inner().max_timeout = max;
+        self
+    }
+
+    /// How long after its reference time a request may run when it does not say (default 24h;
+    /// zero: forever).
+    #[must_use]
+    pub fn with_default_expiration(mut self, expiration: Duration) -> Self {
+        self.inner().default_expiration = expiration;
+        self
+    }
+
+    /// The largest expiration a request may ask for (default 7 days; `None`: no limit).
+    #[must_use]
+    pub fn with_max_expiration(mut self, max: Option<Duration>) -> Self {
+        self.inner().max_expiration = max;
+        self
+    }
+
+    /// How far ahead of the server's clock a reference time may be (default 5 minutes).
+    #[must_use]
+    pub fn with_max_clock_skew(mut self, skew: Duration) -> Self {
+        self.inner().max_clock_skew = skew;
+        self
+    }
+
+    /// The largest request body read, in bytes (default 1 MiB). Above it: 413, the handler
+    /// does not run and nothing is recorded.
+    #[must_use]
+    pub fn with_max_request_body(mut self, bytes: usize) -> Self {
+        self.inner().max_request_body = bytes;
+        self
+    }
+
+    /// The largest response body stored, in bytes (default 1 MiB). A larger response is sent
+    /// to the first caller whole and recorded without its body: retries get 500
+    /// `response-not-stored`, and the handler never runs twice.
+    #[must_use]
+    pub fn with_max_stored_response(mut self, bytes: usize) -> Self {
+        self.inner().max_stored_response = bytes;
+        self
+    }
+
+    /// The response headers stored and replayed. Headers in [`NEVER_REPLAYED`] are dropped
+    /// from the list.
+    #[must_use]
+    pub fn with_replay_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
+        self.inner().replay_headers = names
+            .into_iter()
+            .filter(|name| !NEVER_REPLAYED.contains(name))
+            .collect();
+        self
+    }
+
+    /// Which handler statuses are recorded as Finished (and replayed); the others are recorded
+    /// as Failed, so a retry runs the handler again. Default: [`default_recordable`].
+    #[must_use]
+    pub fn with_recordable(
+        mut self,
+        recordable: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.inner().recordable = Arc::new(recordable);
+        self
+    }
+
+    /// The `Retry-After` of a 503 when the store is unavailable (default 1s).
+    #[must_use]
+    pub fn with_unavailable_retry_after(mut self, delay: Duration) -> Self {
+        self.inner().unavailable_retry_after = delay;
+        self
+    }
+
+    /// The largest `Retry-After` of a 409 (default 5s). The 409 advises the time left before
+    /// the holder's timeout, capped by this: most handlers finish long before their timeout.
+    #[must_use]
+    pub fn with_max_still_running_retry_after(mut self, delay: Duration) -> Self {
+        self.inner().max_still_running_retry_after = delay;
+        self
+    }
+
+    /// Reads the key from the request instead of the key headers. Return `None` for "no key".
+    #[must_use]
+    pub fn with_key<F, T>(mut self, key: F) -> Self
+    where
+        F: Fn(&Parts) -> T + Send + Sync + 'static,
+        T: RequestValue<String>,
+    {
+        self.inner().key = Some(Arc::new(move |parts| key(parts).resolve()));
+        self
+    }
+
+    /// What the key is scoped to (default `[METHOD]path`, e.g. `[POST]/payments`).
+    #[must_use]
+    pub fn with_target<F, T>(mut self, target: F) -> Self
+    where
+        F: Fn(&Parts) -> T + Send + Sync + 'static,
+        T: Into<String>,
+    {
+        self.inner().target = Some(Arc::new(move |parts| target(parts).into()));
+        self
+    }
+
+    /// The fingerprint that detects a key reused for another request (default: method,
+    /// path-and-query and body, see [`default_payload`]).
+    #[must_use]
+    pub fn with_payload(
+        mut self,
+        payload: impl Fn(&Parts, &[u8]) -> Fingerprint + Send + Sync + 'static,
+    ) -> Self {
+        self.inner().payload = Some(Arc::new(payload));
+        self
+    }
+
+    /// Reads the reference time from the request instead of its header.
+    #[must_use]
+    pub fn with_reference_time<F, T>(mut self, reference_time: F) -> Self
+    where
+        F: Fn(&Parts) -> T + Send + Sync + 'static,
+        T: RequestValue<DateTime<Utc>>,
+    {
+        self.inner().reference_time = Some(Arc::new(move |parts| reference_time(parts).resolve()));
+        self
+    }
+
+    /// Reads the timeout from the request instead of its header (`None`: the default).
+    /// The maximum does not apply to what this function returns.
+    #[must_use]
+    pub fn with_timeout<F, T>(mut self, timeout: F) -> Self
+    where
+        F: Fn(&Parts) -> T + Send + Sync + 'static,
+        T: RequestValue<Duration>,
+    {
+        self.inner().timeout = Some(Arc::new(move |parts| timeout(parts).resolve()));
+        self
+    }
+
+    /// Reads the expiration from the request instead of its header (`None`: the default).
+    /// The maximum does not apply to what this function returns.
+    #[must_use]
+    pub fn with_expiration<F, T>(mut self, expiration: F) -> Self
+    where
+        F: Fn(&Parts) -> T + Send + Sync + 'static,
+        T: RequestValue<Duration>,
+    {
+        self.inner().expiration = Some(Arc::new(move |parts| expiration(parts).resolve()));
+        self
+    }
+
+    /// Whose key it is (default: the `Authorization` header): requests with different scopes
+    /// never share a record, so one client's key never replays another's response. Return the
+    /// caller's identity (a user id, a tenant); only its hash is stored.
+    #[must_use]
+    pub fn with_scope<F, S>(mut self, scope: F) -> Self
+    where
+        F: Fn(&Parts) -> Option<S> + Send + Sync + 'static,
+        S: AsRef<[u8]>,
+    {
+        self.inner().scope = Some(Arc::new(move |parts| {
+            scope(parts).map(|scope| scope.as_ref().to_vec())
+        }));
+        self
+    }
+
+    /// The key header's name.
+    pub fn key_header(&self) -> &HeaderName {
+        &self.inner.key_header
+    }
+
+    /// The request body limit in bytes.
+    pub fn max_request_body(&self) -> usize {
+        self.inner.max_request_body
+    }
+
+    /// The stored response limit in bytes.
+    pub fn max_stored_response(&self) -> usize {
+        self.inner.max_stored_response
+    }
+
+    /// The replayed headers.
+    pub fn replay_headers(&self) -> &[HeaderName] {
+        &self.inner.replay_headers
+    }
+
+    /// Whether a handler response with `status` is recorded as Finished.
+    pub fn is_recordable(&self, status: StatusCode) -> bool {
+        (self.inner.recordable)(status)
+    }
+
+    /// The `Retry-After` of a 503.
+    pub fn unavailable_retry_after(&self) -> Duration {
+        self.inner.unavailable_retry_after
+    }
+
+    /// The largest `Retry-After` of a 409.
+    pub fn max_still_running_retry_after(&self) -> Duration {
+        self.inner.max_still_running_retry_after
+    }
+
+    /// The fingerprint of a request under this configuration.
+    pub fn fingerprint(&self, parts: &Parts, body: &[u8]) -> Fingerprint {
+        match &self.inner.payload {
+            Some(payload) => payload(parts, body),
+            None => default_payload(parts, body),
+        }
+    }
+
+    /// Reads the idempotency values of a request; `Ok(None)` when it has no key and keys are
+    /// optional.
+    pub(crate) fn read(
+        &self,
+        parts: &Parts,
+        now: DateTime<Utc>,
+    ) -> Result<Option<RequestValues>, Rejection> {
+        let inner = &*self.inner;
+        let headers = &parts.headers;
+        let key = match &inner.key {
+            Some(key) => match key(parts)? {
+                Some(key) if parse::is_valid_key(&key) => Some(key),
+                Some(_) => {
+                    return Err(Rejection::InvalidHeader {
+                        header: inner.key_header.clone(),
+                        reason: "is not 1 to 255 visible ASCII characters".into(),
+                    });
+                }
+                None => None,
+            },
+            None => parse::read_key(headers, &inner.key_header, inner.ietf_key_header.as_ref())
+                .map_err(rejection)?,
+        };
+        let Some(key) = key else {
+            return if inner.key_required {
+                Err(Rejection::MissingKey {
+                    header: inner.key_header.clone(),
+                })
+            } else {
+                Ok(None)
+            };
+        };
+        let reference_time = match &inner.reference_time {
+            Some(reference_time) => reference_time(parts)?,
+            None => parse::read_reference_time(
+                headers,
+                &inner.reference_time_header,
+                now,
+                inner.max_clock_skew,
+            )
+            .map_err(rejection)?,
+        };
+        let timeout = match &inner.timeout {
+            Some(timeout) => timeout(parts)?,
+            None => parse::read_duration(headers, &inner.timeout_header, inner.max_timeout)
+                .map_err(rejection)?,
+        }
+        .unwrap_or(inner.default_timeout);
+        let expiration = match &inner.expiration {
+            Some(expiration) => expiration(parts)?,
+            None => parse::read_duration(headers, &inner.expiration_header, inner.max_expiration)
+                .map_err(rejection)?,
+        }
+        .unwrap_or(inner.default_expiration);
+        let target = match &inner.target {
+            Some(target) => target(parts),
+            None => default_target(parts),
+        };
+        let scope = match &inner.scope {
+            Some(scope) => scope(parts),
+            None => default_scope(parts),
+        };
+        Ok(Some(RequestValues {
+            scoped_key: scoped_key(scope.as_deref(), &key),
+            key,
+            target,
+            reference_time,
+            timeout,
+            expiration,
+        }))
+    }
+}
+
+/// `[METHOD]path`, e.g. `[POST]/payments` (no query).
+pub fn default_target(parts: &Parts) -> String {
+    format!("[{}]{}", parts.method, parts.uri.path())
+}
+
+/// The fingerprint of the method, the path and query, and the body, each length-framed.
+pub fn default_payload(parts: &Parts, body: &[u8]) -> Fingerprint {
+    let mut hasher = FingerprintHasher::default();
+    hasher.field(parts.method.as_str().as_bytes());
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |pq| pq.as_str());
+    hasher.field(path_and_query.as_bytes());
+    hasher.field(body);
+    hasher.finish()
+}
+
+/// The raw `Authorization` header, if any (only its hash is ever stored).
+pub fn default_scope(parts: &Parts) -> Option<Vec<u8>> {
+    parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|value| value.as_bytes().to_vec())
+}
+
+/// `<32 hex digits>:<key>`: the hash of the scope (or of its absence), then the client's key.
+/// The hash has a fixed length, so no key can forge another scope's prefix.
+pub fn scoped_key(scope: Option<&[u8]>, key: &str) -> String {
+    let mut hasher = FingerprintHasher::default();
+    hasher.field(b"ana-scope-v1");
+    match scope {
+        Some(scope) => {
+            hasher.field(b"some");
+            hasher.field(scope);
+        }
+        None => hasher.field(b"none"),
+    }
+    format!("{:?}:{key}", hasher.finish())
+}

@@ -1,0 +1,73 @@
+//! The HTTP rules of idempotency, written once for every web framework (feature `http`).
+//!
+//! `ana-axum` (a tower layer) and `ana-actix` are thin adapters over [`IdempotencyService`];
+//! this module holds everything they share: reading the headers, the configuration, the
+//! recorded response and its codec, the problem responses, and (with `test-utils`) the HTTP
+//! [`conformance`] suite every adapter passes.
+//!
+//! ## Request headers
+//!
+//! | header | format | absent | bad |
+//! |---|---|---|---|
+//! | `X-Idempotency-Key` (or IETF `Idempotency-Key: "…"`) | 1–255 visible ASCII | 400 `missing-key` (or pass-through) | 400 `invalid-header` |
+//! | `X-Idempotency-Reference-Time` | RFC 3339, at most 5 min ahead | now | 400 |
+//! | `X-Idempotency-Timeout` | Go duration (`10s`, `1h30m`, `500ms`) or humantime (`2 hours`) | 60s | 400, also above the max (1h) |
+//! | `X-Idempotency-Expiration` | same | 24h | 400, also above the max (7 days) |
+//!
+//! A repeated key header, or the two key headers with different keys, is a 400.
+//!
+//! ## Responses
+//!
+//! | case | status | problem `type` (`https://ana.dev/problems/…`) |
+//! |---|---|---|
+//! | first run | the handler's response, all its headers; recorded | |
+//! | replay | recorded status, allow-listed headers, body, `Idempotent-Replayed: true` | |
+//! | missing key | 400 | `missing-key` |
+//! | malformed, repeated or conflicting header | 400, `header` member names it | `invalid-header` |
+//! | same key, different payload | 422 | `payload-mismatch` |
+//! | same key still running | 409 + `Retry-After` (time left before the holder's timeout, at most 5s) | `still-running` |
+//! | expired (reference time + expiration passed) | 422; handler not run | `expired` |
+//! | request body unreadable (client gone mid-body) | 400 | `unreadable-body` |
+//! | request body over the limit | 413; handler not run, nothing recorded | `payload-too-large` |
+//! | store unreachable | 503 + `Retry-After`; handler not run | `store-unavailable` |
+//! | handler 5xx (or 408, 409, 425, 429) | returned as is; recorded Failed, a retry runs again | |
+//! | handler panic | 500; recorded Failed, a retry runs again | `handler-panicked` |
+//! | handler outlived its timeout and was taken over | 500; result discarded | `superseded` |
+//! | retry of a response too large to store | 500; the handler never runs twice | `response-not-stored` |
+//! | record unreadable | 500 | `internal` |
+//!
+//! 5xx problem bodies carry a fixed `detail`; the typed [`Rejection`] (with its source) is in
+//! the response extensions for logging.
+//!
+//! ## Keys are scoped
+//!
+//! A record's identity is `(target, "<scope hash>:<key>")`: the target defaults to
+//! `[METHOD]path` and the scope to a hash of the `Authorization` header, so the same key sent
+//! by another client, or to another route, is another operation.
+
+mod config;
+#[cfg(feature = "test-utils")]
+pub mod conformance;
+mod duration;
+mod headers;
+mod problem;
+mod recorded;
+mod service;
+
+pub use config::{
+    EXPIRATION_HEADER, IETF_KEY_HEADER, IdempotencyConfig, KEY_HEADER, NEVER_REPLAYED,
+    REFERENCE_TIME_HEADER, RequestValue, TIMEOUT_HEADER, default_payload, default_recordable,
+    default_replay_headers, default_scope, default_target, scoped_key, value,
+};
+pub use duration::{DurationError, parse_duration};
+pub use headers::{MAX_KEY_LEN, is_valid_key};
+pub use problem::{PROBLEM_BASE, PROBLEM_JSON, Rejection};
+pub use recorded::{
+    IDEMPOTENT_REPLAYED, RecordedResponse, RecordedResponseCodec, RecordedResponseError,
+};
+pub use service::{
+    HttpManager, IdempotencyContext, IdempotencyService, Plan, Prepared, ResponseBody,
+};
+
+#[cfg(test)]
+mod proptests;

@@ -1,0 +1,384 @@
+//! [`IdempotencyService`]: the framework-neutral driver the web adapters wrap.
+
+use std::fmt;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::request::Parts;
+use http::{Request, Response, StatusCode};
+
+use super::config::{IdempotencyConfig, RequestValues};
+use super::problem::Rejection;
+use super::recorded::{RecordedResponse, RecordedResponseCodec};
+use crate::clock::Clock;
+use crate::error::Error;
+use crate::manager::{Manager, Outcome};
+use crate::operation::operation;
+use crate::record::Fingerprint;
+use crate::repository::{BoxError, IdempotencyRepository};
+
+/// The manager type the HTTP layer drives.
+pub type HttpManager<Ctx> = Manager<Fingerprint, RecordedResponse, Ctx>;
+
+/// A response body as the adapter hands it over: fully read (at most the stored-response
+/// limit), or too large to store and passed on as the adapter's own body.
+#[derive(Debug)]
+pub enum ResponseBody<B> {
+    /// The whole body.
+    Full(Bytes),
+    /// A body over the stored-response limit, whole (the adapter re-attaches what it read).
+    Streaming(B),
+}
+
+impl<B> From<Bytes> for ResponseBody<B> {
+    fn from(bytes: Bytes) -> Self {
+        Self::Full(bytes)
+    }
+}
+
+/// Given to the handler in the request extensions: the store's session (for Postgres, the
+/// transaction that will record the response), the client's key and the target.
+#[derive(Clone, Debug)]
+pub struct IdempotencyContext<Ctx> {
+    session: Ctx,
+    key: String,
+    target: String,
+}
+
+impl<Ctx> IdempotencyContext<Ctx> {
+    /// The store's session for this attempt.
+    pub fn session(&self) -> &Ctx {
+        &self.session
+    }
+
+    /// The session, by value.
+    pub fn into_session(self) -> Ctx {
+        self.session
+    }
+
+    /// The idempotency key the client sent.
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The operation's target (`[POST]/payments`).
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+}
+
+/// What to do with a request, decided from its head before its body is read.
+#[derive(Debug)]
+pub enum Plan {
+    /// No key and keys are optional: call the handler as if the layer were not there.
+    PassThrough,
+    /// Read the body (at most [`IdempotencyConfig::max_request_body`] bytes, else
+    /// [`Rejection::PayloadTooLarge`]) and call [`IdempotencyService::execute`].
+    Idempotent(Prepared),
+}
+
+/// The idempotency values of a request, read from its head.
+#[derive(Debug)]
+pub struct Prepared {
+    values: RequestValues,
+}
+
+impl Prepared {
+    /// The key the client sent.
+    pub fn key(&self) -> &str {
+        &self.values.key
+    }
+
+    /// The target.
+    pub fn target(&self) -> &str {
+        &self.values.target
+    }
+}
+
+/// The error an attempt records when the handler's status is not recordable.
+#[derive(Debug)]
+struct NotRecorded(StatusCode);
+
+impl fmt::Display for NotRecorded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "The handler answered {}; the response was not recorded.",
+            self.0
+        )
+    }
+}
+
+/// The HTTP rules of SPEC section 3 over a [`Manager`], independent of any web framework.
+///
+/// An adapter (`ana-axum`, `ana-actix`) calls, per request:
+/// 1. [`plan`](Self::plan) on the request head: a [`Rejection`] (400, 413 by
+///    `Content-Length`), [`Plan::PassThrough`], or [`Plan::Idempotent`];
+/// 2. reads the body up to [`IdempotencyConfig::max_request_body`] (413 above it);
+/// 3. [`execute`](Self::execute) with a `next` that runs its handler and reads the response
+///    body up to [`IdempotencyConfig::max_stored_response`].
+///
+/// [`handle`](Self::handle) does all three for an already-read request. Cheap to clone.
+///
+/// ```
+/// use bytes::Bytes;
+/// use ana_core::MemoryRepository;
+/// use ana_core::http::{IdempotencyService, ResponseBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let service = IdempotencyService::new(MemoryRepository::new());
+/// let request = || {
+///     http::Request::post("/hello")
+///         .header("x-idempotency-key", "k1")
+///         .body(Bytes::from_static(b"hi"))
+///         .unwrap()
+/// };
+/// let handler = |_parts, _body| async {
+///     http::Response::new(ResponseBody::<()>::Full(Bytes::from_static(b"Hello k1!")))
+/// };
+/// let first = service.handle(request(), handler).await;
+/// let again = service.handle(request(), handler).await;
+/// assert!(first.headers().get("idempotent-replayed").is_none());
+/// assert_eq!(again.headers()["idempotent-replayed"], "true");
+/// # }
+/// ```
+pub struct IdempotencyService<Ctx> {
+    manager: HttpManager<Ctx>,
+    config: IdempotencyConfig,
+}
+
+impl<Ctx> Clone for IdempotencyService<Ctx> {
+    fn clone(&self) -> Self {
+        Self {
+            manager: self.manager.clone(),
+            config: self.config.clone(),
+        }
+    }
+}
+
+impl<Ctx> fmt::Debug for IdempotencyService<Ctx> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdempotencyService")
+            .field("manager", &self.manager)
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
+    /// A service over `repository` with the default configuration.
+    pub fn new<S>(repository: S) -> Self
+    where
+        S: IdempotencyRepository<Session = Ctx>,
+    {
+        Self::from_manager(Manager::with_codec(repository, RecordedResponseCodec))
+    }
+
+    /// A service over an existing manager (to share it, or to set its clock).
+    pub fn from_manager(manager: HttpManager<Ctx>) -> Self {
+        Self {
+            manager,
+            config: IdempotencyConfig::default(),
+        }
+    }
+
+    /// Replaces the configuration; the manager (and store) stay shared with `self`'s clones.
+    #[must_use]
+    pub fn with_config(mut self, config: IdempotencyConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Sets the clock of the expiry check made before the store is touched.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.manager = self.manager.with_clock(clock);
+        self
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &IdempotencyConfig {
+        &self.config
+    }
+
+    /// The manager.
+    pub fn manager(&self) -> &HttpManager<Ctx> {
+        &self.manager
+    }
+
+    /// Decides from the request head what to do (see the type's docs).
+    pub fn plan(&self, parts: &Parts) -> Result<Plan, Rejection> {
+        let Some(values) = self.config.read(parts, self.manager.now())? else {
+            return Ok(Plan::PassThrough);
+        };
+        let limit = self.config.max_request_body();
+        let declared = parts
+            .headers
+            .get(CONTENT_LENGTH)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.trim().parse::<u64>().ok());
+        if declared.is_some_and(|length| length > limit as u64) {
+            return Err(Rejection::PayloadTooLarge { limit });
+        }
+        Ok(Plan::Idempotent(Prepared { values }))
+    }
+
+    /// Runs `next` at most once for the request's key and answers: the handler's own response
+    /// on the run that executed it (every header, `Set-Cookie` included), the recorded response
+    /// with `Idempotent-Replayed: true` on a replay, or a problem response.
+    ///
+    /// `next(parts, body)` must call the handler with the parts (they carry an
+    /// [`IdempotencyContext`] in their extensions) and return its response, the body read up
+    /// to [`IdempotencyConfig::max_stored_response`] bytes. A panic in `next` is caught: the
+    /// attempt is recorded Failed and the caller gets a 500 problem.
+    pub async fn execute<B, F, Fut>(
+        &self,
+        prepared: Prepared,
+        mut parts: Parts,
+        body: Bytes,
+        next: F,
+    ) -> Response<ResponseBody<B>>
+    where
+        B: Send + 'static,
+        F: FnOnce(Parts, Bytes) -> Fut + Send,
+        Fut: Future<Output = Response<ResponseBody<B>>> + Send,
+    {
+        let values = prepared.values;
+        let fingerprint = self.config.fingerprint(&parts, &body);
+        let handler_response: Arc<Mutex<Option<Response<ResponseBody<B>>>>> = Arc::default();
+        let slot = Arc::clone(&handler_response);
+        let config = self.config.clone();
+        let (key, target) = (values.key.clone(), values.target.clone());
+        let op = operation(
+            values.target.clone(),
+            values.scoped_key.clone(),
+            fingerprint,
+            move |session: Ctx| async move {
+                parts.extensions.insert(IdempotencyContext {
+                    session,
+                    key,
+                    target,
+                });
+                let (head, body) = next(parts, body).await.into_parts();
+                let recorded = match &body {
+                    ResponseBody::Full(bytes) if bytes.len() <= config.max_stored_response() => {
+                        RecordedResponse::new(
+                            head.status,
+                            &head.headers,
+                            config.replay_headers(),
+                            bytes.clone(),
+                        )
+                    }
+                    ResponseBody::Full(_) | ResponseBody::Streaming(_) => {
+                        RecordedResponse::without_body(
+                            head.status,
+                            &head.headers,
+                            config.replay_headers(),
+                        )
+                    }
+                };
+                let status = head.status;
+                *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                    Some(Response::from_parts(head, body));
+                if config.is_recordable(status) {
+                    Ok(recorded)
+                } else {
+                    Err(NotRecorded(status))
+                }
+            },
+        )
+        .timeout(values.timeout)
+        .expiration(values.expiration);
+        let op = match values.reference_time {
+            Some(at) => op.reference_time(at),
+            None => op,
+        };
+        let take = || {
+            handler_response
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        };
+        let rejection = match self.manager.run(op).await {
+            Ok(Outcome::Executed(_)) | Err(Error::Operation(NotRecorded(_))) => match take() {
+                Some(response) => return response,
+                None => internal("the handler's response went missing"),
+            },
+            Ok(Outcome::Replayed(recorded)) if recorded.is_body_stored() => {
+                return recorded.to_replay().map(ResponseBody::Full);
+            }
+            Ok(Outcome::Replayed(_)) => Rejection::ResponseNotStored { key: values.key },
+            Err(error) => self.rejection(error, values),
+        };
+        rejection.to_response().map(ResponseBody::Full)
+    }
+
+    /// [`plan`](Self::plan), the body limit and [`execute`](Self::execute) for a request whose
+    /// body is already read; a request without a key (when keys are optional) goes to `next`
+    /// untouched.
+    pub async fn handle<B, F, Fut>(
+        &self,
+        request: Request<Bytes>,
+        next: F,
+    ) -> Response<ResponseBody<B>>
+    where
+        B: Send + 'static,
+        F: FnOnce(Parts, Bytes) -> Fut + Send,
+        Fut: Future<Output = Response<ResponseBody<B>>> + Send,
+    {
+        let (parts, body) = request.into_parts();
+        match self.plan(&parts) {
+            Err(rejection) => rejection.to_response().map(ResponseBody::Full),
+            Ok(Plan::PassThrough) => next(parts, body).await,
+            Ok(Plan::Idempotent(_)) if body.len() > self.config.max_request_body() => {
+                Rejection::PayloadTooLarge {
+                    limit: self.config.max_request_body(),
+                }
+                .to_response()
+                .map(ResponseBody::Full)
+            }
+            Ok(Plan::Idempotent(prepared)) => self.execute(prepared, parts, body, next).await,
+        }
+    }
+
+    fn rejection(&self, error: Error<NotRecorded>, values: RequestValues) -> Rejection {
+        let RequestValues { key, target, .. } = values;
+        match error {
+            Error::PayloadMismatch { .. } => Rejection::PayloadMismatch { target, key },
+            Error::StillRunning { retry_after, .. } => Rejection::StillRunning {
+                target,
+                key,
+                retry_after: retry_after
+                    .unwrap_or(Duration::MAX)
+                    .min(self.config.max_still_running_retry_after()),
+            },
+            Error::Expired { .. } => Rejection::Expired { target, key },
+            Error::Superseded { .. } => Rejection::Superseded { target, key },
+            Error::Panic { message } => Rejection::HandlerPanicked { message },
+            Error::Repository(error) if error.is_transient() => Rejection::StoreUnavailable {
+                retry_after: self.config.unavailable_retry_after(),
+                source: Arc::new(error),
+            },
+            Error::Repository(error) => Rejection::Internal {
+                source: Arc::new(Box::new(error)),
+            },
+            Error::Codec(error) => Rejection::Internal {
+                source: Arc::new(error),
+            },
+            Error::Operation(NotRecorded(status)) => {
+                internal(format!("unexpected unrecorded status {status}"))
+            }
+        }
+    }
+}
+
+fn internal(message: impl Into<String>) -> Rejection {
+    let source: BoxError = message.into().into();
+    Rejection::Internal {
+        source: Arc::new(source),
+    }
+}

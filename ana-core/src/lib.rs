@@ -1,0 +1,97 @@
+//! # ana-core
+//!
+//! Make any operation idempotent: a retried request, a redelivered message or a double click
+//! runs the work once, and every later call gets the first answer back.
+//!
+//! ```text
+//!  Manager::call(op)
+//!     │ 1. expired by its own reference time? ──────────────▶ Error::Expired (store untouched)
+//!     │ 2. claim: ONE atomic step in the store
+//!     │      ├─ record exists, other payload ───────────────▶ Error::PayloadMismatch
+//!     │      ├─ Finished ───────────────────────────────────▶ replay the stored result
+//!     │      ├─ expired ────────────────────────────────────▶ Error::Expired
+//!     │      ├─ Running, timeout ahead (or none) ───────────▶ Error::StillRunning (never waits)
+//!     │      └─ new / Ready / Failed / Running past timeout ─▶ this call owns attempt N
+//!     │ 3. op.call(session): panics caught
+//!     │ 4. finish, compare-and-set on attempt N:
+//!     ▼      Finished (result stored) · Failed (error counted) · Superseded · Expired
+//! ```
+//!
+//! - [`Manager`] drives a call; [`Operation`] is the work (or [`operation`] for a closure).
+//! - [`IdempotencyRepository`] is the storage contract. [`MemoryRepository`] is the in-process
+//!   store; `ana-pg` (Postgres, the operation's writes in the same transaction as the record)
+//!   and `ana-redis` are the others. Every store passes [`conformance`] (feature `test-utils`).
+//! - [`TrackedOperation`] is the stored record: [`Status`], payload [`Fingerprint`], deadlines,
+//!   result or error, error count and the `attempt` fencing token.
+//!
+//! ## Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use ana_core::{operation, Error, Manager, MemoryRepository, MemorySession};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let manager: Manager<String, String, MemorySession> = Manager::new(MemoryRepository::new());
+//!
+//! let send = |key: &str, body: &str| {
+//!     operation("send-email", key, body.to_owned(), |_ctx: MemorySession| async {
+//!         // ... send the email ...
+//!         Ok::<_, std::io::Error>("queued".to_owned())
+//!     })
+//!     .timeout(Duration::from_secs(30))
+//! };
+//!
+//! assert_eq!(manager.call(send("msg-1", "hello")).await?, "queued");
+//! // A redelivery replays the answer without sending again.
+//! assert!(manager.run(send("msg-1", "hello")).await?.is_replayed());
+//! // The same key with another body is refused.
+//! assert!(matches!(
+//!     manager.call(send("msg-1", "bye")).await,
+//!     Err(Error::PayloadMismatch { .. })
+//! ));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Decisions where the contract is silent
+//!
+//! - Records keep a 128-bit payload [`Fingerprint`], never the payload.
+//! - A failed attempt is recorded even past the expiration; its own error is returned.
+//! - A dropped call fails its attempt from a background task ([`Manager::flush`] waits for
+//!   those); without a Tokio runtime, the record's timeout frees it.
+//! - The memory store never evicts a live record to make room: at capacity a new key is refused
+//!   with [`RepositoryError::CapacityExceeded`].
+
+mod clock;
+mod codec;
+#[cfg(feature = "test-utils")]
+pub mod conformance;
+mod error;
+#[cfg(feature = "http")]
+pub mod http;
+mod manager;
+mod memory;
+mod operation;
+mod record;
+mod repository;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use codec::{BytesCodec, Codec, JsonCodec};
+pub use error::Error;
+pub use manager::{CANCELLED, Manager, Outcome};
+pub use memory::{EXPIRED_BEFORE_FINISH, MemoryRepository, MemorySession};
+pub use operation::{FnOperation, Operation, operation};
+pub use record::{
+    Fingerprint, FingerprintHasher, Json, Payload, Status, TrackedOperation, UnknownStatus,
+};
+pub use repository::{
+    BoxError, Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+};
+
+/// Re-exported for store crates and users: the time type of every record.
+pub use chrono;
+
+// The README's Rust blocks run as doc tests, so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,515 @@
+//! [`Manager`]: drives one call through claim, execution and finish.
+
+use std::any::Any;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::task::Poll;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::clock::{self, Clock, SystemClock};
+use crate::codec::{Codec, JsonCodec};
+use crate::error::Error;
+use crate::operation::Operation;
+use crate::record::{Fingerprint, Payload, Status, TrackedOperation};
+use crate::repository::{
+    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+};
+
+/// Error text stored on a record whose attempt was cancelled (its future dropped).
+pub const CANCELLED: &str = "Operation cancelled before it finished.";
+
+/// The result of a managed call, saying whether the operation ran now or was replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome<R> {
+    /// The operation ran in this call and its result was recorded.
+    Executed(R),
+    /// An earlier call's recorded result.
+    Replayed(R),
+}
+
+impl<R> Outcome<R> {
+    /// The result, however it was obtained.
+    pub fn into_inner(self) -> R {
+        match self {
+            Self::Executed(value) | Self::Replayed(value) => value,
+        }
+    }
+
+    /// Whether the result was replayed from the store.
+    pub fn is_replayed(&self) -> bool {
+        matches!(self, Self::Replayed(_))
+    }
+}
+
+/// Makes operations idempotent over an [`IdempotencyRepository`].
+///
+/// `P` is the operations' payload type, `R` their result type and `Ctx` the store's session
+/// context (the transaction an operation runs in, for Postgres). The store is held behind an
+/// `Arc`, so clones are cheap and share it.
+///
+/// A call, in order (see the crate docs for the full contract):
+/// 1. expired by its own reference time → [`Error::Expired`], storage untouched;
+/// 2. one atomic claim; on the record as it stood: other payload → [`Error::PayloadMismatch`],
+///    Finished → replay, expired → [`Error::Expired`], held → [`Error::StillRunning`];
+/// 3. otherwise the call owns a fresh attempt and runs the operation, panics caught;
+/// 4. finish as a compare-and-set on the attempt: Finished, Failed, [`Error::Superseded`] or
+///    [`Error::Expired`].
+///
+/// ```
+/// use ana_core::{operation, Manager, MemoryRepository, MemorySession};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let manager: Manager<&str, u64, MemorySession> = Manager::new(MemoryRepository::new());
+/// let charge = |ctx: MemorySession| async move { Ok::<_, std::io::Error>(ctx.attempt() * 100) };
+///
+/// let first = manager.call(operation("charge", "key-1", "100 EUR", charge)).await?;
+/// let again = manager.call(operation("charge", "key-1", "100 EUR", charge)).await?;
+/// assert_eq!((first, again), (100, 100));
+/// # Ok(()) }
+/// ```
+pub struct Manager<P: ?Sized, R, Ctx> {
+    repository: Arc<dyn DynRepository<Ctx>>,
+    codec: Arc<dyn Codec<R>>,
+    clock: Arc<dyn Clock>,
+    cleanups: Arc<Cleanups>,
+    payload: PhantomData<fn(&P)>,
+}
+
+impl<P: ?Sized, R, Ctx> Clone for Manager<P, R, Ctx> {
+    fn clone(&self) -> Self {
+        Self {
+            repository: Arc::clone(&self.repository),
+            codec: Arc::clone(&self.codec),
+            clock: Arc::clone(&self.clock),
+            cleanups: Arc::clone(&self.cleanups),
+            payload: PhantomData,
+        }
+    }
+}
+
+impl<P: ?Sized, R, Ctx> fmt::Debug for Manager<P, R, Ctx> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Manager")
+            .field("clock", &self.clock)
+            .field("pending_cleanups", &self.cleanups.pending())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P, R, Ctx> Manager<P, R, Ctx>
+where
+    P: Payload + ?Sized,
+    R: serde::Serialize + serde::de::DeserializeOwned + Send + 'static,
+    Ctx: Clone + Send + Sync + 'static,
+{
+    /// A manager storing results as JSON.
+    pub fn new<S>(repository: S) -> Self
+    where
+        S: IdempotencyRepository<Session = Ctx>,
+    {
+        Self::with_codec(repository, JsonCodec)
+    }
+}
+
+impl<P, R, Ctx> Manager<P, R, Ctx>
+where
+    P: Payload + ?Sized,
+    R: Send + 'static,
+    Ctx: Clone + Send + Sync + 'static,
+{
+    /// A manager storing results with `codec`.
+    pub fn with_codec<S, C>(repository: S, codec: C) -> Self
+    where
+        S: IdempotencyRepository<Session = Ctx>,
+        C: Codec<R>,
+    {
+        Self {
+            repository: Arc::new(repository),
+            codec: Arc::new(codec),
+            clock: Arc::new(SystemClock),
+            cleanups: Arc::default(),
+            payload: PhantomData,
+        }
+    }
+
+    /// Uses `clock` for the expiry check made before storage is touched (default: the system
+    /// clock). Stored deadlines are compared on the store's own clock.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// The current time on the manager's clock.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// Runs `operation` at most once for its `(target, key)` and returns its result, or the
+    /// result recorded by an earlier call.
+    pub async fn call<O>(&self, operation: O) -> Result<R, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        self.run(operation).await.map(Outcome::into_inner)
+    }
+
+    /// Like [`call`](Self::call), and says whether the result was replayed.
+    pub async fn run<O>(&self, operation: O) -> Result<Outcome<R>, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        let now = self.clock.now();
+        let reference_time = operation.reference_time().unwrap_or(now);
+        let expiration = nonzero(operation.expiration()).map(|e| clock::add(reference_time, e));
+        if expiration.is_some_and(|expiration| now > expiration) {
+            return Err(Error::Expired {
+                target: operation.target().to_owned(),
+                key: operation.key().to_owned(),
+            });
+        }
+
+        let target = operation.target().to_owned();
+        let key = operation.key().to_owned();
+        let fingerprint = operation.payload().fingerprint();
+        let request = ClaimRequest {
+            target: &target,
+            key: &key,
+            fingerprint,
+            reference_time,
+            timeout: nonzero(operation.timeout()),
+            expiration,
+        };
+        match self.repository.claim(&request).await? {
+            Claim::Existing { record, now } => self.verdict(record, fingerprint, now),
+            Claim::Acquired { attempt, session } => {
+                let lease = Lease {
+                    target: &target,
+                    key: &key,
+                    attempt,
+                };
+                self.execute(operation, lease, session).await
+            }
+        }
+    }
+
+    /// Reads the stored record of `(target, key)`.
+    pub async fn get(
+        &self,
+        target: &str,
+        key: &str,
+    ) -> Result<Option<TrackedOperation>, RepositoryError> {
+        self.repository.get(target, key).await
+    }
+
+    /// Waits until the background clean-ups of cancelled calls (which mark their attempts
+    /// Failed) have reached the store. Call it before shutting down.
+    pub async fn flush(&self) {
+        self.cleanups.wait_idle().await;
+    }
+
+    /// What an existing record means for this call, checked in the order of the contract.
+    fn verdict<E>(
+        &self,
+        record: TrackedOperation,
+        fingerprint: Fingerprint,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome<R>, Error<E>> {
+        let TrackedOperation {
+            target,
+            key,
+            status,
+            ..
+        } = &record;
+        if record.fingerprint != fingerprint {
+            return Err(Error::PayloadMismatch {
+                target: target.clone(),
+                key: key.clone(),
+            });
+        }
+        if *status == Status::Finished {
+            let bytes = record
+                .result
+                .as_deref()
+                .ok_or_else(|| RepositoryError::Corrupt {
+                    detail: format!("finished record {target}/{key} has no result"),
+                })?;
+            return self
+                .codec
+                .decode(bytes)
+                .map(Outcome::Replayed)
+                .map_err(Error::Codec);
+        }
+        if record.is_expired_at(now) {
+            return Err(Error::Expired {
+                target: record.target,
+                key: record.key,
+            });
+        }
+        match (status, record.timeout) {
+            (Status::Running, None) => Err(Error::StillRunning {
+                target: record.target,
+                key: record.key,
+                retry_after: None,
+            }),
+            (Status::Running, Some(timeout)) if now < timeout => Err(Error::StillRunning {
+                target: record.target,
+                key: record.key,
+                retry_after: Some(clock::until(now, timeout)),
+            }),
+            _ => Err(Error::Repository(RepositoryError::Corrupt {
+                detail: format!(
+                    "the store returned the claimable record {target}/{key} ({status}) without claiming it"
+                ),
+            })),
+        }
+    }
+
+    async fn execute<O>(
+        &self,
+        operation: O,
+        lease: Lease<'_>,
+        session: Ctx,
+    ) -> Result<Outcome<R>, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        // From here until the finish is acknowledged, dropping this future fails the attempt
+        // in the background so the record does not stay Running.
+        let mut guard = CancelGuard {
+            manager: self,
+            lease,
+            session: Some(session.clone()),
+        };
+        let outcome = catch_unwind(operation.call(session.clone())).await;
+        let finish = match outcome {
+            Ok(Ok(value)) => match self.codec.encode(&value) {
+                Ok(bytes) => {
+                    let done = self.repository.complete(session, lease, &bytes).await?;
+                    guard.disarm();
+                    return match done {
+                        Completion::Done => Ok(Outcome::Executed(value)),
+                        Completion::Superseded => Err(superseded(lease)),
+                        Completion::Expired => Err(expired(lease)),
+                    };
+                }
+                Err(error) => {
+                    let message = format!("The result could not be encoded: {error}");
+                    (message, Error::Codec(error))
+                }
+            },
+            Ok(Err(error)) => (error.to_string(), Error::Operation(error)),
+            Err(panic) => {
+                let message = format!("Got panic \"{}\"", panic_message(&*panic));
+                (message.clone(), Error::Panic { message })
+            }
+        };
+        let (message, error) = finish;
+        let done = self.repository.fail(session, lease, &message).await;
+        guard.disarm();
+        match done {
+            // A failed attempt reports its own error, even when it had lost the record.
+            Ok(_) => Err(error),
+            Err(store) => match error {
+                // The operation's own outcome matters most to the caller; the record stays
+                // Running until its timeout.
+                Error::Operation(_) | Error::Panic { .. } => Err(error),
+                _ => Err(Error::Repository(store)),
+            },
+        }
+    }
+}
+
+fn superseded<E>(lease: Lease<'_>) -> Error<E> {
+    Error::Superseded {
+        target: lease.target.to_owned(),
+        key: lease.key.to_owned(),
+    }
+}
+
+fn expired<E>(lease: Lease<'_>) -> Error<E> {
+    Error::Expired {
+        target: lease.target.to_owned(),
+        key: lease.key.to_owned(),
+    }
+}
+
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+/// Polls `future`, turning a panic into `Err` with its payload.
+async fn catch_unwind<F: Future>(future: F) -> Result<F::Output, Box<dyn Any + Send>> {
+    let mut future = pin!(future);
+    std::future::poll_fn(move |cx| {
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    })
+    .await
+}
+
+fn panic_message(panic: &(dyn Any + Send)) -> &str {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message
+    } else {
+        "Box<dyn Any>"
+    }
+}
+
+/// Fails the attempt in the background if the call's future is dropped before its finish was
+/// acknowledged. The compare-and-set on the attempt makes a late clean-up harmless.
+struct CancelGuard<'a, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
+    manager: &'a Manager<P, R, Ctx>,
+    lease: Lease<'a>,
+    session: Option<Ctx>,
+}
+
+impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> CancelGuard<'_, P, R, Ctx> {
+    fn disarm(&mut self) {
+        self.session = None;
+    }
+}
+
+impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for CancelGuard<'_, P, R, Ctx> {
+    fn drop(&mut self) {
+        let Some(session) = self.session.take() else {
+            return;
+        };
+        // Without a runtime nothing can reach the store; the timeout frees the record.
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let repository = Arc::clone(&self.manager.repository);
+        let cleanups = Arc::clone(&self.manager.cleanups);
+        let (target, key, attempt) = (
+            self.lease.target.to_owned(),
+            self.lease.key.to_owned(),
+            self.lease.attempt,
+        );
+        cleanups.start();
+        runtime.spawn(async move {
+            let lease = Lease {
+                target: &target,
+                key: &key,
+                attempt,
+            };
+            // A store fault here leaves the record to its timeout.
+            let _ = repository.fail(session, lease, CANCELLED).await;
+            cleanups.finish();
+        });
+    }
+}
+
+/// Counts background clean-ups so [`Manager::flush`] can wait for them.
+#[derive(Debug, Default)]
+struct Cleanups {
+    pending: AtomicUsize,
+    idle: Notify,
+}
+
+impl Cleanups {
+    fn pending(&self) -> usize {
+        self.pending.load(Ordering::SeqCst)
+    }
+
+    fn start(&self) {
+        self.pending.fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn finish(&self) {
+        if self.pending.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.idle.notify_waiters();
+        }
+    }
+
+    async fn wait_idle(&self) {
+        loop {
+            let idle = self.idle.notified();
+            let mut idle = pin!(idle);
+            idle.as_mut().enable();
+            if self.pending() == 0 {
+                return;
+            }
+            idle.await;
+        }
+    }
+}
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// The object-safe face of [`IdempotencyRepository`], so a manager's type names only its
+/// session context, not its store.
+trait DynRepository<Ctx>: Send + Sync + 'static {
+    fn claim<'a>(
+        &'a self,
+        request: &'a ClaimRequest<'a>,
+    ) -> BoxFuture<'a, Result<Claim<Ctx>, RepositoryError>>;
+    fn complete<'a>(
+        &'a self,
+        session: Ctx,
+        lease: Lease<'a>,
+        result: &'a [u8],
+    ) -> BoxFuture<'a, Result<Completion, RepositoryError>>;
+    fn fail<'a>(
+        &'a self,
+        session: Ctx,
+        lease: Lease<'a>,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<Completion, RepositoryError>>;
+    fn get<'a>(
+        &'a self,
+        target: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TrackedOperation>, RepositoryError>>;
+}
+
+impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
+    fn claim<'a>(
+        &'a self,
+        request: &'a ClaimRequest<'a>,
+    ) -> BoxFuture<'a, Result<Claim<S::Session>, RepositoryError>> {
+        Box::pin(IdempotencyRepository::claim(self, request))
+    }
+
+    fn complete<'a>(
+        &'a self,
+        session: S::Session,
+        lease: Lease<'a>,
+        result: &'a [u8],
+    ) -> BoxFuture<'a, Result<Completion, RepositoryError>> {
+        Box::pin(IdempotencyRepository::complete(
+            self, session, lease, result,
+        ))
+    }
+
+    fn fail<'a>(
+        &'a self,
+        session: S::Session,
+        lease: Lease<'a>,
+        error: &'a str,
+    ) -> BoxFuture<'a, Result<Completion, RepositoryError>> {
+        Box::pin(IdempotencyRepository::fail(self, session, lease, error))
+    }
+
+    fn get<'a>(
+        &'a self,
+        target: &'a str,
+        key: &'a str,
+    ) -> BoxFuture<'a, Result<Option<TrackedOperation>, RepositoryError>> {
+        Box::pin(IdempotencyRepository::get(self, target, key))
+    }
+}

@@ -1,0 +1,691 @@
+//! [`MemoryRepository`]: the embedded store, for tests, single-process services and queues.
+
+use std::borrow::Borrow;
+use std::collections::HashSet;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::clock::{Clock, SystemClock};
+use crate::record::{Fingerprint, FingerprintHasher, Status, TrackedOperation};
+use crate::repository::{
+    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+};
+
+/// Error text stored when an attempt finished after the record's expiration.
+pub const EXPIRED_BEFORE_FINISH: &str = "Operation expired before it finished.";
+
+const DEFAULT_CAPACITY: usize = 1_000_000;
+const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+const NONE: i64 = i64::MIN;
+
+/// The session of a [`MemoryRepository`] attempt: it carries the fencing token.
+///
+/// There is no transaction: what the operation writes elsewhere is not undone when the attempt
+/// fails. Pass [`attempt`](Self::attempt) to downstream systems as a fencing token if they can
+/// reject stale writers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemorySession {
+    attempt: u64,
+}
+
+impl MemorySession {
+    /// The fencing token of this attempt.
+    pub fn attempt(&self) -> u64 {
+        self.attempt
+    }
+}
+
+/// An in-process [`IdempotencyRepository`]: sharded, bounded, with expired records evicted.
+///
+/// - Claim, complete and fail each take one shard lock once; nothing awaits under a lock.
+/// - Deadlines are compared on the repository's [`Clock`] (the system clock unless
+///   [`with_clock`](Self::with_clock) says otherwise).
+/// - Expired records are swept from a shard at most once per sweep interval (default one
+///   second), on the first claim that reaches it, and by [`evict_expired`](Self::evict_expired).
+/// - At capacity, expired records are swept at once; when every record is still live, a new
+///   key gets [`RepositoryError::CapacityExceeded`]. Live records are never evicted: that
+///   would let a retried request run twice.
+/// - Compact: a record is one allocation (a fixed header, then its result or error), and its
+///   identity is kept as a 128-bit digest of `(target, key)` rather than the strings: about
+///   330 bytes for a record with a 200-byte HTTP response. Two identities sharing a digest
+///   would need a SHA-256 collision on 128 bits; even then the payload fingerprint is
+///   checked before anything is replayed.
+///
+/// Clones share the same records.
+#[derive(Clone)]
+pub struct MemoryRepository {
+    shared: Arc<Shared>,
+    capacity: usize,
+    clock: Arc<dyn Clock>,
+    sweep_interval: Duration,
+}
+
+struct Shared {
+    shards: Box<[Mutex<Shard>]>,
+    len: AtomicUsize,
+}
+
+#[derive(Default)]
+struct Shard {
+    records: HashSet<Record, BuildHasherDefault<IdHasher>>,
+    next_sweep: i64,
+}
+
+impl Default for MemoryRepository {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryRepository")
+            .field("len", &self.len())
+            .field("capacity", &self.capacity)
+            .field("clock", &self.clock)
+            .field("sweep_interval", &self.sweep_interval)
+            .finish()
+    }
+}
+
+impl MemoryRepository {
+    /// An empty store holding at most 1,000,000 records.
+    pub fn new() -> Self {
+        let shards = (std::thread::available_parallelism().map_or(4, usize::from) * 8)
+            .next_power_of_two()
+            .max(16);
+        Self {
+            shared: Arc::new(Shared {
+                shards: (0..shards).map(|_| Mutex::default()).collect(),
+                len: AtomicUsize::new(0),
+            }),
+            capacity: DEFAULT_CAPACITY,
+            clock: Arc::new(SystemClock),
+            sweep_interval: DEFAULT_SWEEP_INTERVAL,
+        }
+    }
+
+    /// Sets the most records the store holds.
+    #[must_use]
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Sets the clock deadlines are compared on.
+    #[must_use]
+    pub fn with_clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// Sets how often a shard is swept for expired records.
+    #[must_use]
+    pub fn with_sweep_interval(mut self, interval: Duration) -> Self {
+        self.sweep_interval = interval;
+        self
+    }
+
+    /// How many records the store holds.
+    pub fn len(&self) -> usize {
+        self.shared.len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the store holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Removes every record whose expiration has passed; returns how many.
+    pub fn evict_expired(&self) -> usize {
+        let now = micros(self.clock.now());
+        self.shared
+            .shards
+            .iter()
+            .map(|shard| self.sweep(&mut lock(shard), now))
+            .sum()
+    }
+
+    /// Stores `record` as it is, replacing any record with its identity: for tests that need
+    /// a record in a given state, and for loading records kept elsewhere.
+    pub fn restore(&self, record: TrackedOperation) {
+        let id = identity(&record.target, &record.key);
+        let data = match record.status {
+            Status::Finished => record.result.unwrap_or_default(),
+            _ => record.error.map(String::into_bytes).unwrap_or_default(),
+        };
+        let stored = Record::new(
+            &id,
+            Header {
+                fingerprint: record.fingerprint,
+                status: record.status,
+                error_count: record.error_count,
+                attempt: record.attempt,
+                reference_time: micros(record.reference_time),
+                started_at: record.started_at.map_or(NONE, micros),
+                timeout: record.timeout.map_or(NONE, micros),
+                expiration: record.expiration.map_or(NONE, micros),
+                finished_at: record.finished_at.map_or(NONE, micros),
+            },
+            &data,
+        );
+        let mut shard = self.shard(&id);
+        if shard.records.replace(stored).is_none() {
+            self.shared.len.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn shard(&self, id: &Id) -> MutexGuard<'_, Shard> {
+        // The table hashes the first half of the digest; the shard comes from the second.
+        let index = u64::from_le_bytes(half(id, 8)) as usize & (self.shared.shards.len() - 1);
+        lock(&self.shared.shards[index])
+    }
+
+    fn sweep(&self, shard: &mut Shard, now: i64) -> usize {
+        let before = shard.records.len();
+        shard
+            .records
+            .retain(|record| !record.header().is_expired_at(now));
+        shard.next_sweep = now.saturating_add(micros_of(self.sweep_interval));
+        let removed = before - shard.records.len();
+        self.shared.len.fetch_sub(removed, Ordering::Relaxed);
+        removed
+    }
+
+    /// One claim attempt; `Ok(None)` asks the caller to retry after a capacity sweep.
+    fn try_claim(
+        &self,
+        request: &ClaimRequest<'_>,
+        id: &Id,
+        now: i64,
+        may_sweep_all: bool,
+    ) -> Result<Option<Claim<MemorySession>>, RepositoryError> {
+        let mut shard = self.shard(id);
+        if shard.next_sweep == 0 {
+            // First use: the first sweep comes one interval from now.
+            shard.next_sweep = now.saturating_add(micros_of(self.sweep_interval));
+        } else if now >= shard.next_sweep {
+            self.sweep(&mut shard, now);
+        }
+        let timeout = request
+            .timeout
+            .map_or(NONE, |timeout| now.saturating_add(micros_of(timeout)));
+        if let Some(record) = shard.records.get(id) {
+            let header = record.header();
+            if !header.is_claimable_at(request.fingerprint, now) {
+                return Ok(Some(Claim::Existing {
+                    record: record.to_record(request.target, request.key),
+                    now: time(now).unwrap_or_default(),
+                }));
+            }
+            let attempt = header.attempt + 1;
+            let record = Record::new(
+                id,
+                Header {
+                    status: Status::Running,
+                    attempt,
+                    started_at: now,
+                    timeout,
+                    ..header
+                },
+                record.data(),
+            );
+            shard.records.replace(record);
+            return Ok(Some(acquired(attempt)));
+        }
+        if self.len() >= self.capacity {
+            if may_sweep_all {
+                drop(shard);
+                self.evict_expired();
+                return Ok(None);
+            }
+            return Err(RepositoryError::CapacityExceeded {
+                capacity: self.capacity,
+            });
+        }
+        let header = Header {
+            fingerprint: request.fingerprint,
+            status: Status::Running,
+            error_count: 0,
+            attempt: 1,
+            reference_time: micros(request.reference_time),
+            started_at: now,
+            timeout,
+            expiration: request.expiration.map_or(NONE, micros),
+            finished_at: NONE,
+        };
+        shard.records.insert(Record::new(id, header, &[]));
+        self.shared.len.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(acquired(1)))
+    }
+
+    /// Replaces the record with `finish`'s header and data while `lease` still owns it.
+    fn finish<'d>(
+        &self,
+        lease: Lease<'_>,
+        missing: Completion,
+        finish: impl FnOnce(Header, i64) -> (Header, &'d [u8], Completion),
+    ) -> Completion {
+        let id = identity(lease.target, lease.key);
+        let now = micros(self.clock.now());
+        let mut shard = self.shard(&id);
+        let Some(record) = shard.records.get(&id) else {
+            // Only the sweeper removes records, and only expired ones.
+            return missing;
+        };
+        let header = record.header();
+        if header.attempt != lease.attempt || header.status != Status::Running {
+            return Completion::Superseded;
+        }
+        let (header, data, completion) = finish(header, now);
+        shard.records.replace(Record::new(&id, header, data));
+        completion
+    }
+}
+
+impl IdempotencyRepository for MemoryRepository {
+    type Session = MemorySession;
+
+    async fn claim(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Result<Claim<MemorySession>, RepositoryError> {
+        let now = micros(self.clock.now());
+        let id = identity(request.target, request.key);
+        match self.try_claim(request, &id, now, true)? {
+            Some(claim) => Ok(claim),
+            None => {
+                self.try_claim(request, &id, now, false)?
+                    .ok_or(RepositoryError::CapacityExceeded {
+                        capacity: self.capacity,
+                    })
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        _session: MemorySession,
+        lease: Lease<'_>,
+        result: &[u8],
+    ) -> Result<Completion, RepositoryError> {
+        Ok(self.finish(lease, Completion::Expired, |header, now| {
+            if header.is_expired_at(now) {
+                let failed = Header {
+                    status: Status::Failed,
+                    error_count: header.error_count.saturating_add(1),
+                    ..header
+                };
+                return (
+                    failed,
+                    EXPIRED_BEFORE_FINISH.as_bytes(),
+                    Completion::Expired,
+                );
+            }
+            let finished = Header {
+                status: Status::Finished,
+                finished_at: now,
+                ..header
+            };
+            (finished, result, Completion::Done)
+        }))
+    }
+
+    async fn fail(
+        &self,
+        _session: MemorySession,
+        lease: Lease<'_>,
+        error: &str,
+    ) -> Result<Completion, RepositoryError> {
+        Ok(self.finish(lease, Completion::Superseded, |header, _| {
+            let failed = Header {
+                status: Status::Failed,
+                error_count: header.error_count.saturating_add(1),
+                ..header
+            };
+            (failed, error.as_bytes(), Completion::Done)
+        }))
+    }
+
+    async fn get(
+        &self,
+        target: &str,
+        key: &str,
+    ) -> Result<Option<TrackedOperation>, RepositoryError> {
+        let id = identity(target, key);
+        let shard = self.shard(&id);
+        Ok(shard
+            .records
+            .get(&id)
+            .map(|record| record.to_record(target, key)))
+    }
+}
+
+/// A record's identity: 128 bits of SHA-256 over the length-framed target and key.
+type Id = [u8; 16];
+
+/// A record's fixed-size fields, times as microseconds since the epoch ([`NONE`]: unset).
+#[derive(Clone, Copy)]
+struct Header {
+    fingerprint: Fingerprint,
+    status: Status,
+    error_count: u32,
+    attempt: u64,
+    reference_time: i64,
+    started_at: i64,
+    timeout: i64,
+    expiration: i64,
+    finished_at: i64,
+}
+
+impl Header {
+    fn is_expired_at(&self, now: i64) -> bool {
+        self.expiration != NONE && now > self.expiration
+    }
+
+    /// [`TrackedOperation::is_claimable_at`] on the compact form.
+    fn is_claimable_at(&self, fingerprint: Fingerprint, now: i64) -> bool {
+        self.fingerprint == fingerprint
+            && !self.is_expired_at(now)
+            && match self.status {
+                Status::Ready | Status::Failed => true,
+                Status::Running => self.timeout != NONE && now >= self.timeout,
+                Status::Finished => false,
+            }
+    }
+}
+
+// Layout of a record's single allocation.
+const ID: usize = 0;
+const FINGERPRINT: usize = ID + 16;
+const STATUS: usize = FINGERPRINT + Fingerprint::LEN;
+const ERROR_COUNT: usize = STATUS + 1;
+const ATTEMPT: usize = ERROR_COUNT + 4;
+const TIMES: usize = ATTEMPT + 8;
+const DATA: usize = TIMES + 5 * 8;
+
+/// One stored record in one allocation: identity, header, then the result (Finished) or the
+/// error message (Failed). Hashed and compared by identity.
+struct Record(Box<[u8]>);
+
+impl Record {
+    fn new(id: &Id, header: Header, data: &[u8]) -> Self {
+        let mut bytes = Vec::with_capacity(DATA + data.len());
+        bytes.extend_from_slice(id);
+        bytes.extend_from_slice(header.fingerprint.as_bytes());
+        bytes.push(match header.status {
+            Status::Ready => 0,
+            Status::Running => 1,
+            Status::Finished => 2,
+            Status::Failed => 3,
+        });
+        bytes.extend_from_slice(&header.error_count.to_le_bytes());
+        bytes.extend_from_slice(&header.attempt.to_le_bytes());
+        for time in [
+            header.reference_time,
+            header.started_at,
+            header.timeout,
+            header.expiration,
+            header.finished_at,
+        ] {
+            bytes.extend_from_slice(&time.to_le_bytes());
+        }
+        bytes.extend_from_slice(data);
+        Self(bytes.into_boxed_slice())
+    }
+
+    fn id(&self) -> &Id {
+        self.0.first_chunk().unwrap_or(&[0; 16])
+    }
+
+    fn data(&self) -> &[u8] {
+        self.0.get(DATA..).unwrap_or_default()
+    }
+
+    fn header(&self) -> Header {
+        let bytes = &self.0;
+        let time = |index: usize| i64::from_le_bytes(half(bytes, TIMES + 8 * index));
+        Header {
+            fingerprint: Fingerprint::from_bytes(array(bytes, FINGERPRINT)),
+            status: match bytes.get(STATUS) {
+                Some(0) => Status::Ready,
+                Some(1) => Status::Running,
+                Some(2) => Status::Finished,
+                _ => Status::Failed,
+            },
+            error_count: u32::from_le_bytes(array(bytes, ERROR_COUNT)),
+            attempt: u64::from_le_bytes(half(bytes, ATTEMPT)),
+            reference_time: time(0),
+            started_at: time(1),
+            timeout: time(2),
+            expiration: time(3),
+            finished_at: time(4),
+        }
+    }
+
+    fn to_record(&self, target: &str, key: &str) -> TrackedOperation {
+        let header = self.header();
+        let data = self.data();
+        TrackedOperation {
+            target: target.to_owned(),
+            key: key.to_owned(),
+            status: header.status,
+            fingerprint: header.fingerprint,
+            reference_time: time(header.reference_time).unwrap_or_default(),
+            started_at: time(header.started_at),
+            timeout: time(header.timeout),
+            expiration: time(header.expiration),
+            finished_at: time(header.finished_at),
+            result: (header.status == Status::Finished).then(|| data.to_vec()),
+            error: (header.status == Status::Failed && !data.is_empty())
+                .then(|| String::from_utf8_lossy(data).into_owned()),
+            error_count: header.error_count,
+            attempt: header.attempt,
+        }
+    }
+}
+
+impl PartialEq for Record {
+    fn eq(&self, other: &Self) -> bool {
+        self.id() == other.id()
+    }
+}
+
+impl Eq for Record {}
+
+impl Hash for Record {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.id().hash(state);
+    }
+}
+
+impl Borrow<Id> for Record {
+    fn borrow(&self) -> &Id {
+        self.id()
+    }
+}
+
+/// Hashes an [`Id`] by taking its first eight bytes: they are already uniformly distributed.
+#[derive(Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for (index, byte) in bytes.iter().take(8).enumerate() {
+            self.0 ^= u64::from(*byte) << (8 * index);
+        }
+    }
+
+    fn write_usize(&mut self, _length_prefix: usize) {}
+}
+
+/// `N` bytes of `bytes` from `at` (zeros past the end; records are built with full headers).
+fn array<const N: usize>(bytes: &[u8], at: usize) -> [u8; N] {
+    let mut out = [0; N];
+    if let Some(slice) = bytes.get(at..at + N) {
+        out.copy_from_slice(slice);
+    }
+    out
+}
+
+fn half(bytes: &[u8], at: usize) -> [u8; 8] {
+    array(bytes, at)
+}
+
+fn acquired(attempt: u64) -> Claim<MemorySession> {
+    Claim::Acquired {
+        attempt,
+        session: MemorySession { attempt },
+    }
+}
+
+fn identity(target: &str, key: &str) -> Id {
+    let mut hasher = FingerprintHasher::default();
+    hasher.field(target.as_bytes());
+    hasher.field(key.as_bytes());
+    *hasher.finish().as_bytes()
+}
+
+fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
+    // No code that can panic runs under the lock; a poisoned shard is still consistent.
+    shard.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn micros(at: DateTime<Utc>) -> i64 {
+    at.timestamp_micros()
+}
+
+fn micros_of(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+fn time(micros: i64) -> Option<DateTime<Utc>> {
+    (micros != NONE)
+        .then(|| DateTime::from_timestamp_micros(micros))
+        .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::record::Payload;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    fn request<'a>(
+        key: &'a str,
+        now: DateTime<Utc>,
+        expiration: Option<Duration>,
+    ) -> ClaimRequest<'a> {
+        ClaimRequest {
+            target: "t",
+            key,
+            fingerprint: "p".fingerprint(),
+            reference_time: now,
+            timeout: None,
+            expiration: expiration.map(|e| crate::clock::add(now, e)),
+        }
+    }
+
+    async fn claim(repo: &MemoryRepository, request: &ClaimRequest<'_>) -> Claim<MemorySession> {
+        repo.claim(request).await.expect("claim")
+    }
+
+    #[tokio::test]
+    async fn expired_records_are_evicted_by_claims_on_other_keys() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new()
+            .with_clock(clock.clone())
+            .with_sweep_interval(MINUTE);
+        // Enough keys that every shard holds expiring records.
+        let keys: Vec<String> = (0..256).map(|i| format!("old-{i}")).collect();
+        for key in &keys {
+            claim(&repo, &request(key, clock.now(), Some(MINUTE))).await;
+        }
+        assert_eq!(repo.len(), 256);
+        clock.advance(3 * MINUTE);
+        // Claims on new keys sweep the shards they reach; the old keys never come back.
+        for i in 0..2048 {
+            let key = format!("new-{i}");
+            claim(&repo, &request(&key, clock.now(), None)).await;
+        }
+        for key in &keys {
+            assert_eq!(repo.get("t", key).await.expect("get"), None, "{key}");
+        }
+        assert_eq!(repo.len(), 2048);
+    }
+
+    #[tokio::test]
+    async fn evict_expired_counts_what_it_removes() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new().with_clock(clock.clone());
+        claim(&repo, &request("a", clock.now(), Some(MINUTE))).await;
+        claim(&repo, &request("b", clock.now(), Some(10 * MINUTE))).await;
+        claim(&repo, &request("c", clock.now(), None)).await;
+        clock.advance(2 * MINUTE);
+        assert_eq!(repo.evict_expired(), 1);
+        assert_eq!(repo.len(), 2);
+        assert!(repo.get("t", "a").await.expect("get").is_none());
+        assert!(repo.get("t", "b").await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn a_full_store_refuses_new_keys_but_never_evicts_live_ones() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new()
+            .with_clock(clock.clone())
+            .with_capacity(2);
+        claim(&repo, &request("a", clock.now(), Some(MINUTE))).await;
+        claim(&repo, &request("b", clock.now(), None)).await;
+        let full = repo.claim(&request("c", clock.now(), None)).await;
+        assert!(
+            matches!(full, Err(RepositoryError::CapacityExceeded { capacity: 2 })),
+            "{full:?}"
+        );
+        // Existing keys still answer at capacity.
+        assert!(matches!(
+            claim(&repo, &request("b", clock.now(), None)).await,
+            Claim::Existing { .. }
+        ));
+        // Once "a" expires, the full store sweeps it and takes "c".
+        clock.advance(2 * MINUTE);
+        assert!(matches!(
+            claim(&repo, &request("c", clock.now(), None)).await,
+            Claim::Acquired { attempt: 1, .. }
+        ));
+        assert_eq!(repo.len(), 2);
+        assert!(repo.get("t", "b").await.expect("get").is_some());
+    }
+
+    #[tokio::test]
+    async fn restore_replaces_and_counts_once() {
+        let repo = MemoryRepository::new();
+        let now = Utc::now();
+        let mut record = TrackedOperation::new("t", "k", Status::Failed, "p".fingerprint(), now);
+        record.error = Some("boom".into());
+        repo.restore(record.clone());
+        record.status = Status::Finished;
+        record.error = None;
+        record.result = Some(b"ok".to_vec());
+        repo.restore(record.clone());
+        assert_eq!(repo.len(), 1);
+        let stored = repo.get("t", "k").await.expect("get").expect("record");
+        assert_eq!(stored.result.as_deref(), Some(&b"ok"[..]));
+        assert_eq!(stored.status, Status::Finished);
+    }
+
+    #[test]
+    fn identities_of_different_splits_differ() {
+        assert_ne!(identity("ab", "c"), identity("a", "bc"));
+    }
+}

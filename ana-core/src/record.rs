@@ -1,0 +1,312 @@
+//! The stored record: [`TrackedOperation`], its [`Status`] and the payload [`Fingerprint`].
+
+use std::fmt;
+use std::str::FromStr;
+
+use chrono::{DateTime, Utc};
+use sha2::{Digest, Sha256};
+
+/// Where a tracked operation stands.
+///
+/// ```text
+///            claim                 success
+///   (none) ─────────▶ Running ───────────────▶ Finished  (replayed from now on)
+///   Ready  ─────────▶    │  ▲
+///                  error │  │ claim (retry), or claim after the
+///                  panic ▼  │ timeout of a Running record
+///                     Failed
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Status {
+    /// Stored but never started; runnable by the next claim.
+    Ready,
+    /// An attempt holds the record until it finishes or its timeout passes.
+    Running,
+    /// The operation succeeded; its result is replayed to every later call.
+    Finished,
+    /// The last attempt failed; the next call runs the operation again.
+    Failed,
+}
+
+impl Status {
+    /// The lower-case name used by the stores (`ready`, `running`, `finished`, `failed`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ready => "ready",
+            Self::Running => "running",
+            Self::Finished => "finished",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not one of the four status names.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown operation status {0:?}")]
+pub struct UnknownStatus(pub String);
+
+impl FromStr for Status {
+    type Err = UnknownStatus;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "ready" => Ok(Self::Ready),
+            "running" => Ok(Self::Running),
+            "finished" => Ok(Self::Finished),
+            "failed" => Ok(Self::Failed),
+            other => Err(UnknownStatus(other.to_owned())),
+        }
+    }
+}
+
+/// A 128-bit digest (truncated SHA-256) of a request's payload.
+///
+/// Stores keep the fingerprint, never the payload itself, so a record holds no request data
+/// and a key reused for a different request is still detected.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Fingerprint([u8; Fingerprint::LEN]);
+
+impl Fingerprint {
+    /// Length in bytes.
+    pub const LEN: usize = 16;
+
+    /// The fingerprint of `bytes`.
+    pub fn of(bytes: impl AsRef<[u8]>) -> Self {
+        let mut hasher = FingerprintHasher::default();
+        hasher.update(bytes.as_ref());
+        hasher.finish()
+    }
+
+    /// Wraps stored bytes.
+    pub const fn from_bytes(bytes: [u8; Self::LEN]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads a stored fingerprint; `None` when the slice has the wrong length.
+    pub fn from_slice(bytes: &[u8]) -> Option<Self> {
+        bytes.try_into().ok().map(Self)
+    }
+
+    /// The raw bytes.
+    pub const fn as_bytes(&self) -> &[u8; Self::LEN] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Fingerprint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for byte in self.0 {
+            write!(f, "{byte:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Computes a [`Fingerprint`] over several pieces, for payloads that arrive in parts
+/// (an HTTP method, a path and a streamed body).
+///
+/// Each piece given to [`field`](Self::field) is length-prefixed, so `("ab", "c")` and
+/// `("a", "bc")` differ.
+#[derive(Clone, Default)]
+pub struct FingerprintHasher(Sha256);
+
+impl FingerprintHasher {
+    /// Feeds raw bytes (no framing).
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Feeds one length-prefixed field.
+    pub fn field(&mut self, bytes: &[u8]) {
+        self.0.update((bytes.len() as u64).to_le_bytes());
+        self.0.update(bytes);
+    }
+
+    /// The fingerprint of everything fed so far.
+    pub fn finish(self) -> Fingerprint {
+        let digest = self.0.finalize();
+        let mut out = [0; Fingerprint::LEN];
+        out.copy_from_slice(&digest[..Fingerprint::LEN]);
+        Fingerprint(out)
+    }
+}
+
+impl fmt::Debug for FingerprintHasher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("FingerprintHasher")
+    }
+}
+
+/// A payload that can be fingerprinted, to detect a key reused for another request.
+pub trait Payload {
+    /// The payload's fingerprint. Equal payloads must give equal fingerprints, across
+    /// processes and releases.
+    fn fingerprint(&self) -> Fingerprint;
+}
+
+impl Payload for Fingerprint {
+    fn fingerprint(&self) -> Fingerprint {
+        *self
+    }
+}
+
+impl Payload for () {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of([])
+    }
+}
+
+impl Payload for str {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self)
+    }
+}
+
+impl Payload for String {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self)
+    }
+}
+
+impl Payload for [u8] {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self)
+    }
+}
+
+impl Payload for Vec<u8> {
+    fn fingerprint(&self) -> Fingerprint {
+        Fingerprint::of(self)
+    }
+}
+
+impl<T: Payload + ?Sized> Payload for &T {
+    fn fingerprint(&self) -> Fingerprint {
+        (**self).fingerprint()
+    }
+}
+
+/// A payload fingerprinted through its JSON form (`serde_json`), for structured requests.
+///
+/// ```
+/// use ana_core::{Json, Payload};
+///
+/// #[derive(serde::Serialize)]
+/// struct Charge { cents: u64, currency: &'static str }
+///
+/// let a = Json(Charge { cents: 100, currency: "EUR" });
+/// let b = Json(Charge { cents: 200, currency: "EUR" });
+/// assert_ne!(a.fingerprint(), b.fingerprint());
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Json<T>(pub T);
+
+impl<T: serde::Serialize> Payload for Json<T> {
+    fn fingerprint(&self) -> Fingerprint {
+        let mut hasher = FingerprintHasher::default();
+        // Writing JSON into a hasher cannot fail for serializable data; a type whose
+        // `Serialize` reports an error is fingerprinted by what it wrote before the error.
+        let _ = serde_json::to_writer(HashWriter(&mut hasher), &self.0);
+        hasher.finish()
+    }
+}
+
+struct HashWriter<'a>(&'a mut FingerprintHasher);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The stored record of one idempotent operation, identified by `(target, key)`.
+///
+/// `result` holds the encoded result of a Finished operation (see [`Codec`](crate::Codec));
+/// `attempt` is the fencing token: every claim that starts an execution increments it, and an
+/// attempt may only finish the record while it still holds the current token.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TrackedOperation {
+    /// What the key is scoped to: the operation, route or queue (`[POST]/payments`).
+    pub target: String,
+    /// The caller's idempotency key.
+    pub key: String,
+    /// Where the record stands.
+    pub status: Status,
+    /// Fingerprint of the payload of the call that created the record.
+    pub fingerprint: Fingerprint,
+    /// The reference time of the call that created the record.
+    pub reference_time: DateTime<Utc>,
+    /// When the current (or last) attempt started.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Lock deadline of the current attempt: past it, another call may take over.
+    pub timeout: Option<DateTime<Utc>>,
+    /// Past it the record no longer runs; a Finished record still replays.
+    pub expiration: Option<DateTime<Utc>>,
+    /// The encoded result, once Finished.
+    pub result: Option<Vec<u8>>,
+    /// The last attempt's error message, while Failed.
+    pub error: Option<String>,
+    /// When the successful attempt committed.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// How many attempts failed.
+    pub error_count: u32,
+    /// The fencing token of the current (or last) attempt; 0 before the first.
+    pub attempt: u64,
+}
+
+impl TrackedOperation {
+    /// A record in state `status` with the given identity and no attempt history.
+    pub fn new(
+        target: impl Into<String>,
+        key: impl Into<String>,
+        status: Status,
+        fingerprint: Fingerprint,
+        reference_time: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            target: target.into(),
+            key: key.into(),
+            status,
+            fingerprint,
+            reference_time,
+            started_at: None,
+            timeout: None,
+            expiration: None,
+            result: None,
+            error: None,
+            finished_at: None,
+            error_count: 0,
+            attempt: 0,
+        }
+    }
+
+    /// Whether the record's own expiration has passed at `now`.
+    pub fn is_expired_at(&self, now: DateTime<Utc>) -> bool {
+        self.expiration.is_some_and(|expiration| now > expiration)
+    }
+
+    /// Whether a claim at `now` from a call with `fingerprint` may start a new attempt:
+    /// same payload, not expired, and Ready, Failed, or Running past its timeout.
+    ///
+    /// Every store's atomic claim implements exactly this condition.
+    pub fn is_claimable_at(&self, fingerprint: Fingerprint, now: DateTime<Utc>) -> bool {
+        self.fingerprint == fingerprint
+            && !self.is_expired_at(now)
+            && match self.status {
+                Status::Ready | Status::Failed => true,
+                Status::Running => self.timeout.is_some_and(|timeout| now >= timeout),
+                Status::Finished => false,
+            }
+    }
+}

@@ -1,0 +1,162 @@
+//! The storage contract: [`IdempotencyRepository`].
+
+use std::future::Future;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::record::{Fingerprint, TrackedOperation};
+
+/// A boxed error from a store's driver, kept as the source of a [`RepositoryError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// What a call asks of the store when it claims a record.
+#[derive(Clone, Debug)]
+pub struct ClaimRequest<'a> {
+    /// The record's target.
+    pub target: &'a str,
+    /// The record's key.
+    pub key: &'a str,
+    /// Fingerprint of this call's payload.
+    pub fingerprint: Fingerprint,
+    /// This call's reference time, stored when the record is created.
+    pub reference_time: DateTime<Utc>,
+    /// How long a new attempt holds the record (`None`: until it finishes). The store adds it
+    /// to its own clock's time of the claim.
+    pub timeout: Option<Duration>,
+    /// Absolute expiration (`reference_time + expiration`), stored when the record is created;
+    /// a record taken over keeps the expiration it was created with.
+    pub expiration: Option<DateTime<Utc>>,
+}
+
+/// The answer to a claim.
+#[derive(Debug)]
+pub enum Claim<S> {
+    /// The record was created, or taken over (Ready, Failed, or Running past its timeout,
+    /// same fingerprint, not expired): this call owns attempt `attempt` and runs the operation
+    /// inside `session`.
+    Acquired {
+        /// The fencing token of this attempt.
+        attempt: u64,
+        /// The context the operation runs in (a transaction for Postgres).
+        session: S,
+    },
+    /// Nothing was changed: the record as it stands, and the store's clock at the claim.
+    Existing {
+        /// The stored record.
+        record: TrackedOperation,
+        /// The store's time when the claim was evaluated, to compare the record's deadlines.
+        now: DateTime<Utc>,
+    },
+}
+
+/// Identifies the attempt that finishes a record.
+#[derive(Clone, Copy, Debug)]
+pub struct Lease<'a> {
+    /// The record's target.
+    pub target: &'a str,
+    /// The record's key.
+    pub key: &'a str,
+    /// The fencing token returned by the claim.
+    pub attempt: u64,
+}
+
+/// How finishing an attempt went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// The record took the new state (and, for a transactional store, the session committed).
+    Done,
+    /// Another attempt took the record over: nothing was written and the session rolled back.
+    Superseded,
+    /// The record's expiration passed before the attempt finished: the session rolled back and
+    /// the record was marked Failed.
+    Expired,
+}
+
+/// A store failure. The operation is never run when the claim failed, and storage faults are
+/// never read as "no record".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RepositoryError {
+    /// The store could not be reached (connection refused, pool exhausted, timed out).
+    #[error("the idempotency store is unavailable")]
+    Unavailable(#[source] BoxError),
+    /// The store answered with an error.
+    #[error("the idempotency store failed")]
+    Backend(#[source] BoxError),
+    /// A stored record could not be read back.
+    #[error("an idempotency record is corrupt: {detail}")]
+    Corrupt {
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// A bounded store is full of live records.
+    #[error("the idempotency store is full ({capacity} records)")]
+    CapacityExceeded {
+        /// The store's capacity.
+        capacity: usize,
+    },
+    /// The session was used after the attempt finished, or is otherwise unusable.
+    #[error("the operation's session is closed")]
+    SessionClosed,
+}
+
+impl RepositoryError {
+    /// Whether retrying later may succeed (the store is down or full), as opposed to a
+    /// corrupt record or a misuse.
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Unavailable(_) | Self::Backend(_) | Self::CapacityExceeded { .. }
+        )
+    }
+}
+
+/// A store of [`TrackedOperation`]s.
+///
+/// Every method is one atomic step in storage:
+/// - [`claim`](Self::claim) creates the record, or takes over a record that may run again
+///   (exactly when [`TrackedOperation::is_claimable_at`] holds on the store's clock), or returns
+///   it untouched. Never check-then-insert, never wait on another holder.
+/// - [`complete`](Self::complete) and [`fail`](Self::fail) are compare-and-set on the attempt
+///   token: they change the record only while it is Running with that attempt.
+///
+/// Run the conformance suite (`ana_core::conformance`, feature `test-utils`) against any new
+/// store.
+pub trait IdempotencyRepository: Send + Sync + 'static {
+    /// The context an operation runs in: a transaction for a transactional store, a handle
+    /// carrying the attempt token otherwise. Clones refer to the same session.
+    type Session: Clone + Send + Sync + 'static;
+
+    /// Creates, takes over or returns the record for `request`, atomically.
+    fn claim(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> impl Future<Output = Result<Claim<Self::Session>, RepositoryError>> + Send;
+
+    /// Marks the attempt Finished with `result` (commits the session with it), unless the
+    /// attempt lost the record or the record expired.
+    fn complete(
+        &self,
+        session: Self::Session,
+        lease: Lease<'_>,
+        result: &[u8],
+    ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
+
+    /// Rolls the session back and marks the attempt Failed with `error`, counting it, unless
+    /// the attempt lost the record ([`Completion::Superseded`]). Never answers
+    /// [`Completion::Expired`]: a failure is recorded even past the expiration.
+    fn fail(
+        &self,
+        session: Self::Session,
+        lease: Lease<'_>,
+        error: &str,
+    ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
+
+    /// Reads a record, for inspection and tests.
+    fn get(
+        &self,
+        target: &str,
+        key: &str,
+    ) -> impl Future<Output = Result<Option<TrackedOperation>, RepositoryError>> + Send;
+}

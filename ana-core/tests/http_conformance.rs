@@ -1,0 +1,41 @@
+//! The HTTP conformance suite on the framework-neutral driver itself
+//! ([`IdempotencyService::handle`]), with no web framework in between.
+
+use ana_core::http::conformance::{Adapter, App, Routes};
+use ana_core::http::{IdempotencyService, ResponseBody};
+use bytes::Bytes;
+
+struct Direct;
+
+struct DirectApp<Ctx> {
+    service: IdempotencyService<Ctx>,
+    routes: Routes<Ctx>,
+}
+
+impl Adapter for Direct {
+    fn app<Ctx>(&self, service: IdempotencyService<Ctx>, routes: Routes<Ctx>) -> impl App
+    where
+        Ctx: Clone + Send + Sync + 'static,
+    {
+        DirectApp { service, routes }
+    }
+}
+
+impl<Ctx: Clone + Send + Sync + 'static> App for DirectApp<Ctx> {
+    async fn send(&self, request: http::Request<Bytes>) -> http::Response<Bytes> {
+        let routes = self.routes.clone();
+        let next = move |parts, body| async move {
+            let response = routes.handle(http::Request::from_parts(parts, body)).await;
+            response.map(ResponseBody::<()>::Full)
+        };
+        self.service
+            .handle(request, next)
+            .await
+            .map(|body| match body {
+                ResponseBody::Full(bytes) => bytes,
+                ResponseBody::Streaming(()) => Bytes::new(),
+            })
+    }
+}
+
+ana_core::http_conformance_tests!(Direct);

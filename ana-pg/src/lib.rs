@@ -1,0 +1,153 @@
+//! # ana-pg
+//!
+//! The PostgreSQL store of [`ana_core`], on [sqlx](https://docs.rs/sqlx) 0.9: an idempotent
+//! operation runs inside an open transaction, and **its own writes commit in the same
+//! transaction as its record turning Finished**. Either both are there, or neither is: on an
+//! error, a panic, a takeover by another attempt or an expiration found at the finish, the
+//! operation's writes are rolled back and the failure is recorded.
+//!
+//! ```text
+//!  claim (autocommit, one statement)      session = BEGIN … (the operation's SQL) …
+//!  INSERT … ON CONFLICT … DO UPDATE      ──▶ complete: UPDATE record → Finished; COMMIT
+//!    WHERE <may run again> RETURNING      └─▶ fail:     ROLLBACK; UPDATE record → Failed
+//! ```
+//!
+//! ## Guide
+//!
+//! 1. Build a [`PgRepository`] on a [`PgPool`](sqlx::PgPool) and run
+//!    [`migrate`](PgRepository::migrate) at start-up (safe to run every time, from every
+//!    instance at once). Records go to schema `ana`, or another one with
+//!    [`PgRepository::with_schema`].
+//! 2. Build a [`Manager`](ana_core::Manager) with [`PgSession`] as its context type.
+//! 3. In the operation, write through the session:
+//!    `let mut tx = session.transaction().await?;` then `.execute(&mut *tx)`. Do not commit it:
+//!    the manager does, together with the record.
+//! 4. Optionally run [`PgRepository::spawn_cleanup`] to mark Running records past their
+//!    timeout Failed and delete expired records.
+//!
+//! sqlx is re-exported as [`ana_pg::sqlx`](sqlx), so the version always matches. This crate
+//! enables sqlx's `runtime-tokio`, `postgres` and `chrono` features and no TLS; to reach a
+//! server over TLS, depend on `sqlx` 0.9 yourself with `tls-rustls` (or `tls-native-tls`):
+//! Cargo unifies the features.
+//!
+//! ## Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use ana_core::{operation, BoxError, Manager};
+//! use ana_pg::{PgRepository, PgSession, sqlx};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::postgres::PgPoolOptions::new()
+//!     .max_connections(16)
+//!     .acquire_timeout(Duration::from_secs(3))
+//!     .connect("postgres://postgres@127.0.0.1:5432/test")
+//!     .await?;
+//! let repository = PgRepository::new(pool);
+//! repository.migrate().await?;
+//! let cleanup = repository.spawn_cleanup(ana_pg::CleanupConfig::every(Duration::from_secs(60)));
+//!
+//! let manager: Manager<String, i64, PgSession> = Manager::new(repository);
+//!
+//! let charge = |key: &str, cents: i64| {
+//!     operation("charge", key, format!("{cents} EUR"), move |session: PgSession| async move {
+//!         let mut tx = session.transaction().await?;
+//!         let id: i64 = sqlx::query_scalar(
+//!             "INSERT INTO payments (cents, attempt) VALUES ($1, $2) RETURNING id",
+//!         )
+//!         .bind(cents)
+//!         .bind(session.attempt() as i64)
+//!         .fetch_one(&mut *tx)
+//!         .await?;
+//!         Ok::<_, BoxError>(id)
+//!     })
+//!     .timeout(Duration::from_secs(30))
+//!     .expiration(Duration::from_secs(24 * 3600))
+//! };
+//!
+//! let first = manager.call(charge("order-42", 1_000)).await?;
+//! // A retry replays the payment id; no second row is inserted.
+//! assert_eq!(manager.call(charge("order-42", 1_000)).await?, first);
+//! # cleanup.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! ## Schema
+//!
+//! `<schema>.tracked_operations`, primary key `(target, key)`:
+//!
+//! | column | type | |
+//! |---|---|---|
+//! | `status` | `<schema>.operation_status` | `ready`, `running`, `finished`, `failed` |
+//! | `fingerprint` | `bytea` | 16-byte digest of the payload |
+//! | `reference_time`, `started_at`, `timeout`, `expiration`, `finished_at` | `timestamptz` | deadlines are absolute |
+//! | `result` | `bytea` | the encoded result, once Finished |
+//! | `error` | `text` | the last failure's message |
+//! | `error_count` | `integer` | failed attempts |
+//! | `attempt` | `bigint` | the fencing token |
+//!
+//! Indexes: `(timeout) WHERE status = 'running'` for [`PgRepository::fail_timed_out`],
+//! `(expiration)` for [`PgRepository::delete_expired`]. Applied migrations are listed in
+//! `<schema>.schema_migrations`. The migrations run in one transaction under
+//! `pg_advisory_xact_lock` on the schema's name: concurrent runs wait for each other, repeated
+//! runs do nothing.
+//!
+//! ## Behaviour, and decisions where the contract is silent
+//!
+//! - **One clock.** Every deadline is computed and compared on the database's clock
+//!   (`statement_timestamp()` in the claim, `clock_timestamp()` at finish and in the clean-up),
+//!   never the application's. A claim answering "held" returns the database's time for the
+//!   manager's `Retry-After`.
+//! - **Claim in one statement, never waiting on a holder.** The claim is
+//!   `WITH claimed AS (INSERT … ON CONFLICT (target, key) DO UPDATE … WHERE <claimable>
+//!   RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM tracked_operations WHERE NOT
+//!   EXISTS (SELECT 1 FROM claimed)`, autocommitted, so the Running row is visible at once. The
+//!   `<claimable>` condition is exactly [`TrackedOperation::is_claimable_at`](ana_core::TrackedOperation::is_claimable_at).
+//!   The holder's transaction locks its record only for its final `UPDATE` and `COMMIT`; a
+//!   claim arriving in that instant waits for that commit (microseconds to milliseconds), not
+//!   for the operation. If the statement answers no row (a concurrent first claim committed
+//!   after its snapshot), it is run again, three times at most.
+//! - **The session's transaction** is opened with `BEGIN` on a pooled connection right after
+//!   the claim, which returns its own connection first, so a call holds one connection at a
+//!   time and a full pool cannot deadlock. If `BEGIN` fails, the attempt is marked Failed
+//!   ([`BEGIN_FAILED`]) and the error returned; the operation does not run.
+//! - **Finish.** `complete` updates the record in the session's transaction, conditional on
+//!   the attempt token, Running status and expiration, then commits. When no row matched it
+//!   rolls back and tells an expired record (marked Failed with
+//!   [`EXPIRED_BEFORE_FINISH`](ana_core::EXPIRED_BEFORE_FINISH), answered
+//!   [`Completion::Expired`](ana_core::Completion::Expired)) from a record another attempt
+//!   owns ([`Completion::Superseded`](ana_core::Completion::Superseded)). When the transaction
+//!   itself fails (a statement of the operation aborted it, a deferred constraint, the
+//!   connection dropped) the record is marked Failed ([`COMMIT_FAILED`]) and the error
+//!   returned. `fail` rolls back, then records the failure on another pooled connection.
+//! - **Always released.** The transaction is committed or rolled back by the finish; if every
+//!   handle of a session is dropped first (the call's future dropped), sqlx rolls it back and
+//!   the connection returns to the pool, and the manager marks the attempt Failed.
+//! - **Storage faults** are typed: pool timeout, closed pool, I/O, TLS and the server's
+//!   "cannot serve now" SQLSTATE classes (08, 53, 57) are
+//!   [`RepositoryError::Unavailable`](ana_core::RepositoryError::Unavailable); a row that does
+//!   not decode is `Corrupt`; anything else is `Backend`. Sources are kept.
+//! - **Stored errors** lose NUL bytes (Postgres `text` refuses them) and are cut to 8 KiB.
+//! - **Timeouts** are capped at 100 years.
+//! - **Clean-up.** [`fail_timed_out`](PgRepository::fail_timed_out) and
+//!   [`delete_expired`](PgRepository::delete_expired) each change at most `limit` rows per
+//!   call, picked with `FOR UPDATE SKIP LOCKED`, and return counts. Expired records are deleted
+//!   whatever their status, after an optional [retention](PgRepository::with_retention); a
+//!   Finished record replays until then.
+//! - **Fencing.** [`PgSession::attempt`] is the attempt token, increasing with every takeover;
+//!   pass it to systems outside the transaction that can reject a stale writer.
+
+mod cleanup;
+mod error;
+mod repository;
+mod schema;
+mod session;
+
+pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport};
+pub use repository::{BEGIN_FAILED, COMMIT_FAILED, PgRepository, TIMED_OUT};
+pub use schema::{DEFAULT_SCHEMA, InvalidSchemaName};
+pub use session::{PgSession, PgTransaction};
+
+/// The sqlx crate this store is built on, so applications use the same version.
+pub use sqlx;

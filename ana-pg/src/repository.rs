@@ -1,0 +1,436 @@
+//! [`PgRepository`]: the Postgres [`IdempotencyRepository`].
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ana_core::chrono::{DateTime, Utc};
+use ana_core::{
+    Claim, ClaimRequest, Completion, EXPIRED_BEFORE_FINISH, Fingerprint, IdempotencyRepository,
+    Lease, RepositoryError, Status, TrackedOperation,
+};
+use sqlx::postgres::PgRow;
+use sqlx::{PgPool, Row};
+
+use crate::error::{ClaimRace, map_sqlx};
+use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
+use crate::session::PgSession;
+
+/// Error text stored by [`PgRepository::fail_timed_out`] on a Running record past its
+/// timeout.
+pub const TIMED_OUT: &str = "Operation timed out before it finished.";
+
+/// Error text stored when the session's transaction could not be opened after the claim.
+pub const BEGIN_FAILED: &str = "The operation's transaction could not be opened.";
+
+/// Error text stored when the session's transaction failed at finish (an earlier statement of
+/// the operation left it aborted, a deferred constraint failed at commit, the connection
+/// dropped).
+pub const COMMIT_FAILED: &str = "The operation's transaction could not be committed.";
+
+/// How many times a claim statement is run when it answers no row (see [`PgRepository`]).
+const CLAIM_TRIES: u32 = 3;
+
+/// A timeout is capped at 100 years, well inside Postgres' interval and timestamp range.
+const MAX_TIMEOUT_MICROS: i64 = 100 * 366 * 24 * 3600 * 1_000_000;
+
+/// Stored error messages are cut to this many bytes.
+const MAX_ERROR_LEN: usize = 8 * 1024;
+
+/// A Postgres [`IdempotencyRepository`] on a sqlx [`PgPool`], whose sessions are open
+/// transactions ([`PgSession`]).
+///
+/// - Records live in `<schema>.tracked_operations` (schema `ana` unless
+///   [`with_schema`](Self::with_schema) says otherwise); create it with
+///   [`migrate`](Self::migrate).
+/// - [`claim`](IdempotencyRepository::claim) is one autocommitted
+///   `INSERT … ON CONFLICT … DO UPDATE … WHERE <may run again> … RETURNING` statement on the
+///   database clock; a held record is answered at once, never waited for. Then the session's
+///   transaction is opened (`BEGIN`) on a pooled connection.
+/// - [`complete`](IdempotencyRepository::complete) marks the record Finished inside the
+///   session's transaction and commits: the operation's writes and the record commit
+///   together. [`fail`](IdempotencyRepository::fail) rolls the transaction back and records
+///   the failure. Both are compare-and-set on the attempt token.
+/// - [`fail_timed_out`](Self::fail_timed_out), [`delete_expired`](Self::delete_expired) and
+///   [`spawn_cleanup`](Self::spawn_cleanup) keep the table small.
+///
+/// Clones share the pool and the prepared SQL.
+#[derive(Clone)]
+pub struct PgRepository {
+    pool: PgPool,
+    shared: Arc<Shared>,
+    retention: Duration,
+}
+
+struct Shared {
+    schema: SchemaName,
+    sql: Statements,
+}
+
+impl fmt::Debug for PgRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgRepository")
+            .field("schema", &self.shared.schema)
+            .field("retention", &self.retention)
+            .field("pool_size", &self.pool.size())
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgRepository {
+    /// A repository on `pool`, in schema `ana`.
+    pub fn new(pool: PgPool) -> Self {
+        Self::build(pool, SchemaName::default_name())
+    }
+
+    /// A repository on `pool`, in schema `schema`, so several applications (or parallel
+    /// tests) can share one database.
+    ///
+    /// # Errors
+    ///
+    /// [`InvalidSchemaName`] unless the name matches `[a-z_][a-z0-9_]{0,62}`.
+    pub fn with_schema(pool: PgPool, schema: &str) -> Result<Self, InvalidSchemaName> {
+        Ok(Self::build(pool, SchemaName::parse(schema)?))
+    }
+
+    fn build(pool: PgPool, schema: SchemaName) -> Self {
+        let sql = Statements::new(&schema);
+        Self {
+            pool,
+            shared: Arc::new(Shared { schema, sql }),
+            retention: Duration::ZERO,
+        }
+    }
+
+    /// Keeps expired records `retention` longer before [`delete_expired`](Self::delete_expired)
+    /// removes them (default: none). A Finished record replays until it is deleted.
+    #[must_use]
+    pub fn with_retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// The connection pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// The schema holding the records.
+    pub fn schema(&self) -> &str {
+        self.shared.schema.as_str()
+    }
+
+    /// Creates the schema, its `tracked_operations` table, status type and indexes, applying
+    /// the embedded migrations the schema lacks.
+    ///
+    /// Safe to run at every start, from several processes at once: the migrations run in one
+    /// transaction under an advisory lock of the schema, and applied versions are recorded in
+    /// `<schema>.schema_migrations`. The schema itself is created only when missing, so a role
+    /// without `CREATE` on the database can migrate a schema made for it.
+    ///
+    /// # Errors
+    ///
+    /// The database's refusal or unavailability.
+    pub async fn migrate(&self) -> Result<(), RepositoryError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        schema::migrate(&mut conn, &self.shared.schema).await
+    }
+
+    /// Marks Failed (error [`TIMED_OUT`], error count + 1) up to `limit` Running records whose
+    /// timeout has passed, skipping rows other transactions hold. Returns how many changed.
+    ///
+    /// Not needed for correctness (a claim takes over such a record by itself); it keeps the
+    /// table honest for monitoring. A holder still running after its timeout then finishes
+    /// with [`Completion::Superseded`] and rolls back.
+    ///
+    /// # Errors
+    ///
+    /// The database's refusal or unavailability.
+    pub async fn fail_timed_out(&self, limit: u32) -> Result<u64, RepositoryError> {
+        sqlx::query(self.shared.sql.fail_timed_out.get())
+            .bind(i64::from(limit))
+            .bind(TIMED_OUT)
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(map_sqlx)
+    }
+
+    /// Deletes up to `limit` records whose expiration passed more than the retention ago
+    /// (whatever their status), skipping rows other transactions hold. Returns how many went.
+    ///
+    /// A deleted key is forgotten: a later call with a fresh reference time runs again. A
+    /// holder whose record was deleted finishes with [`Completion::Expired`] and rolls back.
+    ///
+    /// # Errors
+    ///
+    /// The database's refusal or unavailability.
+    pub async fn delete_expired(&self, limit: u32) -> Result<u64, RepositoryError> {
+        sqlx::query(self.shared.sql.delete_expired.get())
+            .bind(i64::from(limit))
+            .bind(micros(self.retention))
+            .execute(&self.pool)
+            .await
+            .map(|done| done.rows_affected())
+            .map_err(map_sqlx)
+    }
+
+    /// Marks the attempt Failed with `message`, ignoring a failure to do so: the record's
+    /// timeout frees it then.
+    async fn fail_quietly(&self, lease: Lease<'_>, message: &str) {
+        let _ = self.fail_attempt(lease, message).await;
+    }
+
+    async fn fail_attempt(
+        &self,
+        lease: Lease<'_>,
+        message: &str,
+    ) -> Result<Completion, RepositoryError> {
+        let done = sqlx::query(self.shared.sql.fail.get())
+            .bind(lease.target)
+            .bind(lease.key)
+            .bind(token(lease.attempt))
+            .bind(storable(message))
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(if done.rows_affected() == 1 {
+            Completion::Done
+        } else {
+            Completion::Superseded
+        })
+    }
+
+    /// Why a finish changed no row: the record expired (it is marked Failed now, or was deleted
+    /// by the clean-up after its expiration), or another attempt owns it.
+    async fn classify(&self, lease: Lease<'_>) -> Result<Completion, RepositoryError> {
+        let row = sqlx::query(self.shared.sql.expire.get())
+            .bind(lease.target)
+            .bind(lease.key)
+            .bind(token(lease.attempt))
+            .bind(EXPIRED_BEFORE_FINISH)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        let expired: bool = row.try_get("expired").map_err(map_sqlx)?;
+        let present: bool = row.try_get("present").map_err(map_sqlx)?;
+        Ok(if expired || !present {
+            Completion::Expired
+        } else {
+            Completion::Superseded
+        })
+    }
+}
+
+impl IdempotencyRepository for PgRepository {
+    type Session = PgSession;
+
+    async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim<PgSession>, RepositoryError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut tries = 0;
+        let row = loop {
+            tries += 1;
+            let row = sqlx::query(self.shared.sql.claim.get())
+                .bind(request.target)
+                .bind(request.key)
+                .bind(&request.fingerprint.as_bytes()[..])
+                .bind(request.reference_time)
+                .bind(request.timeout.map(micros))
+                .bind(request.expiration)
+                .fetch_optional(&mut *conn)
+                .await
+                .map_err(map_sqlx)?;
+            // No row: the record was committed by a concurrent claim after this statement's
+            // snapshot (the upsert saw it, the SELECT of the same statement did not). Again.
+            match row {
+                Some(row) => break row,
+                None if tries < CLAIM_TRIES => {}
+                None => {
+                    return Err(RepositoryError::Backend(Box::new(ClaimRace {
+                        target: request.target.to_owned(),
+                        key: request.key.to_owned(),
+                        tries,
+                    })));
+                }
+            }
+        };
+        // The claim is committed; the connection goes back to the pool before the session's
+        // transaction takes one, so a call never holds two connections.
+        drop(conn);
+        let acquired: bool = row.try_get("acquired").map_err(map_sqlx)?;
+        let now: DateTime<Utc> = row.try_get("now").map_err(map_sqlx)?;
+        let record = decode(&row)?;
+        if !acquired {
+            return Ok(Claim::Existing { record, now });
+        }
+        let attempt = record.attempt;
+        match self.pool.begin().await {
+            Ok(tx) => Ok(Claim::Acquired {
+                attempt,
+                session: PgSession::new(tx, attempt),
+            }),
+            Err(error) => {
+                let lease = Lease {
+                    target: request.target,
+                    key: request.key,
+                    attempt,
+                };
+                self.fail_quietly(lease, BEGIN_FAILED).await;
+                Err(map_sqlx(error))
+            }
+        }
+    }
+
+    async fn complete(
+        &self,
+        session: PgSession,
+        lease: Lease<'_>,
+        result: &[u8],
+    ) -> Result<Completion, RepositoryError> {
+        let Some(mut tx) = session.take().await else {
+            return Err(RepositoryError::SessionClosed);
+        };
+        let updated = sqlx::query(self.shared.sql.complete.get())
+            .bind(lease.target)
+            .bind(lease.key)
+            .bind(token(lease.attempt))
+            .bind(result)
+            .execute(&mut *tx)
+            .await;
+        match updated {
+            Ok(done) if done.rows_affected() == 1 => match tx.commit().await {
+                Ok(()) => Ok(Completion::Done),
+                Err(error) => {
+                    // The server rolled back (or the outcome is unknown, and the
+                    // compare-and-set leaves a committed Finished record alone).
+                    self.fail_quietly(lease, COMMIT_FAILED).await;
+                    Err(map_sqlx(error))
+                }
+            },
+            Ok(_) => {
+                // Rolled back on the server even if this fails (the connection is then
+                // closed instead of pooled).
+                let _ = tx.rollback().await;
+                self.classify(lease).await
+            }
+            Err(error) => {
+                let _ = tx.rollback().await;
+                self.fail_quietly(lease, COMMIT_FAILED).await;
+                Err(map_sqlx(error))
+            }
+        }
+    }
+
+    async fn fail(
+        &self,
+        session: PgSession,
+        lease: Lease<'_>,
+        error: &str,
+    ) -> Result<Completion, RepositoryError> {
+        if let Some(tx) = session.take().await {
+            // A failed rollback closes the connection, which rolls back on the server too.
+            let _ = tx.rollback().await;
+        }
+        self.fail_attempt(lease, error).await
+    }
+
+    async fn get(
+        &self,
+        target: &str,
+        key: &str,
+    ) -> Result<Option<TrackedOperation>, RepositoryError> {
+        let row = sqlx::query(self.shared.sql.get.get())
+            .bind(target)
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        row.as_ref().map(decode).transpose()
+    }
+}
+
+/// Reads a record from the columns the statements select.
+fn decode(row: &PgRow) -> Result<TrackedOperation, RepositoryError> {
+    let target: String = row.try_get("target").map_err(map_sqlx)?;
+    let key: String = row.try_get("key").map_err(map_sqlx)?;
+    let corrupt = |what: String| RepositoryError::Corrupt {
+        detail: format!("record {target}/{key}: {what}"),
+    };
+    let status: String = row.try_get("status").map_err(map_sqlx)?;
+    let status: Status = status.parse().map_err(|e| corrupt(format!("{e}")))?;
+    let fingerprint: Vec<u8> = row.try_get("fingerprint").map_err(map_sqlx)?;
+    let fingerprint = Fingerprint::from_slice(&fingerprint)
+        .ok_or_else(|| corrupt(format!("fingerprint of {} bytes", fingerprint.len())))?;
+    let error_count: i32 = row.try_get("error_count").map_err(map_sqlx)?;
+    let error_count =
+        u32::try_from(error_count).map_err(|_| corrupt(format!("error count {error_count}")))?;
+    let attempt: i64 = row.try_get("attempt").map_err(map_sqlx)?;
+    let attempt = u64::try_from(attempt).map_err(|_| corrupt(format!("attempt {attempt}")))?;
+    Ok(TrackedOperation {
+        status,
+        fingerprint,
+        reference_time: row.try_get("reference_time").map_err(map_sqlx)?,
+        started_at: row.try_get("started_at").map_err(map_sqlx)?,
+        timeout: row.try_get("timeout").map_err(map_sqlx)?,
+        expiration: row.try_get("expiration").map_err(map_sqlx)?,
+        result: row.try_get("result").map_err(map_sqlx)?,
+        error: row.try_get("error").map_err(map_sqlx)?,
+        finished_at: row.try_get("finished_at").map_err(map_sqlx)?,
+        error_count,
+        attempt,
+        target,
+        key,
+    })
+}
+
+/// A duration in whole microseconds (rounded up, so a non-zero timeout is never zero), capped
+/// at 100 years.
+fn micros(duration: Duration) -> i64 {
+    let rounded = duration.as_micros() + u128::from(!duration.subsec_nanos().is_multiple_of(1_000));
+    i64::try_from(rounded).map_or(MAX_TIMEOUT_MICROS, |micros| micros.min(MAX_TIMEOUT_MICROS))
+}
+
+/// The attempt token as stored; a token beyond the column's range matches no record.
+fn token(attempt: u64) -> i64 {
+    i64::try_from(attempt).unwrap_or(-1)
+}
+
+/// An error message Postgres `text` accepts: no NUL bytes, at most [`MAX_ERROR_LEN`] bytes.
+fn storable(message: &str) -> String {
+    let mut end = message.len().min(MAX_ERROR_LEN);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    message[..end].replace('\0', "\u{fffd}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn micros_round_up_and_cap() {
+        assert_eq!(micros(Duration::from_nanos(1)), 1);
+        assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
+        assert_eq!(micros(Duration::MAX), MAX_TIMEOUT_MICROS);
+    }
+
+    #[test]
+    fn stored_errors_have_no_nul_and_are_bounded() {
+        assert_eq!(storable("a\0b"), "a\u{fffd}b");
+        let long = "é".repeat(MAX_ERROR_LEN);
+        let cut = storable(&long);
+        assert!(cut.len() <= MAX_ERROR_LEN && cut.chars().all(|c| c == 'é'));
+    }
+
+    #[tokio::test]
+    async fn schema_names_are_checked() {
+        // A lazy pool needs no server.
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .connect_lazy("postgres://localhost/none")
+            .unwrap();
+        assert!(PgRepository::with_schema(pool.clone(), "Bad-Name").is_err());
+        let repository = PgRepository::with_schema(pool, "tenant_1").unwrap();
+        assert_eq!(repository.schema(), "tenant_1");
+    }
+}

@@ -1,0 +1,304 @@
+//! The schema name, the SQL built from it, and the embedded migrations.
+
+use std::fmt;
+use std::sync::Arc;
+
+use sqlx::{AssertSqlSafe, PgConnection, Postgres, SqlSafeStr, SqlStr};
+
+use crate::error::map_sqlx;
+use ana_core::RepositoryError;
+
+/// The schema name used when none is given: `ana`.
+pub const DEFAULT_SCHEMA: &str = "ana";
+
+/// A schema name that is not a plain lower-case Postgres identifier.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid schema name {0:?}: expected 1 to 63 characters of [a-z0-9_], not starting with a digit"
+)]
+pub struct InvalidSchemaName(pub String);
+
+/// A validated schema name (`[a-z_][a-z0-9_]{0,62}`).
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct SchemaName(Arc<str>);
+
+impl SchemaName {
+    pub(crate) fn parse(name: &str) -> Result<Self, InvalidSchemaName> {
+        let mut chars = name.chars();
+        let valid = name.len() <= 63
+            && chars
+                .next()
+                .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+            && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if valid {
+            Ok(Self(name.into()))
+        } else {
+            Err(InvalidSchemaName(name.to_owned()))
+        }
+    }
+
+    /// [`DEFAULT_SCHEMA`], which is valid (a unit test checks it).
+    pub(crate) fn default_name() -> Self {
+        Self(DEFAULT_SCHEMA.into())
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The name as a quoted identifier. Validation leaves nothing to escape; quoting keeps
+    /// reserved words (`user`, `select`) usable.
+    pub(crate) fn quoted(&self) -> String {
+        format!("\"{}\"", self.0)
+    }
+}
+
+impl fmt::Debug for SchemaName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// One embedded migration; `{schema}` in its SQL stands for the quoted schema name.
+struct Migration {
+    version: i64,
+    description: &'static str,
+    sql: &'static str,
+}
+
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "tracked_operations",
+    sql: include_str!("../migrations/0001_tracked_operations.sql"),
+}];
+
+/// The columns of a record, in the order [`crate::repository`] decodes them.
+const COLUMNS: &str = "t.target, t.key, t.status::text AS status, t.fingerprint, \
+     t.reference_time, t.started_at, t.timeout, t.expiration, t.result, t.error, \
+     t.finished_at, t.error_count, t.attempt";
+
+/// Every statement of a repository, built once for its schema.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub(crate) claim: Sql,
+    pub(crate) complete: Sql,
+    pub(crate) expire: Sql,
+    pub(crate) fail: Sql,
+    pub(crate) get: Sql,
+    pub(crate) fail_timed_out: Sql,
+    pub(crate) delete_expired: Sql,
+}
+
+/// A prepared SQL text, cheap to hand to `sqlx::query` again and again.
+#[derive(Clone, Debug)]
+pub(crate) struct Sql(Arc<str>);
+
+impl Sql {
+    fn new(text: String) -> Self {
+        Self(text.into())
+    }
+
+    pub(crate) fn get(&self) -> SqlStr {
+        AssertSqlSafe(Arc::clone(&self.0)).into_sql_str()
+    }
+}
+
+impl Statements {
+    pub(crate) fn new(schema: &SchemaName) -> Self {
+        let table = format!("{}.tracked_operations", schema.quoted());
+        // The claim condition is `TrackedOperation::is_claimable_at`, on the database clock
+        // (`statement_timestamp()`, one value for the whole statement).
+        let claim = format!(
+            "WITH claimed AS (
+                INSERT INTO {table} AS t
+                    (target, key, status, fingerprint, reference_time, started_at, timeout,
+                     expiration, error_count, attempt)
+                VALUES ($1, $2, 'running', $3, $4, statement_timestamp(),
+                        statement_timestamp() + $5::bigint * interval '1 microsecond',
+                        $6, 0, 1)
+                ON CONFLICT (target, key) DO UPDATE SET
+                    status = 'running',
+                    attempt = t.attempt + 1,
+                    started_at = statement_timestamp(),
+                    timeout = statement_timestamp() + $5::bigint * interval '1 microsecond',
+                    finished_at = NULL,
+                    result = NULL
+                WHERE t.fingerprint = excluded.fingerprint
+                  AND (t.expiration IS NULL OR t.expiration >= statement_timestamp())
+                  AND (t.status IN ('ready', 'failed')
+                       OR (t.status = 'running' AND t.timeout IS NOT NULL
+                           AND t.timeout <= statement_timestamp()))
+                RETURNING {COLUMNS}
+            )
+            SELECT true AS acquired, statement_timestamp() AS now, t.* FROM claimed t
+            UNION ALL
+            SELECT false AS acquired, statement_timestamp() AS now, {COLUMNS}
+            FROM {table} t
+            WHERE t.target = $1 AND t.key = $2 AND NOT EXISTS (SELECT 1 FROM claimed)"
+        );
+        let complete = format!(
+            "UPDATE {table}
+             SET status = 'finished', result = $4, error = NULL, finished_at = clock_timestamp()
+             WHERE target = $1 AND key = $2 AND attempt = $3 AND status = 'running'
+               AND (expiration IS NULL OR expiration >= clock_timestamp())"
+        );
+        let expire = format!(
+            "WITH expired AS (
+                UPDATE {table}
+                SET status = 'failed', error = $4, error_count = error_count + 1
+                WHERE target = $1 AND key = $2 AND attempt = $3 AND status = 'running'
+                  AND expiration < clock_timestamp()
+                RETURNING 1
+            )
+            SELECT EXISTS (SELECT 1 FROM expired) AS expired,
+                   EXISTS (SELECT 1 FROM {table} WHERE target = $1 AND key = $2) AS present"
+        );
+        let fail = format!(
+            "UPDATE {table}
+             SET status = 'failed', error = $4, error_count = error_count + 1
+             WHERE target = $1 AND key = $2 AND attempt = $3 AND status = 'running'"
+        );
+        let get = format!("SELECT {COLUMNS} FROM {table} t WHERE t.target = $1 AND t.key = $2");
+        let fail_timed_out = format!(
+            "UPDATE {table}
+             SET status = 'failed', error = $2, error_count = error_count + 1
+             WHERE (target, key) IN (
+                SELECT target, key FROM {table}
+                WHERE status = 'running' AND timeout IS NOT NULL
+                  AND timeout <= clock_timestamp()
+                ORDER BY timeout
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED)
+               AND status = 'running' AND timeout <= clock_timestamp()"
+        );
+        let delete_expired = format!(
+            "DELETE FROM {table}
+             WHERE (target, key) IN (
+                SELECT target, key FROM {table}
+                WHERE expiration IS NOT NULL
+                  AND expiration < clock_timestamp() - $2::bigint * interval '1 microsecond'
+                ORDER BY expiration
+                LIMIT $1
+                FOR UPDATE SKIP LOCKED)"
+        );
+        Self {
+            claim: Sql::new(claim),
+            complete: Sql::new(complete),
+            expire: Sql::new(expire),
+            fail: Sql::new(fail),
+            get: Sql::new(get),
+            fail_timed_out: Sql::new(fail_timed_out),
+            delete_expired: Sql::new(delete_expired),
+        }
+    }
+}
+
+/// Applies the embedded migrations that `schema` lacks, in one transaction under an advisory
+/// lock of the schema, so concurrent and repeated runs are safe.
+pub(crate) async fn migrate(
+    conn: &mut PgConnection,
+    schema: &SchemaName,
+) -> Result<(), RepositoryError> {
+    let mut tx = sqlx::Connection::begin(conn).await.map_err(map_sqlx)?;
+    // Serializes migrators of this schema (other schemas are not held up). Released at
+    // COMMIT or ROLLBACK.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('ana-pg migrate ' || $1, 0))")
+        .bind(schema.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+    // CREATE SCHEMA IF NOT EXISTS still needs the CREATE privilege on the database: skip it
+    // when the schema exists, so an application role without that privilege can migrate a
+    // schema made for it.
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = $1)")
+            .bind(schema.as_str())
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+    let quoted = schema.quoted();
+    if !exists {
+        sqlx::raw_sql(AssertSqlSafe(format!("CREATE SCHEMA {quoted}")))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+    }
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE IF NOT EXISTS {quoted}.schema_migrations (
+            version bigint PRIMARY KEY,
+            description text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now())"
+    )))
+    .execute(&mut *tx)
+    .await
+    .map_err(map_sqlx)?;
+    let applied: Vec<i64> = sqlx::query_scalar::<Postgres, i64>(AssertSqlSafe(format!(
+        "SELECT version FROM {quoted}.schema_migrations"
+    )))
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(map_sqlx)?;
+    for migration in MIGRATIONS {
+        if applied.contains(&migration.version) {
+            continue;
+        }
+        sqlx::raw_sql(AssertSqlSafe(migration.sql.replace("{schema}", &quoted)))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_sqlx)?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {quoted}.schema_migrations (version, description) VALUES ($1, $2)"
+        )))
+        .bind(migration.version)
+        .bind(migration.description)
+        .execute(&mut *tx)
+        .await
+        .map_err(map_sqlx)?;
+    }
+    tx.commit().await.map_err(map_sqlx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        assert_eq!(
+            SchemaName::parse(DEFAULT_SCHEMA),
+            Ok(SchemaName::default_name())
+        );
+        for good in ["ana", "_x", "a1_b2", &"a".repeat(63)] {
+            assert!(SchemaName::parse(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "1a",
+            "Ana",
+            "a-b",
+            "a\"b",
+            "a b",
+            "ünï",
+            &"a".repeat(64),
+        ] {
+            assert_eq!(
+                SchemaName::parse(bad),
+                Err(InvalidSchemaName(bad.to_owned()))
+            );
+        }
+    }
+
+    #[test]
+    fn statements_name_the_quoted_schema() {
+        let schema = SchemaName::parse("user").unwrap();
+        let statements = Statements::new(&schema);
+        assert!(
+            statements
+                .claim
+                .get()
+                .as_str()
+                .contains("\"user\".tracked_operations")
+        );
+        assert!(!statements.get.get().as_str().contains("{schema}"));
+    }
+}

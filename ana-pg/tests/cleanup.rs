@@ -1,0 +1,313 @@
+//! Clean-up (exact rows, bounded batches, SKIP LOCKED, background task) and migrations.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::time::Duration;
+
+use ana_core::chrono::{DateTime, TimeDelta, Utc};
+use ana_core::{IdempotencyRepository, Payload, Status, TrackedOperation};
+use ana_pg::sqlx::{self, AssertSqlSafe, Connection};
+use ana_pg::{CleanupConfig, PgRepository, TIMED_OUT};
+use common::TestDb;
+
+const TARGET: &str = "[POST]/cleanup";
+
+fn record(key: &str, status: Status, now: DateTime<Utc>) -> TrackedOperation {
+    let mut record = TrackedOperation::new(TARGET, key, status, "payload".fingerprint(), now);
+    record.started_at = Some(now);
+    record.attempt = 1;
+    if status == Status::Finished {
+        record.result = Some(b"\"done\"".to_vec());
+        record.finished_at = Some(now);
+    }
+    record
+}
+
+async fn status(db: &TestDb, key: &str) -> Option<(Status, u32, Option<String>)> {
+    db.repository
+        .get(TARGET, key)
+        .await
+        .unwrap()
+        .map(|r| (r.status, r.error_count, r.error))
+}
+
+/// Seeds one record of each kind the clean-up must tell apart.
+async fn seed_mix(db: &TestDb) {
+    let now = db.now().await;
+    let hour = TimeDelta::hours(1);
+    let mut r = record("running-timed-out", Status::Running, now - hour);
+    r.timeout = Some(now - TimeDelta::minutes(1));
+    db.seed(&r).await;
+    let mut r = record("running-timed-out-2", Status::Running, now - hour);
+    r.timeout = Some(now - TimeDelta::minutes(2));
+    r.error_count = 3;
+    db.seed(&r).await;
+    let mut r = record("running-held", Status::Running, now);
+    r.timeout = Some(now + hour);
+    db.seed(&r).await;
+    db.seed(&record("running-no-timeout", Status::Running, now - hour))
+        .await;
+    let mut r = record("failed-past-timeout", Status::Failed, now - hour);
+    r.timeout = Some(now - TimeDelta::minutes(1));
+    r.error = Some("earlier".into());
+    db.seed(&r).await;
+    let mut r = record("finished-expired", Status::Finished, now - hour * 3);
+    r.expiration = Some(now - hour * 2);
+    db.seed(&r).await;
+    let mut r = record("failed-expired", Status::Failed, now - hour * 3);
+    r.expiration = Some(now - TimeDelta::minutes(1));
+    db.seed(&r).await;
+    let mut r = record("finished-live", Status::Finished, now);
+    r.expiration = Some(now + hour);
+    db.seed(&r).await;
+    db.seed(&record(
+        "finished-forever",
+        Status::Finished,
+        now - hour * 3,
+    ))
+    .await;
+}
+
+#[tokio::test]
+async fn fail_timed_out_fails_exactly_running_rows_past_their_timeout() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    assert_eq!(db.repository.fail_timed_out(100).await.unwrap(), 2);
+    assert_eq!(
+        status(&db, "running-timed-out").await,
+        Some((Status::Failed, 1, Some(TIMED_OUT.to_owned())))
+    );
+    assert_eq!(
+        status(&db, "running-timed-out-2").await,
+        Some((Status::Failed, 4, Some(TIMED_OUT.to_owned())))
+    );
+    for (key, expected) in [
+        ("running-held", Status::Running),
+        ("running-no-timeout", Status::Running),
+        ("failed-past-timeout", Status::Failed),
+        ("finished-expired", Status::Finished),
+        ("failed-expired", Status::Failed),
+        ("finished-live", Status::Finished),
+        ("finished-forever", Status::Finished),
+    ] {
+        let (status, _, error) = status(&db, key).await.unwrap();
+        assert_eq!(status, expected, "{key}");
+        assert_ne!(error.as_deref(), Some(TIMED_OUT), "{key}");
+    }
+    assert_eq!(db.repository.fail_timed_out(100).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn delete_expired_deletes_exactly_the_expired_rows() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    assert_eq!(db.repository.delete_expired(100).await.unwrap(), 2);
+    assert_eq!(status(&db, "finished-expired").await, None);
+    assert_eq!(status(&db, "failed-expired").await, None);
+    for key in [
+        "running-timed-out",
+        "running-timed-out-2",
+        "running-held",
+        "running-no-timeout",
+        "failed-past-timeout",
+        "finished-live",
+        "finished-forever",
+    ] {
+        assert!(status(&db, key).await.is_some(), "{key}");
+    }
+    assert_eq!(db.repository.delete_expired(100).await.unwrap(), 0);
+}
+
+#[tokio::test]
+async fn retention_keeps_recently_expired_rows() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    // finished-expired expired 2 hours ago, failed-expired 1 minute ago.
+    let repository = db
+        .repository
+        .clone()
+        .with_retention(Duration::from_secs(3600));
+    assert_eq!(repository.delete_expired(100).await.unwrap(), 1);
+    assert_eq!(status(&db, "finished-expired").await, None);
+    assert!(status(&db, "failed-expired").await.is_some());
+}
+
+#[tokio::test]
+async fn batches_are_bounded_and_locked_rows_are_skipped() {
+    let db = TestDb::new().await;
+    let now = db.now().await;
+    for i in 0..5 {
+        let mut r = record(
+            &format!("expired-{i}"),
+            Status::Failed,
+            now - TimeDelta::hours(2),
+        );
+        r.expiration = Some(now - TimeDelta::hours(1));
+        db.seed(&r).await;
+    }
+    // Another transaction holds one of them.
+    let mut holder = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let mut tx = holder.begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(db.sql(
+        "SELECT 1 FROM {s}.tracked_operations WHERE key = 'expired-0' FOR UPDATE",
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+
+    // Limit 3: three rows per call; the locked row is skipped without waiting.
+    assert_eq!(db.repository.delete_expired(3).await.unwrap(), 3);
+    assert_eq!(db.repository.delete_expired(3).await.unwrap(), 1);
+    assert_eq!(db.repository.delete_expired(3).await.unwrap(), 0);
+    assert!(status(&db, "expired-0").await.is_some());
+
+    tx.rollback().await.unwrap();
+    assert_eq!(db.repository.delete_expired(3).await.unwrap(), 1);
+    assert_eq!(status(&db, "expired-0").await, None);
+}
+
+#[tokio::test]
+async fn a_holder_failed_by_the_clean_up_is_superseded_and_rolls_back() {
+    let db = TestDb::new().await;
+    let manager: ana_core::Manager<&'static str, String, ana_pg::PgSession> =
+        ana_core::Manager::new(db.repository.clone());
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let schema = db.schema.clone();
+    let op = ana_core::operation(
+        TARGET,
+        "slow",
+        "payload",
+        move |s: ana_pg::PgSession| async move {
+            {
+                let mut tx = s.transaction().await?;
+                sqlx::query(AssertSqlSafe(format!(
+                    "INSERT INTO \"{schema}\".ledger (key, note) VALUES ('slow', 'slow')"
+                )))
+                .execute(&mut *tx)
+                .await?;
+            }
+            let _ = started_tx.send(());
+            let _ = release_rx.await;
+            Ok::<_, ana_core::BoxError>("slow".to_owned())
+        },
+    )
+    .timeout(Duration::from_secs(60));
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    started_rx.await.unwrap();
+    db.shift_back(Duration::from_secs(61)).await;
+    assert_eq!(db.repository.fail_timed_out(10).await.unwrap(), 1);
+    release_tx.send(()).unwrap();
+    let out = holder.await.unwrap();
+    assert!(
+        matches!(out, Err(ana_core::Error::Superseded { .. })),
+        "{out:?}"
+    );
+    assert!(db.ledger().await.is_empty());
+    assert_eq!(
+        status(&db, "slow").await,
+        Some((Status::Failed, 1, Some(TIMED_OUT.to_owned())))
+    );
+}
+
+#[tokio::test]
+async fn the_background_task_cleans_and_shuts_down() {
+    let db = TestDb::new().await;
+    seed_mix(&db).await;
+    let handle = db.repository.spawn_cleanup(CleanupConfig {
+        interval: Duration::from_secs(3600),
+        batch_size: 1,
+        ..CleanupConfig::default()
+    });
+    // The first round runs at once; wait for it through the report channel.
+    let mut reports = handle.subscribe();
+    let report = reports
+        .wait_for(|report| report.rounds >= 1)
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!((report.failed, report.deleted, report.errors), (2, 2, 0));
+    assert_eq!(status(&db, "finished-expired").await, None);
+    assert_eq!(
+        status(&db, "running-timed-out").await.unwrap().0,
+        Status::Failed
+    );
+    assert_eq!(
+        status(&db, "running-held").await.unwrap().0,
+        Status::Running
+    );
+    let last = handle.shutdown().await;
+    assert_eq!(last.rounds, 1, "the next round is an hour away");
+}
+
+#[tokio::test]
+async fn the_background_task_counts_store_errors_and_goes_on() {
+    let db = TestDb::new().await;
+    let missing = PgRepository::with_schema(db.pool.clone(), "ana_never_migrated").unwrap();
+    let handle = missing.spawn_cleanup(CleanupConfig::every(Duration::from_millis(1)));
+    let mut reports = handle.subscribe();
+    let report = reports
+        .wait_for(|report| report.rounds >= 2)
+        .await
+        .unwrap()
+        .clone();
+    assert_eq!(report.errors, report.rounds);
+    assert!(matches!(
+        report.last_error.as_deref(),
+        Some(ana_core::RepositoryError::Backend(_))
+    ));
+    drop(reports);
+    handle.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_twice_and_concurrently() {
+    let db = TestDb::new().await;
+    let schema = common::unique_schema();
+    let repository = PgRepository::with_schema(db.pool.clone(), &schema).unwrap();
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let repository = repository.clone();
+        runs.spawn(async move { repository.migrate().await });
+    }
+    while let Some(result) = runs.join_next().await {
+        result.unwrap().unwrap();
+    }
+    repository.migrate().await.unwrap();
+    let versions: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT version FROM \"{schema}\".schema_migrations"
+    )))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(versions, [1]);
+    // The schema works.
+    assert_eq!(repository.get(TARGET, "k").await.unwrap(), None);
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_corrupt_row_is_a_typed_error() {
+    let db = TestDb::new().await;
+    db.exec(
+        "ALTER TABLE {s}.tracked_operations DROP CONSTRAINT tracked_operations_fingerprint_check",
+    )
+    .await;
+    db.exec(
+        "INSERT INTO {s}.tracked_operations (target, key, status, fingerprint, reference_time)
+         VALUES ('[POST]/cleanup', 'bad', 'finished', '\\x0102', now())",
+    )
+    .await;
+    let out = db.repository.get(TARGET, "bad").await;
+    assert!(
+        matches!(&out, Err(ana_core::RepositoryError::Corrupt { detail }) if detail.contains("fingerprint")),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,368 @@
+//! The operation's own writes commit with its record, or not at all.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ana_core::{
+    BoxError, EXPIRED_BEFORE_FINISH, Error, IdempotencyRepository, Manager, Outcome,
+    RepositoryError, Status, operation,
+};
+use ana_pg::sqlx::{self, AssertSqlSafe};
+use ana_pg::{COMMIT_FAILED, PgSession};
+use common::TestDb;
+use tokio::sync::oneshot;
+
+const TARGET: &str = "[POST]/payments";
+const MINUTE: Duration = Duration::from_secs(60);
+
+type TestManager = Manager<&'static str, String, PgSession>;
+
+fn manager(db: &TestDb) -> TestManager {
+    Manager::new(db.repository.clone())
+}
+
+/// Inserts `note` into the user table inside the session's transaction.
+async fn insert(
+    db_schema: &str,
+    session: &PgSession,
+    key: &str,
+    note: &str,
+) -> Result<(), BoxError> {
+    let mut tx = session.transaction().await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO \"{db_schema}\".ledger (key, note) VALUES ($1, $2)"
+    )))
+    .bind(key)
+    .bind(note)
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn success_commits_the_operations_writes_with_the_record() {
+    let db = TestDb::new().await;
+    let manager = manager(&db);
+    let (inserted_tx, inserted_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let schema = db.schema.clone();
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "k", "paid").await?;
+            let _ = inserted_tx.send(());
+            let _ = release_rx.await;
+            Ok::<_, BoxError>("receipt".to_owned())
+        },
+    );
+    let call = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    inserted_rx.await.unwrap();
+    // Written but not committed: invisible outside the session.
+    assert!(db.ledger().await.is_empty());
+    assert_eq!(
+        db.repository
+            .get(TARGET, "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Running
+    );
+    release_tx.send(()).unwrap();
+    let out = call.await.unwrap();
+    assert!(
+        matches!(&out, Ok(Outcome::Executed(r)) if r == "receipt"),
+        "{out:?}"
+    );
+    assert_eq!(db.ledger().await, ["paid"]);
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Finished);
+    assert!(record.finished_at.is_some());
+}
+
+#[tokio::test]
+async fn an_error_rolls_the_writes_back() {
+    let db = TestDb::new().await;
+    let schema = db.schema.clone();
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "k", "paid").await?;
+            Err::<String, BoxError>("card declined".into())
+        },
+    );
+    let out = manager(&db).run(op).await;
+    assert!(
+        matches!(&out, Err(Error::Operation(e)) if e.to_string() == "card declined"),
+        "{out:?}"
+    );
+    assert!(db.ledger().await.is_empty());
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!((record.status, record.error_count), (Status::Failed, 1));
+    assert_eq!(record.error.as_deref(), Some("card declined"));
+}
+
+#[tokio::test]
+async fn a_panic_rolls_the_writes_back() {
+    let db = TestDb::new().await;
+    let schema = db.schema.clone();
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "k", "paid").await?;
+            if true {
+                panic!("ledger exploded");
+            }
+            Ok::<String, BoxError>(String::new())
+        },
+    );
+    let out = manager(&db).run(op).await;
+    assert!(
+        matches!(&out, Err(Error::Panic { message }) if message == "Got panic \"ledger exploded\""),
+        "{out:?}"
+    );
+    assert!(db.ledger().await.is_empty());
+    assert_eq!(
+        db.repository
+            .get(TARGET, "k")
+            .await
+            .unwrap()
+            .unwrap()
+            .status,
+        Status::Failed
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_attempt_rolls_its_writes_back() {
+    let db = TestDb::new().await;
+    let manager = manager(&db);
+    let (inserted_tx, inserted_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let schema = db.schema.clone();
+    let stale = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "k", "stale").await?;
+            let _ = inserted_tx.send(session.attempt());
+            let _ = release_rx.await;
+            Ok::<_, BoxError>("stale".to_owned())
+        },
+    )
+    .timeout(10 * MINUTE);
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(stale).await }
+    });
+    assert_eq!(inserted_rx.await.unwrap(), 1);
+
+    // The holder's timeout passes; another call takes the record over and commits.
+    db.shift_back(11 * MINUTE).await;
+    let schema = db.schema.clone();
+    let fresh = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            assert_eq!(session.attempt(), 2);
+            insert(&schema, &session, "k", "fresh").await?;
+            Ok::<_, BoxError>("fresh".to_owned())
+        },
+    )
+    .timeout(10 * MINUTE);
+    let out = manager.run(fresh).await;
+    assert!(
+        matches!(&out, Ok(Outcome::Executed(r)) if r == "fresh"),
+        "{out:?}"
+    );
+
+    release_tx.send(()).unwrap();
+    let out = holder.await.unwrap();
+    assert!(matches!(out, Err(Error::Superseded { .. })), "{out:?}");
+    assert_eq!(db.ledger().await, ["fresh"]);
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!((record.status, record.attempt), (Status::Finished, 2));
+    assert_eq!(record.result.as_deref(), Some(&b"\"fresh\""[..]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn expiry_found_at_finish_rolls_the_writes_back() {
+    let db = TestDb::new().await;
+    let manager = manager(&db);
+    let (inserted_tx, inserted_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let schema = db.schema.clone();
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "k", "late").await?;
+            let _ = inserted_tx.send(());
+            let _ = release_rx.await;
+            Ok::<_, BoxError>("late".to_owned())
+        },
+    )
+    .expiration(60 * MINUTE);
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    inserted_rx.await.unwrap();
+    db.shift_back(120 * MINUTE).await;
+    release_tx.send(()).unwrap();
+    let out = holder.await.unwrap();
+    assert!(matches!(out, Err(Error::Expired { .. })), "{out:?}");
+    assert!(db.ledger().await.is_empty());
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some(EXPIRED_BEFORE_FINISH));
+}
+
+#[tokio::test]
+async fn an_aborted_transaction_fails_the_attempt_and_the_next_call_runs() {
+    let db = TestDb::new().await;
+    let manager = manager(&db);
+    let schema = db.schema.clone();
+    // The operation swallows its own SQL error and claims success: the transaction is
+    // aborted, so nothing may be reported as done.
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "k", "lost").await?;
+            let mut tx = session.transaction().await?;
+            let bad = sqlx::query("SELECT 1 / 0").execute(&mut *tx).await;
+            assert!(bad.is_err());
+            Ok::<_, BoxError>("claimed success".to_owned())
+        },
+    );
+    let out = manager.run(op).await;
+    assert!(
+        matches!(out, Err(Error::Repository(RepositoryError::Backend(_)))),
+        "{out:?}"
+    );
+    assert!(db.ledger().await.is_empty());
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some(COMMIT_FAILED));
+
+    let schema = db.schema.clone();
+    let retry = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "k", "paid").await?;
+            Ok::<_, BoxError>("paid".to_owned())
+        },
+    );
+    assert_eq!(manager.call(retry).await.unwrap(), "paid");
+    assert_eq!(db.ledger().await, ["paid"]);
+}
+
+#[tokio::test]
+async fn the_session_closes_when_the_attempt_finishes() {
+    let db = TestDb::new().await;
+    let kept = Arc::new(std::sync::Mutex::new(None));
+    let op = operation(TARGET, "k", "pay 10", {
+        let kept = Arc::clone(&kept);
+        move |session: PgSession| async move {
+            assert!(!session.is_closed().await);
+            *kept.lock().unwrap() = Some(session.clone());
+            Ok::<_, BoxError>("ok".to_owned())
+        }
+    });
+    manager(&db).call(op).await.unwrap();
+    let session = kept.lock().unwrap().take().unwrap();
+    assert!(session.is_closed().await);
+    assert!(matches!(
+        session.transaction().await,
+        Err(RepositoryError::SessionClosed)
+    ));
+}
+
+/// Every outcome gives the connection back: on a pool of ONE connection, a leaked
+/// transaction or connection would make the next call time out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_outcome_releases_the_connection() {
+    let db = TestDb::with_pool_size(1).await;
+    let manager = manager(&db);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let writer = |key: &'static str, outcome: &'static str| {
+        let schema = db.schema.clone();
+        let runs = Arc::clone(&runs);
+        operation(
+            TARGET,
+            key,
+            "payload",
+            move |session: PgSession| async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                insert(&schema, &session, key, outcome).await?;
+                match outcome {
+                    "error" => Err::<String, BoxError>("no".into()),
+                    "panic" => panic!("no"),
+                    _ => Ok(outcome.to_owned()),
+                }
+            },
+        )
+    };
+    for _ in 0..3 {
+        assert!(manager.call(writer("ok", "ok")).await.is_ok());
+        assert!(manager.call(writer("error", "error")).await.is_err());
+        assert!(manager.call(writer("panic", "panic")).await.is_err());
+    }
+
+    // A call whose future is dropped mid-operation.
+    let (started_tx, started_rx) = oneshot::channel();
+    let schema = db.schema.clone();
+    let pending = operation(
+        TARGET,
+        "dropped",
+        "payload",
+        move |session: PgSession| async move {
+            insert(&schema, &session, "dropped", "dropped").await?;
+            let _ = started_tx.send(());
+            std::future::pending::<Result<String, BoxError>>().await
+        },
+    );
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(pending).await }
+    });
+    started_rx.await.unwrap();
+    holder.abort();
+    assert!(holder.await.unwrap_err().is_cancelled());
+    manager.flush().await;
+    let record = db.repository.get(TARGET, "dropped").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Failed);
+
+    // The single connection is free and clean.
+    assert_eq!(db.ledger().await, ["ok"]);
+    assert_eq!(runs.load(Ordering::SeqCst), 1 + 3 + 3);
+    let in_tx: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+         AND state LIKE 'idle in transaction%' AND pid <> pg_backend_pid()",
+    )
+    .bind(&db.schema)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(in_tx, 0);
+}

@@ -1,0 +1,34 @@
+-- complete / fail: ARGV[3] 'complete' or 'fail', ARGV[4] attempt, ARGV[5] token,
+-- ARGV[6] result (complete) or error message (fail), ARGV[7] the error stored when the
+-- record expired before the attempt completed.
+-- Returns 0 done, 1 superseded, 2 expired (complete only), 3 record gone, 4 record corrupt.
+if redis.call('EXISTS', key) == 0 then
+  return 3
+end
+local f = redis.call('HMGET', key, 'status', 'att', 'tok', 'exp')
+if f[1] ~= 'running' or f[2] ~= ARGV[4] or f[3] ~= ARGV[5] then
+  return 1
+end
+local exp = num(f[4])
+if corrupt then
+  return 4
+end
+
+if ARGV[3] == 'complete' and not (exp and now > exp) then
+  redis.call('HSET', key, 'status', 'finished', 'res', ARGV[6], 'fin', int(now))
+  redis.call('HDEL', key, 'err')
+  retain(exp, false, nil)
+  return 0
+end
+
+local message = ARGV[6]
+local answer = 0
+if ARGV[3] == 'complete' then
+  message = ARGV[7]
+  answer = 2
+end
+redis.call('HSET', key, 'status', 'failed', 'err', message)
+redis.call('HDEL', key, 'res', 'fin')
+redis.call('HINCRBY', key, 'errs', 1)
+retain(exp, false, nil)
+return answer

@@ -1,0 +1,479 @@
+//! [`RedisRepository`]: the store, its pools and its scripts.
+
+use std::fmt;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use ana_core::chrono::{DateTime, Utc};
+use ana_core::{
+    Claim, ClaimRequest, Completion, EXPIRED_BEFORE_FINISH, IdempotencyRepository, Lease,
+    RepositoryError, Status, TrackedOperation,
+};
+use redis::aio::ConnectionLike;
+use redis::{
+    ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
+};
+
+use crate::record::{self, corrupt, duration_micros, micros};
+
+static CLAIM: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/claim.lua")
+    ))
+});
+static FINISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/finish.lua")
+    ))
+});
+static RESTORE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/restore.lua")
+    ))
+});
+
+/// The default key prefix.
+pub const DEFAULT_PREFIX: &str = "ana:";
+/// The default retention of a record after its expiration: one hour.
+pub const DEFAULT_RETENTION_AFTER_EXPIRATION: Duration = Duration::from_secs(3600);
+/// The default retention of a record without an expiration: seven days from its last write.
+pub const DEFAULT_RETENTION_WITHOUT_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// The context of an attempt on a [`RedisRepository`]: the attempt's fencing token.
+///
+/// **Redis cannot share a transaction with the operation.** Unlike the Postgres store, nothing
+/// the operation writes (to Redis or anywhere else) is committed or rolled back together with
+/// the record: if the operation succeeds but finishing the record fails (Redis unreachable, or
+/// the attempt was [superseded](ana_core::Completion::Superseded) after its timeout), those
+/// writes stay. What the store does promise:
+///
+/// - the operation only runs after a successful claim, and at most one attempt at a time
+///   holds a record until its `timeout` passes;
+/// - a record is only finished or failed by the attempt that holds it (a compare-and-set on
+///   the attempt number and a per-claim token), so a late attempt never overwrites a newer
+///   one's result.
+///
+/// Pass [`attempt`](Self::attempt) to downstream systems that can reject stale writers (a
+/// fencing token: a write tagged with a lower attempt than one already seen is refused), and
+/// make the operation's side effects idempotent themselves where they can be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedisSession {
+    attempt: u64,
+    token: Arc<str>,
+}
+
+impl RedisSession {
+    /// The fencing token of this attempt: 1 for the first attempt on a record, one more for
+    /// each attempt after it.
+    pub fn attempt(&self) -> u64 {
+        self.attempt
+    }
+}
+
+#[derive(Clone)]
+enum Pool {
+    Single(deadpool_redis::Pool),
+    #[cfg(feature = "cluster")]
+    Cluster(deadpool_redis::cluster::Pool),
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (kind, status) = match self {
+            Self::Single(pool) => ("single", pool.status()),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(pool) => ("cluster", pool.status()),
+        };
+        f.debug_struct("Pool")
+            .field("kind", &kind)
+            .field("status", &status)
+            .finish()
+    }
+}
+
+/// An [`IdempotencyRepository`] on Redis (or Redis Cluster) through a deadpool-redis pool.
+///
+/// See the [crate documentation](crate) for the data layout, the scripts and the retention
+/// rules. Clones share the pool.
+#[derive(Clone)]
+pub struct RedisRepository {
+    pool: Pool,
+    prefix: Arc<str>,
+    after_expiration: Duration,
+    without_expiration: Duration,
+}
+
+impl fmt::Debug for RedisRepository {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisRepository")
+            .field("pool", &self.pool)
+            .field("prefix", &self.prefix)
+            .field("retention_after_expiration", &self.after_expiration)
+            .field("retention_without_expiration", &self.without_expiration)
+            .finish()
+    }
+}
+
+impl RedisRepository {
+    fn with_pool(pool: Pool) -> Self {
+        Self {
+            pool,
+            prefix: DEFAULT_PREFIX.into(),
+            after_expiration: DEFAULT_RETENTION_AFTER_EXPIRATION,
+            without_expiration: DEFAULT_RETENTION_WITHOUT_EXPIRATION,
+        }
+    }
+
+    /// A store on a single Redis server (or a primary behind a proxy) through `pool`.
+    pub fn new(pool: deadpool_redis::Pool) -> Self {
+        Self::with_pool(Pool::Single(pool))
+    }
+
+    /// A store on a Redis Cluster through `pool`. Every script touches one key, so records
+    /// spread over all the cluster's slots.
+    #[cfg(feature = "cluster")]
+    pub fn cluster(pool: deadpool_redis::cluster::Pool) -> Self {
+        Self::with_pool(Pool::Cluster(pool))
+    }
+
+    /// A store on the Redis server at `url` (`redis://[user:password@]host:port[/db]`,
+    /// `rediss://` with a TLS feature of the driver), with deadpool-redis's default pool
+    /// settings. No connection is made until the first call.
+    ///
+    /// # Errors
+    ///
+    /// When the URL cannot be parsed.
+    pub fn from_url(url: impl Into<String>) -> Result<Self, deadpool_redis::CreatePoolError> {
+        let pool = deadpool_redis::Config::from_url(url)
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        Ok(Self::new(pool))
+    }
+
+    /// A store on the Redis Cluster reached through any of `urls` (the other nodes are
+    /// discovered), with deadpool-redis's default pool settings. No connection is made until
+    /// the first call.
+    ///
+    /// # Errors
+    ///
+    /// When a URL cannot be parsed.
+    #[cfg(feature = "cluster")]
+    pub fn from_cluster_urls<I, S>(
+        urls: I,
+    ) -> Result<Self, deadpool_redis::cluster::CreatePoolError>
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let urls: Vec<String> = urls.into_iter().map(Into::into).collect();
+        let pool = deadpool_redis::cluster::Config::from_urls(urls)
+            .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
+        Ok(Self::cluster(pool))
+    }
+
+    /// Sets the prefix of every key this store writes (default [`DEFAULT_PREFIX`], `ana:`).
+    /// Stores with different prefixes never see each other's records. A prefix holding a
+    /// `{…}` hash tag would put every record in one cluster slot: leave braces out of it
+    /// unless that is what you want.
+    #[must_use]
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into().into();
+        self
+    }
+
+    /// Sets how long a record is kept after its expiration (default one hour), so that a
+    /// Finished record still replays for late retries of calls that began before it expired.
+    /// Zero deletes a record as soon as it expires.
+    #[must_use]
+    pub fn with_retention_after_expiration(mut self, retention: Duration) -> Self {
+        self.after_expiration = retention;
+        self
+    }
+
+    /// Sets how long a record without an expiration is kept after its last write (default
+    /// seven days), so that Redis never grows without bound. A Running record is also kept
+    /// until its timeout, or for this long when it has none.
+    #[must_use]
+    pub fn with_retention_without_expiration(mut self, retention: Duration) -> Self {
+        self.without_expiration = retention;
+        self
+    }
+
+    /// The key prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The Redis key of the record `(target, key)`: the prefix, the target's length in bytes,
+    /// `:`, the target, `:`, the key. The length makes the layout unambiguous whatever the
+    /// target holds. Useful to inspect a record (`HGETALL`, `PTTL`).
+    pub fn record_key(&self, target: &str, key: &str) -> String {
+        format!("{}{}:{target}:{key}", self.prefix, target.len())
+    }
+
+    /// Stores `record` as it is, replacing any record with its identity, with the TTL the
+    /// store would give it: for tests that need a record in a given state, and for loading
+    /// records kept elsewhere.
+    ///
+    /// # Errors
+    ///
+    /// When Redis cannot be reached or fails.
+    pub async fn restore(&self, record: &TrackedOperation) -> Result<(), RepositoryError> {
+        let mut invocation = self.invocation(&RESTORE, &record.target, &record.key);
+        invocation
+            .arg(
+                record
+                    .expiration
+                    .map(|at| micros(at).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(if record.status == Status::Running {
+                "1"
+            } else {
+                "0"
+            })
+            .arg(
+                record
+                    .timeout
+                    .map(|at| micros(at).to_string())
+                    .unwrap_or_default(),
+            );
+        for (field, value) in record::fields(record) {
+            invocation.arg(field).arg(value);
+        }
+        let _: Value = self.invoke(&invocation).await?;
+        Ok(())
+    }
+
+    /// A script invocation on the record's key with the retention arguments every script
+    /// starts with.
+    fn invocation<'a>(&self, script: &'a Script, target: &str, key: &str) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(self.record_key(target, key));
+        invocation
+            .arg(duration_micros(self.after_expiration))
+            .arg(duration_micros(self.without_expiration));
+        invocation
+    }
+
+    /// Runs `invocation` (`EVALSHA`, loading the script when the server does not know it).
+    async fn invoke<T: FromRedisValue>(
+        &self,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, RepositoryError> {
+        match &self.pool {
+            Pool::Single(pool) => {
+                let mut connection = pool.get().await.map_err(unavailable)?;
+                invoke_on(&mut connection, invocation).await
+            }
+            #[cfg(feature = "cluster")]
+            Pool::Cluster(pool) => {
+                let mut connection = pool.get().await.map_err(unavailable)?;
+                invoke_on(&mut connection, invocation).await
+            }
+        }
+    }
+
+    async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, RepositoryError> {
+        match &self.pool {
+            Pool::Single(pool) => {
+                let mut connection = pool.get().await.map_err(unavailable)?;
+                command
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(redis_error)
+            }
+            #[cfg(feature = "cluster")]
+            Pool::Cluster(pool) => {
+                let mut connection = pool.get().await.map_err(unavailable)?;
+                command
+                    .query_async(&mut connection)
+                    .await
+                    .map_err(redis_error)
+            }
+        }
+    }
+
+    async fn finish(
+        &self,
+        session: &RedisSession,
+        lease: Lease<'_>,
+        step: &str,
+        data: &[u8],
+    ) -> Result<FinishAnswer, RepositoryError> {
+        let mut invocation = self.invocation(&FINISH, lease.target, lease.key);
+        invocation
+            .arg(step)
+            .arg(lease.attempt)
+            .arg(session.token.as_ref())
+            .arg(data)
+            .arg(EXPIRED_BEFORE_FINISH);
+        match self.invoke::<i64>(&invocation).await? {
+            0 => Ok(FinishAnswer::Done),
+            1 => Ok(FinishAnswer::Superseded),
+            2 => Ok(FinishAnswer::Expired),
+            3 => Ok(FinishAnswer::Gone),
+            4 => Err(corrupt(
+                &self.record_key(lease.target, lease.key),
+                "a stored time is not an integer",
+            )),
+            other => Err(corrupt(
+                &self.record_key(lease.target, lease.key),
+                &format!("the finish script answered {other}"),
+            )),
+        }
+    }
+}
+
+enum FinishAnswer {
+    Done,
+    Superseded,
+    Expired,
+    /// The record's retention ran out while the attempt ran.
+    Gone,
+}
+
+async fn invoke_on<C: ConnectionLike + Send, T: FromRedisValue>(
+    connection: &mut C,
+    invocation: &ScriptInvocation<'_>,
+) -> Result<T, RepositoryError> {
+    invocation
+        .invoke_async(connection)
+        .await
+        .map_err(redis_error)
+}
+
+fn unavailable<E: std::error::Error + Send + Sync + 'static>(error: E) -> RepositoryError {
+    RepositoryError::Unavailable(Box::new(error))
+}
+
+/// A driver error: unreachable or not serving (I/O, timeouts, cluster reconfiguration, a
+/// loading or read-only replica) is [`RepositoryError::Unavailable`]; an error answered by a
+/// working server (a script error, a wrong type) is [`RepositoryError::Backend`].
+fn redis_error(error: RedisError) -> RepositoryError {
+    let unreachable = error.is_io_error()
+        || error.is_timeout()
+        || error.is_connection_dropped()
+        || error.is_connection_refusal()
+        || error.is_cluster_error()
+        || error.is_unrecoverable_error()
+        || matches!(
+            error.kind(),
+            ErrorKind::ClusterConnectionNotFound
+                | ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                )
+        );
+    if unreachable {
+        RepositoryError::Unavailable(Box::new(error))
+    } else {
+        RepositoryError::Backend(Box::new(error))
+    }
+}
+
+impl IdempotencyRepository for RedisRepository {
+    type Session = RedisSession;
+
+    async fn claim(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Result<Claim<RedisSession>, RepositoryError> {
+        let mut invocation = self.invocation(&CLAIM, request.target, request.key);
+        invocation
+            .arg(request.fingerprint.as_bytes().as_slice())
+            .arg(micros(request.reference_time))
+            .arg(
+                request
+                    .timeout
+                    .map(|timeout| duration_micros(timeout).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                request
+                    .expiration
+                    .map(|at| micros(at).to_string())
+                    .unwrap_or_default(),
+            );
+        let reply: Vec<Value> = self.invoke(&invocation).await?;
+        let name = || self.record_key(request.target, request.key);
+        let mut reply = reply.into_iter();
+        match (reply.next(), reply.next(), reply.next(), reply.next()) {
+            (Some(Value::Int(1)), Some(Value::Int(attempt)), Some(token), None) => {
+                let attempt =
+                    u64::try_from(attempt).map_err(|_| corrupt(&name(), "negative attempt"))?;
+                let token = match token {
+                    Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
+                    Value::SimpleString(text) => Some(text),
+                    _ => None,
+                }
+                .ok_or_else(|| corrupt(&name(), "malformed attempt token"))?;
+                Ok(Claim::Acquired {
+                    attempt,
+                    session: RedisSession {
+                        attempt,
+                        token: token.into(),
+                    },
+                })
+            }
+            (Some(Value::Int(0)), Some(Value::BulkString(now)), Some(hash), None) => {
+                let now = std::str::from_utf8(&now)
+                    .ok()
+                    .and_then(|now| now.parse::<i64>().ok())
+                    .and_then(DateTime::<Utc>::from_timestamp_micros)
+                    .ok_or_else(|| corrupt(&name(), "the server time is malformed"))?;
+                let record = record::decode(request.target, request.key, &name(), hash)?
+                    .ok_or_else(|| corrupt(&name(), "the claim returned an empty record"))?;
+                Ok(Claim::Existing { record, now })
+            }
+            _ => Err(corrupt(&name(), "unexpected reply from the claim script")),
+        }
+    }
+
+    async fn complete(
+        &self,
+        session: RedisSession,
+        lease: Lease<'_>,
+        result: &[u8],
+    ) -> Result<Completion, RepositoryError> {
+        Ok(
+            match self.finish(&session, lease, "complete", result).await? {
+                FinishAnswer::Done => Completion::Done,
+                FinishAnswer::Superseded => Completion::Superseded,
+                // Gone: the record outlived its retention (its expiration plus the retention
+                // after it, or its timeout) while the attempt ran. Nothing was written.
+                FinishAnswer::Expired | FinishAnswer::Gone => Completion::Expired,
+            },
+        )
+    }
+
+    async fn fail(
+        &self,
+        session: RedisSession,
+        lease: Lease<'_>,
+        error: &str,
+    ) -> Result<Completion, RepositoryError> {
+        Ok(
+            match self
+                .finish(&session, lease, "fail", error.as_bytes())
+                .await?
+            {
+                FinishAnswer::Done | FinishAnswer::Expired => Completion::Done,
+                // A record gone under its attempt has nothing left to mark Failed.
+                FinishAnswer::Superseded | FinishAnswer::Gone => Completion::Superseded,
+            },
+        )
+    }
+
+    async fn get(
+        &self,
+        target: &str,
+        key: &str,
+    ) -> Result<Option<TrackedOperation>, RepositoryError> {
+        let name = self.record_key(target, key);
+        let hash: Value = self.query(redis::cmd("HGETALL").arg(&name)).await?;
+        record::decode(target, key, &name, hash)
+    }
+}

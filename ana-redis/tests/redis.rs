@@ -1,0 +1,430 @@
+//! ana-redis on a single Redis server (`REDIS_URL`, default `redis://127.0.0.1:6379`):
+//! retention (TTL), an unreachable server, concurrent claims, fencing, corrupt records.
+
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
+mod common;
+
+use std::error::Error as _;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ana_core::chrono::{DateTime, TimeDelta, Utc};
+use ana_core::{
+    Claim, ClaimRequest, Completion, Error, Fingerprint, IdempotencyRepository, Lease, Manager,
+    RepositoryError, Status, TrackedOperation, operation,
+};
+use ana_redis::redis::{self, AsyncCommands};
+use ana_redis::{RedisRepository, RedisSession};
+use common::{connect, expiry, random_prefix, redis_url};
+use tokio::sync::Barrier;
+
+const TARGET: &str = "[POST]/payments";
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn repository() -> RedisRepository {
+    RedisRepository::from_url(redis_url())
+        .expect("REDIS_URL is a URL")
+        .with_prefix(random_prefix())
+}
+
+/// `at` truncated to the microseconds that records keep.
+fn micros(at: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp_micros(at.timestamp_micros()).unwrap()
+}
+
+fn request<'a>(key: &'a str, fingerprint: Fingerprint) -> ClaimRequest<'a> {
+    ClaimRequest {
+        target: TARGET,
+        key,
+        fingerprint,
+        reference_time: Utc::now(),
+        timeout: Some(Duration::from_secs(30)),
+        expiration: None,
+    }
+}
+
+async fn acquire(repository: &RedisRepository, request: &ClaimRequest<'_>) -> RedisSession {
+    match repository.claim(request).await.expect("claim") {
+        Claim::Acquired { session, .. } => session,
+        Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
+    }
+}
+
+fn lease(key: &str, attempt: u64) -> Lease<'_> {
+    Lease {
+        target: TARGET,
+        key,
+        attempt,
+    }
+}
+
+/// A record with an expiration lives until its expiration plus the retention after it, while
+/// Running and once Finished.
+#[tokio::test]
+async fn ttl_is_the_expiration_plus_the_retention() {
+    let repository = repository();
+    let mut redis = connect(&redis_url()).await;
+    let expiration = micros(Utc::now() + TimeDelta::hours(2));
+    let request = ClaimRequest {
+        expiration: Some(expiration),
+        ..request("ttl", Fingerprint::of("body"))
+    };
+    let session = acquire(&repository, &request).await;
+    let name = repository.record_key(TARGET, "ttl");
+    let expected_ms = (expiration.timestamp_micros() + 3_600_000_000).div_euclid(1000);
+    let (pttl, at) = expiry(&mut redis, &name).await;
+    assert_eq!(at, expected_ms, "Running: PEXPIREAT expiration + 1h");
+    assert!(
+        pttl > 3 * 3_600_000 - 60_000 && pttl <= 3 * 3_600_000,
+        "{pttl}"
+    );
+
+    let done = repository
+        .complete(session.clone(), lease("ttl", session.attempt()), b"\"ok\"")
+        .await
+        .expect("complete");
+    assert_eq!(done, Completion::Done);
+    assert_eq!(expiry(&mut redis, &name).await.1, expected_ms, "Finished");
+    let stored = repository
+        .get(TARGET, "ttl")
+        .await
+        .expect("get")
+        .expect("a record");
+    assert_eq!(stored.expiration, Some(expiration));
+
+    // With a custom retention, the TTL follows it.
+    let repository = repository.with_retention_after_expiration(Duration::from_secs(90));
+    let request = ClaimRequest {
+        expiration: Some(expiration),
+        ..self::request("ttl-90s", Fingerprint::of("body"))
+    };
+    acquire(&repository, &request).await;
+    let name = repository.record_key(TARGET, "ttl-90s");
+    let expected_ms = (expiration.timestamp_micros() + 90_000_000).div_euclid(1000);
+    assert_eq!(expiry(&mut redis, &name).await.1, expected_ms);
+}
+
+/// A Running record is kept at least until its timeout, even past its expiration plus
+/// retention, so it never vanishes under the attempt that holds it.
+#[tokio::test]
+async fn running_record_lives_until_its_timeout() {
+    let repository = repository().with_retention_after_expiration(Duration::ZERO);
+    let mut redis = connect(&redis_url()).await;
+    let request = ClaimRequest {
+        expiration: Some(Utc::now() + TimeDelta::minutes(1)),
+        timeout: Some(Duration::from_secs(600)),
+        ..request("held", Fingerprint::of("body"))
+    };
+    acquire(&repository, &request).await;
+    let record = repository.get(TARGET, "held").await.unwrap().unwrap();
+    let timeout = record.timeout.expect("a timeout");
+    let name = repository.record_key(TARGET, "held");
+    assert_eq!(
+        expiry(&mut redis, &name).await.1,
+        timeout.timestamp_micros().div_euclid(1000)
+    );
+}
+
+/// A record without an expiration is kept for the retention without expiration after its
+/// last write (default seven days), so Redis never grows without bound.
+#[tokio::test]
+async fn ttl_without_expiration_is_the_retention_floor() {
+    let repository = repository();
+    let mut redis = connect(&redis_url()).await;
+    let session = acquire(&repository, &request("floor", Fingerprint::of("body"))).await;
+    repository
+        .complete(session.clone(), lease("floor", session.attempt()), b"1")
+        .await
+        .expect("complete");
+    let name = repository.record_key(TARGET, "floor");
+    let seven_days_ms = 7 * 24 * 3_600_000;
+    let (pttl, _) = expiry(&mut redis, &name).await;
+    assert!(
+        pttl > seven_days_ms - 60_000 && pttl <= seven_days_ms,
+        "{pttl}"
+    );
+
+    let repository = repository.with_retention_without_expiration(HOUR);
+    let session = acquire(&repository, &request("floor-1h", Fingerprint::of("body"))).await;
+    repository
+        .fail(session.clone(), lease("floor-1h", session.attempt()), "no")
+        .await
+        .expect("fail");
+    let (pttl, _) = expiry(&mut redis, &repository.record_key(TARGET, "floor-1h")).await;
+    assert!(pttl > 3_600_000 - 60_000 && pttl <= 3_600_000, "{pttl}");
+}
+
+/// Redis unreachable: a typed Unavailable error with its source, and the operation not run.
+#[tokio::test]
+async fn unreachable_redis_is_unavailable_and_nothing_runs() {
+    let repository = RedisRepository::from_url("redis://127.0.0.1:1").expect("a URL");
+    let manager: Manager<&str, String, RedisSession> = Manager::new(repository.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let op = {
+        let runs = Arc::clone(&runs);
+        operation(TARGET, "k", "body", move |_ctx: RedisSession| async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>("ran".to_owned())
+        })
+    };
+    let out = manager.run(op).await;
+    match &out {
+        Err(Error::Repository(error @ RepositoryError::Unavailable(_))) => {
+            assert!(error.is_transient());
+            assert!(error.source().is_some(), "the driver's error is kept");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    assert!(matches!(
+        repository.get(TARGET, "k").await,
+        Err(RepositoryError::Unavailable(_))
+    ));
+}
+
+/// An unreachable cluster: Unavailable as well.
+#[tokio::test]
+async fn unreachable_cluster_is_unavailable() {
+    let repository = RedisRepository::from_cluster_urls(["redis://127.0.0.1:1"]).expect("a URL");
+    let request = request("k", Fingerprint::of("body"));
+    match repository.claim(&request).await {
+        Err(error @ RepositoryError::Unavailable(_)) => assert!(error.source().is_some()),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
+
+/// 64 concurrent claims of one key: exactly one acquires, the others see it Running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_acquire_once() {
+    const CALLS: usize = 64;
+    let repository = repository();
+    let barrier = Arc::new(Barrier::new(CALLS));
+    let tasks: Vec<_> = (0..CALLS)
+        .map(|_| {
+            let (repository, barrier) = (repository.clone(), Arc::clone(&barrier));
+            tokio::spawn(async move {
+                let request = request("race", Fingerprint::of("body"));
+                barrier.wait().await;
+                repository.claim(&request).await
+            })
+        })
+        .collect();
+    let (mut acquired, mut running) = (0, 0);
+    for task in tasks {
+        match task.await.expect("task").expect("claim") {
+            Claim::Acquired { attempt, .. } => {
+                assert_eq!(attempt, 1);
+                acquired += 1;
+            }
+            Claim::Existing { record, .. } => {
+                assert_eq!((record.status, record.attempt), (Status::Running, 1));
+                running += 1;
+            }
+        }
+    }
+    assert_eq!((acquired, running), (1, CALLS - 1));
+}
+
+/// An attempt whose record vanished and was created again by a new claim (same attempt
+/// number 1) cannot finish the new record: the per-claim token fences it.
+#[tokio::test]
+async fn stale_attempt_cannot_finish_a_recreated_record() {
+    let repository = repository();
+    let mut redis = connect(&redis_url()).await;
+    let request = request("again", Fingerprint::of("body"));
+    let stale = acquire(&repository, &request).await;
+    let name = repository.record_key(TARGET, "again");
+    let _: i64 = redis.del(&name).await.unwrap();
+
+    assert_eq!(
+        repository
+            .complete(stale.clone(), lease("again", 1), b"\"stale\"")
+            .await
+            .unwrap(),
+        Completion::Expired,
+        "a vanished record: nothing to finish"
+    );
+    assert_eq!(
+        repository
+            .fail(stale.clone(), lease("again", 1), "stale")
+            .await
+            .unwrap(),
+        Completion::Superseded
+    );
+    assert_eq!(repository.get(TARGET, "again").await.unwrap(), None);
+
+    let fresh = acquire(&repository, &request).await;
+    assert_eq!((stale.attempt(), fresh.attempt()), (1, 1));
+    assert_eq!(
+        repository
+            .complete(stale, lease("again", 1), b"\"stale\"")
+            .await
+            .unwrap(),
+        Completion::Superseded
+    );
+    let record = repository.get(TARGET, "again").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Running);
+    assert_eq!(
+        repository
+            .complete(fresh, lease("again", 1), b"\"fresh\"")
+            .await
+            .unwrap(),
+        Completion::Done
+    );
+    let record = repository.get(TARGET, "again").await.unwrap().unwrap();
+    assert_eq!(record.result.as_deref(), Some(&b"\"fresh\""[..]));
+}
+
+/// A damaged record is an error, never read as "no record" and never overwritten.
+#[tokio::test]
+async fn corrupt_records_are_errors() {
+    let repository = repository();
+    let mut redis = connect(&redis_url()).await;
+    let name = repository.record_key(TARGET, "bad");
+    let _: () = redis
+        .hset_multiple(
+            &name,
+            &[
+                ("status", "bogus"),
+                ("fp", "0123456789abcdef"),
+                ("ref", "1"),
+            ],
+        )
+        .await
+        .unwrap();
+    let request = request("bad", Fingerprint::of("body"));
+    assert!(matches!(
+        repository.claim(&request).await,
+        Err(RepositoryError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        repository.get(TARGET, "bad").await,
+        Err(RepositoryError::Corrupt { .. })
+    ));
+    let status: String = redis.hget(&name, "status").await.unwrap();
+    assert_eq!(status, "bogus", "the claim did not overwrite it");
+
+    // A timeout that is not a number: not claimable, reported as corrupt.
+    let name = repository.record_key(TARGET, "bad-time");
+    let fingerprint = Fingerprint::of("body");
+    let _: () = redis
+        .hset_multiple(
+            &name,
+            &[
+                ("status", &b"running"[..]),
+                ("fp", fingerprint.as_bytes()),
+                ("ref", b"1"),
+                ("timeout", b"soon"),
+            ],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        repository
+            .claim(&self::request("bad-time", fingerprint))
+            .await,
+        Err(RepositoryError::Corrupt { .. })
+    ));
+
+    // Another type of value under the key: the server's error, kept as the source.
+    let name = repository.record_key(TARGET, "string");
+    let _: () = redis.set(&name, "not a hash").await.unwrap();
+    match repository
+        .claim(&self::request("string", fingerprint))
+        .await
+    {
+        Err(error @ RepositoryError::Backend(_)) => assert!(error.source().is_some()),
+        other => panic!("expected Backend, got {other:?}"),
+    }
+}
+
+/// `restore` writes a record exactly as given; `get` reads it back.
+#[tokio::test]
+async fn restore_round_trips_every_field() {
+    let repository = repository();
+    let now = Utc::now();
+    let at = |minutes: i64| micros(now + TimeDelta::minutes(minutes));
+    let mut finished = TrackedOperation::new(
+        TARGET,
+        "full",
+        Status::Finished,
+        Fingerprint::of("x"),
+        at(-10),
+    );
+    finished.started_at = Some(at(-9));
+    finished.timeout = Some(at(-8));
+    finished.expiration = Some(at(60));
+    finished.finished_at = Some(at(-7));
+    finished.result = Some(vec![0, 159, 146, 150, 255]);
+    finished.error_count = 3;
+    finished.attempt = 4;
+    repository.restore(&finished).await.unwrap();
+    assert_eq!(
+        repository.get(TARGET, "full").await.unwrap(),
+        Some(finished.clone())
+    );
+
+    let mut failed = TrackedOperation::new(
+        TARGET,
+        "failed",
+        Status::Failed,
+        Fingerprint::of("y"),
+        at(0),
+    );
+    failed.error = Some("card declined ✗".to_owned());
+    failed.error_count = 1;
+    failed.attempt = 1;
+    repository.restore(&failed).await.unwrap();
+    assert_eq!(
+        repository.get(TARGET, "failed").await.unwrap(),
+        Some(failed)
+    );
+}
+
+/// Stores under different prefixes never see each other's records; the key layout is the
+/// prefix, the target's length, the target and the key.
+#[tokio::test]
+async fn prefixes_isolate_stores() {
+    let (one, two) = (repository(), repository());
+    assert_ne!(one.prefix(), two.prefix());
+    assert_eq!(
+        one.record_key("[POST]/a", "k:1"),
+        format!("{}8:[POST]/a:k:1", one.prefix())
+    );
+    let runs = Arc::new(AtomicUsize::new(0));
+    for repository in [one, two] {
+        let manager: Manager<&str, String, RedisSession> = Manager::new(repository);
+        let runs = Arc::clone(&runs);
+        let op = operation(TARGET, "k", "body", move |_ctx: RedisSession| async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>("ran".to_owned())
+        });
+        assert!(!manager.run(op).await.unwrap().is_replayed());
+    }
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+}
+
+/// The scripts run after `SCRIPT FLUSH` (NOSCRIPT is answered by loading them again).
+#[tokio::test]
+async fn scripts_reload_after_a_flush() {
+    let repository = repository();
+    let mut redis = connect(&redis_url()).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let session = acquire(&repository, &request("flushed", Fingerprint::of("b"))).await;
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let done = repository
+        .complete(session.clone(), lease("flushed", session.attempt()), b"1")
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Done);
+}

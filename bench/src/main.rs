@@ -1,0 +1,336 @@
+//! `make bench`: ana's HTTP and store benchmarks, printed as one table of ratios.
+//!
+//! ```text
+//! cargo run --release -p ana-bench            # everything (what `make bench` runs)
+//! cargo run --release -p ana-bench -- serve memory    # one server, prints its port
+//! ```
+//!
+//! Every figure comes from one run on this machine: the bare axum handler, the same handler
+//! behind `IdempotencyLayer` on the memory store, Postgres and Redis (new keys and replays,
+//! load from `wrk` in a separate process on loopback), the stores' own limits (`pgbench` with
+//! the claim + finish protocol and the replay `SELECT`; `redis-benchmark` with the claim
+//! script), and the memory store's footprint for a million records.
+
+mod footprint;
+mod measure;
+mod serve;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use measure::{Figures, Server};
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("serve") => serve::run(args.get(1).map_or("bare", String::as_str)),
+        Some("footprint") => {
+            let records = args
+                .get(1)
+                .and_then(|n| n.parse().ok())
+                .unwrap_or(1_000_000);
+            let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+            let bytes =
+                runtime.block_on(footprint::measure(records, &serve::recorded_response()?))?;
+            println!("{bytes}");
+            Ok(())
+        }
+        None | Some("run") => run(),
+        Some(other) => bail!("unknown command {other:?} (expected run, serve or footprint)"),
+    }
+}
+
+struct Settings {
+    seconds: u64,
+    connections: u32,
+    database_url: String,
+    redis_url: String,
+    scripts: PathBuf,
+}
+
+fn run() -> Result<()> {
+    let settings = Settings {
+        seconds: env_or("BENCH_SECONDS", 8),
+        connections: env_or("BENCH_CONNECTIONS", 32),
+        database_url: std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+        redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        scripts: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"),
+    };
+    let run_id = format!("{}", std::process::id());
+    let mut rows = Vec::new();
+
+    eprintln!("bench: memory footprint of 1,000,000 records...");
+    let footprint = footprint_in_child()?;
+
+    let mut http = Vec::new();
+    for variant in ["bare", "memory", "postgres", "redis"] {
+        eprintln!("bench: HTTP {variant}...");
+        let server = Server::start(variant)?;
+        // Warm-up, then new keys, then replays of one key.
+        measure::wrk(
+            &server.url(),
+            &settings.scripts.join("new-key.lua"),
+            &format!("warm-{run_id}"),
+            2,
+            settings.connections,
+        )?;
+        let new_key = measure::wrk(
+            &server.url(),
+            &settings.scripts.join("new-key.lua"),
+            &format!("new-{run_id}"),
+            settings.seconds,
+            settings.connections,
+        )?;
+        let replay_key = format!("replayed-{run_id}");
+        serve::post_once(server.port, &replay_key)?;
+        let replay = measure::wrk(
+            &server.url(),
+            &settings.scripts.join("replay.lua"),
+            &replay_key,
+            settings.seconds,
+            settings.connections,
+        )?;
+        http.push((variant, new_key, replay));
+    }
+
+    eprintln!("bench: pgbench (store limits)...");
+    let pg_scripts = serve::pgbench_scripts()?;
+    let pg_new = measure::pgbench(
+        &settings.database_url,
+        &pg_scripts.claim_finish,
+        settings.seconds,
+        settings.connections.min(16),
+    )?;
+    let pg_replay = measure::pgbench(
+        &settings.database_url,
+        &pg_scripts.replay,
+        settings.seconds,
+        settings.connections.min(16),
+    )?;
+
+    eprintln!("bench: redis-benchmark (store limit)...");
+    let (redis_host, redis_port) = serve::redis_address(&settings.redis_url)?;
+    let claim = serve::redis_claim_command()?;
+    let claim: Vec<&str> = claim.iter().map(String::as_str).collect();
+    let redis_new = measure::redis_benchmark(
+        &redis_host,
+        redis_port,
+        200_000,
+        settings.connections,
+        &claim,
+    )?;
+
+    let bare = http.first().map(|(_, new, _)| *new).unwrap_or_default();
+    for (variant, new_key, replay) in &http {
+        rows.push(Row::http(variant, "new key", new_key, &bare));
+        rows.push(Row::http(variant, "replay", replay, &bare));
+    }
+    rows.push(Row::limit("pgbench claim+finish (2 steps)", &pg_new));
+    rows.push(Row::limit("pgbench replay SELECT", &pg_replay));
+    rows.push(Row::limit("redis-benchmark claim script", &redis_new));
+
+    let find = |variant: &str, replay: bool| {
+        http.iter()
+            .find(|(v, _, _)| *v == variant)
+            .map(|(_, new, rep)| if replay { *rep } else { *new })
+            .unwrap_or_default()
+    };
+    let ratio = |a: Figures, b: Figures| a.requests_per_second / b.requests_per_second;
+    let added_p99 = find("memory", false)
+        .p99
+        .zip(bare.p99)
+        .map(|(layer, bare)| layer.as_secs_f64() - bare.as_secs_f64());
+
+    let targets = [
+        Target::at_least(
+            "memory new key / bare",
+            ratio(find("memory", false), bare),
+            0.85,
+        ),
+        Target::at_least(
+            "memory replay / bare",
+            ratio(find("memory", true), bare),
+            0.9,
+        ),
+        Target::at_least(
+            "postgres new key / pgbench claim+finish",
+            ratio(find("postgres", false), pg_new),
+            0.8,
+        ),
+        Target::at_least(
+            "postgres replay / pgbench replay SELECT",
+            ratio(find("postgres", true), pg_replay),
+            0.6,
+        ),
+        Target::at_least(
+            "redis new key / bare",
+            ratio(find("redis", false), bare),
+            0.5,
+        ),
+        Target::at_least("redis replay / bare", ratio(find("redis", true), bare), 0.6),
+        Target::at_most_ms(
+            "added p99, memory new key vs bare (ms)",
+            added_p99.map_or(f64::NAN, |s| s * 1e3),
+            1.0,
+        ),
+        Target::at_most_ms(
+            "memory store, 1,000,000 records (MB)",
+            footprint as f64 / 1e6,
+            400.0,
+        ),
+    ];
+
+    print_report(
+        &settings,
+        &rows,
+        &targets,
+        &redis_new,
+        &find("redis", false),
+    );
+    Ok(())
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|value| value.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs the footprint measurement in a fresh process, so nothing else is in its heap.
+fn footprint_in_child() -> Result<u64> {
+    let exe = std::env::current_exe()?;
+    let output = std::process::Command::new(exe)
+        .args(["footprint", "1000000"])
+        .output()
+        .context("running the footprint measurement")?;
+    if !output.status.success() {
+        bail!(
+            "the footprint measurement failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse()
+        .context("reading the footprint")
+}
+
+struct Row {
+    name: String,
+    figures: Figures,
+    ratio: Option<f64>,
+}
+
+impl Row {
+    fn http(variant: &str, mode: &str, figures: &Figures, bare: &Figures) -> Self {
+        Self {
+            name: format!("HTTP {variant:<8} {mode}"),
+            figures: *figures,
+            ratio: Some(figures.requests_per_second / bare.requests_per_second),
+        }
+    }
+
+    fn limit(name: &str, figures: &Figures) -> Self {
+        Self {
+            name: name.to_owned(),
+            figures: *figures,
+            ratio: None,
+        }
+    }
+}
+
+struct Target {
+    name: &'static str,
+    value: f64,
+    limit: f64,
+    at_least: bool,
+}
+
+impl Target {
+    fn at_least(name: &'static str, value: f64, limit: f64) -> Self {
+        Self {
+            name,
+            value,
+            limit,
+            at_least: true,
+        }
+    }
+
+    fn at_most_ms(name: &'static str, value: f64, limit: f64) -> Self {
+        Self {
+            name,
+            value,
+            limit,
+            at_least: false,
+        }
+    }
+
+    fn met(&self) -> bool {
+        if self.at_least {
+            self.value >= self.limit
+        } else {
+            self.value <= self.limit
+        }
+    }
+}
+
+fn format_latency(latency: Option<Duration>) -> String {
+    latency.map_or_else(
+        || "-".to_owned(),
+        |l| format!("{:.2} ms", l.as_secs_f64() * 1e3),
+    )
+}
+
+fn print_report(
+    settings: &Settings,
+    rows: &[Row],
+    targets: &[Target],
+    redis_limit: &Figures,
+    redis_http: &Figures,
+) {
+    let mut out = std::io::stdout().lock();
+    let cores = std::thread::available_parallelism().map_or(0, usize::from);
+    let _ = writeln!(
+        out,
+        "\nana benchmarks: {cores} cores, wrk -t2 -c{} -d{}s on loopback (one run)\n",
+        settings.connections, settings.seconds
+    );
+    let _ = writeln!(out, "| scenario | req/s | p50 | p99 | × bare | non-2xx |");
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {:.0} | {} | {} | {} | {} |",
+            row.name,
+            row.figures.requests_per_second,
+            format_latency(row.figures.p50),
+            format_latency(row.figures.p99),
+            row.ratio
+                .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            row.figures.errors,
+        );
+    }
+    let _ = writeln!(out, "\n| target | measured | limit | met |");
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for target in targets {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {} {:.2} | {} |",
+            target.name,
+            target.value,
+            if target.at_least { "≥" } else { "≤" },
+            target.limit,
+            if target.met() { "yes" } else { "NO" },
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\nredis new key / redis-benchmark claim script: {:.2} (for information: the HTTP path does claim + complete)",
+        redis_http.requests_per_second / redis_limit.requests_per_second
+    );
+}

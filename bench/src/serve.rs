@@ -1,0 +1,211 @@
+//! The benchmark servers and the store-limit scripts.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::routing::post;
+use bytes::Bytes;
+
+use ana_axum::IdempotencyLayer;
+use ana_core::http::{RecordedResponse, RecordedResponseCodec, default_replay_headers};
+use ana_core::{Codec, MemoryRepository};
+use ana_pg::PgRepository;
+use ana_redis::RedisRepository;
+
+/// The schema and key prefix the benchmark writes to.
+const SCHEMA: &str = "ana_bench";
+const REDIS_PREFIX: &str = "ana-bench:";
+
+/// A 200-byte JSON response, the size of a typical API answer.
+pub(crate) const RESPONSE: &str = concat!(
+    r#"{"id":"pay_7d2c4f1e9a3b","status":"accepted","amount":100,"currency":"EUR","#,
+    r#""created":"2026-11-23T10:00:00Z","customer":"cus_4f1e9a3b7d2c","#,
+    r#""description":"benchmark payment","metadata":{"order":"ord_00000042"}}"#
+);
+
+async fn handler(_body: Bytes) -> impl axum::response::IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], RESPONSE)
+}
+
+/// The recorded form of the benchmark's response, as the layer stores it.
+pub(crate) fn recorded_response() -> Result<Vec<u8>> {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let recorded = RecordedResponse::new(
+        StatusCode::OK,
+        &headers,
+        &default_replay_headers(),
+        Bytes::from_static(RESPONSE.as_bytes()),
+    );
+    RecordedResponseCodec
+        .encode(&recorded)
+        .map_err(|error| anyhow::anyhow!("encoding the recorded response: {error}"))
+}
+
+/// Serves one variant on a free loopback port; prints `listening on 127.0.0.1:<port>`.
+pub(crate) fn run(variant: &str) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let routes = Router::new().route("/bench", post(handler));
+        let app = match variant {
+            "bare" => routes,
+            "memory" => routes.layer(IdempotencyLayer::new(
+                MemoryRepository::new().with_capacity(50_000_000),
+            )),
+            "postgres" => {
+                let url = std::env::var("DATABASE_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                let pool = ana_pg::sqlx::postgres::PgPoolOptions::new()
+                    .max_connections(16)
+                    .connect(&url)
+                    .await
+                    .context("connecting to Postgres (DATABASE_URL)")?;
+                let repository = PgRepository::with_schema(pool, SCHEMA)?;
+                repository.migrate().await?;
+                routes.layer(IdempotencyLayer::new(repository))
+            }
+            "redis" => {
+                let url =
+                    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+                let repository = RedisRepository::from_url(url)?.with_prefix(REDIS_PREFIX);
+                routes.layer(IdempotencyLayer::new(repository))
+            }
+            other => bail!("unknown server variant {other:?}"),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        println!("listening on 127.0.0.1:{port}");
+        std::io::stdout().flush()?;
+        axum::serve(listener, app).await?;
+        Ok(())
+    })
+}
+
+/// Sends one request with `key`, so the replay run finds a Finished record.
+pub(crate) fn post_once(port: u16, key: &str) -> Result<()> {
+    let body = r#"{"amount":100,"currency":"EUR"}"#;
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "POST /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         X-Idempotency-Key: {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    if !response.starts_with("HTTP/1.1 200") {
+        bail!("the first request of the replay run failed: {response}");
+    }
+    Ok(())
+}
+
+/// pgbench scripts for the store's own limits, on the schema the Postgres server migrated.
+pub(crate) struct PgbenchScripts {
+    pub(crate) claim_finish: PathBuf,
+    pub(crate) replay: PathBuf,
+}
+
+/// Writes the pgbench scripts: the same claim statement as `PgRepository` (new random keys),
+/// then `BEGIN; UPDATE … finished; COMMIT` — and the replay's single-row `SELECT`.
+pub(crate) fn pgbench_scripts() -> Result<PgbenchScripts> {
+    let dir = std::env::temp_dir().join(format!("ana-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let table = format!("{SCHEMA}.tracked_operations");
+    let claim_finish = format!(
+        r"\set n random(1, 1000000000000)
+WITH claimed AS (INSERT INTO {table} AS t (target, key, status, fingerprint, reference_time, started_at, timeout, expiration, error_count, attempt) VALUES ('[POST]/pgbench', 'k' || :n, 'running', '\x000102030405060708090a0b0c0d0e0f'::bytea, now(), statement_timestamp(), statement_timestamp() + 60000000::bigint * interval '1 microsecond', now() + interval '1 day', 0, 1) ON CONFLICT (target, key) DO UPDATE SET status = 'running', attempt = t.attempt + 1, started_at = statement_timestamp(), timeout = statement_timestamp() + 60000000::bigint * interval '1 microsecond', finished_at = NULL, result = NULL WHERE t.fingerprint = excluded.fingerprint AND (t.expiration IS NULL OR t.expiration >= statement_timestamp()) AND (t.status IN ('ready', 'failed') OR (t.status = 'running' AND t.timeout IS NOT NULL AND t.timeout <= statement_timestamp())) RETURNING t.*) SELECT true AS acquired, statement_timestamp() AS now, t.* FROM claimed t UNION ALL SELECT false, statement_timestamp(), t.* FROM {table} t WHERE t.target = '[POST]/pgbench' AND t.key = 'k' || :n AND NOT EXISTS (SELECT 1 FROM claimed);
+BEGIN;
+UPDATE {table} SET status = 'finished', result = convert_to(repeat('x', 230), 'UTF8'), error = NULL, finished_at = clock_timestamp() WHERE target = '[POST]/pgbench' AND key = 'k' || :n AND attempt = 1 AND status = 'running' AND (expiration IS NULL OR expiration >= clock_timestamp());
+COMMIT;
+"
+    );
+    let replay = format!(
+        r"SELECT * FROM {table} WHERE target = '[POST]/pgbench-replay' AND key = 'replayed';
+"
+    );
+    let seed = format!(
+        "TRUNCATE {table}; INSERT INTO {table} (target, key, status, fingerprint, reference_time, result, finished_at, attempt) \
+         VALUES ('[POST]/pgbench-replay', 'replayed', 'finished', '\\x000102030405060708090a0b0c0d0e0f'::bytea, now(), \
+         convert_to(repeat('x', 230), 'UTF8'), now(), 1) ON CONFLICT DO NOTHING"
+    );
+    let database_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let status = std::process::Command::new("psql")
+        .args(["-q", "-v", "ON_ERROR_STOP=1", &database_url, "-c", &seed])
+        .status()
+        .context("running psql to seed the replay row")?;
+    if !status.success() {
+        bail!("seeding the pgbench replay row failed");
+    }
+    let paths = PgbenchScripts {
+        claim_finish: dir.join("claim-finish.sql"),
+        replay: dir.join("replay.sql"),
+    };
+    std::fs::write(&paths.claim_finish, claim_finish)?;
+    std::fs::write(&paths.replay, replay)?;
+    Ok(paths)
+}
+
+/// Host and port of a `redis://host:port` URL.
+pub(crate) fn redis_address(url: &str) -> Result<(String, u16)> {
+    let rest = url
+        .strip_prefix("redis://")
+        .context("REDIS_URL must start with redis://")?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let host_port = authority.rsplit('@').next().unwrap_or(authority);
+    let (host, port) = host_port.rsplit_once(':').unwrap_or((host_port, "6379"));
+    Ok((host.to_owned(), port.parse().context("the Redis port")?))
+}
+
+/// `EVALSHA <claim script> 1 <random key> <arguments>` for redis-benchmark, with the script
+/// loaded into the server first: the same script `RedisRepository` runs for a claim.
+pub(crate) fn redis_claim_command() -> Result<Vec<String>> {
+    let script = concat!(
+        include_str!("../../ana-redis/src/lua/prelude.lua"),
+        include_str!("../../ana-redis/src/lua/claim.lua")
+    );
+    let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    let (host, port) = redis_address(&url)?;
+    let output = std::process::Command::new("redis-cli")
+        .args([
+            "-h",
+            &host,
+            "-p",
+            &port.to_string(),
+            "SCRIPT",
+            "LOAD",
+            script,
+        ])
+        .output()
+        .context("running redis-cli SCRIPT LOAD")?;
+    let sha = String::from_utf8_lossy(&output.stdout).trim().to_owned();
+    if !output.status.success() || sha.len() != 40 {
+        bail!("loading the claim script failed: {sha}");
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    Ok(vec![
+        "EVALSHA".into(),
+        sha,
+        "1".into(),
+        format!("{REDIS_PREFIX}limit:__rand_int__"),
+        // Retention after expiration, retention without expiration (µs).
+        "3600000000".into(),
+        "604800000000".into(),
+        // Fingerprint, reference time, timeout (µs), expiration (µs since the epoch).
+        "0123456789abcdef".into(),
+        now.to_string(),
+        "60000000".into(),
+        (now + 86_400_000_000).to_string(),
+    ])
+}

@@ -1,0 +1,186 @@
+//! # Example 02: an idempotent axum server
+//!
+//! Run it with `make example-02` (or `cargo run -p example-02-axum`). It listens on
+//! 127.0.0.1:3000 (`PORT` overrides; `PORT=0` picks a free port) with the idempotency layer on
+//! every route. The store is the memory store, Postgres when `DATABASE_URL` is set, Redis when
+//! `REDIS_URL` is set (Postgres wins when both are). `SLOW_MS=5000` makes the handlers take
+//! five seconds, so you can see the 409 for yourself.
+//!
+//! ```text
+//! # first call: the handler runs and prints "Not persisted!"
+//! curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: abc' -d '{"amount":10}'
+//! # the same call again: replayed, the handler does not run
+//! curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: abc' -d '{"amount":10}'
+//! # the key reused with another body: 422
+//! curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: abc' -d '{"amount":99}'
+//! # a bad header: 400
+//! curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: def' -H 'X-Idempotency-Timeout: soon'
+//! # in flight (start the server with SLOW_MS=5000): the second call gets 409
+//! curl -s -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow' & sleep 1; \
+//!   curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow'
+//! # with DATABASE_URL: the order row commits with the record, exactly once
+//! curl -i -X POST localhost:3000/orders -H 'X-Idempotency-Key: order-1' -d 'book'
+//! # ...and is rolled back when the handler fails (a body containing "fail")
+//! curl -i -X POST localhost:3000/orders -H 'X-Idempotency-Key: order-2' -d 'fail me'
+//! ```
+
+use std::error::Error;
+use std::io::Write;
+use std::time::Duration;
+
+use ana_axum::{IdempotencyLayer, MemoryRepository, Session};
+use ana_pg::{PgRepository, PgSession, sqlx};
+use ana_redis::RedisRepository;
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(port) => port
+            .parse()
+            .map_err(|_| format!("PORT={port} is not a port"))?,
+        Err(_) => 3000,
+    };
+    let slow = Duration::from_millis(match std::env::var("SLOW_MS") {
+        Ok(ms) => ms
+            .parse()
+            .map_err(|_| format!("SLOW_MS={ms} is not a number"))?,
+        Err(_) => 0,
+    });
+    let database_url = std::env::var("DATABASE_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
+    let redis_url = std::env::var("REDIS_URL")
+        .ok()
+        .filter(|url| !url.is_empty());
+
+    let (app, store) = if let Some(url) = database_url {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url)
+            .await?;
+        let repository = PgRepository::new(pool.clone());
+        repository.migrate().await?;
+        create_orders_table(&pool).await?;
+        let layer = IdempotencyLayer::new(repository);
+        let app = hello_routes::<PgSession>(slow)
+            .route("/orders", post(move |s, b| create_order(s, b, slow)))
+            .layer(layer);
+        (app, "postgres")
+    } else if let Some(url) = redis_url {
+        (
+            app(IdempotencyLayer::new(RedisRepository::from_url(url)?), slow),
+            "redis",
+        )
+    } else {
+        (
+            app(IdempotencyLayer::new(MemoryRepository::new()), slow),
+            "memory",
+        )
+    };
+
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    let address = listener.local_addr()?;
+    // Tests read this line to find the port.
+    say(&format!("Listening on http://{address} (store: {store})")).await;
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// Every route, behind the layer.
+fn app<Ctx: Clone + Send + Sync + 'static>(layer: IdempotencyLayer<Ctx>, slow: Duration) -> Router {
+    hello_routes::<Ctx>(slow).layer(layer)
+}
+
+fn hello_routes<Ctx: Clone + Send + Sync + 'static>(slow: Duration) -> Router {
+    Router::new().route(
+        "/hello",
+        post(move |session: Session<Ctx>| hello(session, slow)),
+    )
+}
+
+/// The original's handler: prints `Not persisted!` each time it really runs.
+async fn hello<Ctx>(session: Session<Ctx>, slow: Duration) -> String {
+    say("Not persisted!").await;
+    tokio::time::sleep(slow).await;
+    format!("Hello {}!\n", session.key())
+}
+
+/// Writes an order in the transaction that records the response: the row and the record
+/// commit together, or (on failure) neither does.
+async fn create_order(
+    session: Session<PgSession>,
+    item: String,
+    slow: Duration,
+) -> Result<(StatusCode, String), (StatusCode, String)> {
+    say("Not persisted!").await;
+    let internal = |_| {
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the order could not be written\n".to_owned(),
+        )
+    };
+    let mut tx = session
+        .session()
+        .transaction()
+        .await
+        .map_err(|error| internal(error.to_string()))?;
+    let id: i64 = sqlx::query_scalar(
+        "INSERT INTO example_02_orders (idempotency_key, item, attempt) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(session.key())
+    .bind(&item)
+    .bind(i64::try_from(session.session().attempt()).unwrap_or(i64::MAX))
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(|error| internal(error.to_string()))?;
+    drop(tx);
+    tokio::time::sleep(slow).await;
+    if item.contains("fail") {
+        // A 5xx is recorded Failed: the order row above is rolled back with it.
+        return Err((
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("payment failed after writing order {id}; rolled back\n"),
+        ));
+    }
+    Ok((
+        StatusCode::CREATED,
+        format!("Order {id} created for {}\n", session.key()),
+    ))
+}
+
+async fn create_orders_table(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
+    let mut tx = pool.begin().await?;
+    // Several servers may start at once: one creates the table at a time.
+    sqlx::query("SELECT pg_advisory_xact_lock(20202)")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS example_02_orders (
+            id bigserial PRIMARY KEY,
+            idempotency_key text NOT NULL,
+            item text NOT NULL,
+            attempt bigint NOT NULL,
+            created_at timestamptz NOT NULL DEFAULT now()
+        )",
+    )
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+/// Prints a line and flushes it at once (stdout may be a pipe).
+async fn say(line: &str) {
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{line}");
+    let _ = stdout.flush();
+}

@@ -1,0 +1,297 @@
+//! End to end over a real socket: the example binary on a free port, driven by an HTTP client.
+//! The same cases as example 02's, so both examples serve the same walkthrough.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::{Barrier, oneshot};
+use tokio::task::JoinHandle;
+
+const NOT_PERSISTED: &str = "Not persisted!";
+
+/// The example server, killed on drop; counts the handler runs it prints.
+struct Server {
+    child: Child,
+    address: String,
+    reader: JoinHandle<usize>,
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Server {
+    async fn start(env: &[(&str, &str)]) -> Server {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_example-03-actix"));
+        command
+            .env("PORT", "0")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env_remove("SLOW_MS")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let mut child = command.spawn().expect("the example binary starts");
+        let stdout = child.stdout.take().unwrap();
+        let (address_tx, address_rx) = oneshot::channel();
+        let reader = tokio::spawn(async move {
+            let mut runs = 0;
+            let mut lines = BufReader::new(stdout).lines();
+            let mut address_tx = Some(address_tx);
+            while let Ok(Some(line)) = lines.next_line().await {
+                if let Some(rest) = line.strip_prefix("Listening on http://") {
+                    let address = rest.split_whitespace().next().unwrap().to_owned();
+                    if let Some(tx) = address_tx.take() {
+                        let _ = tx.send(address);
+                    }
+                } else if line == NOT_PERSISTED {
+                    runs += 1;
+                }
+            }
+            runs
+        });
+        let address = tokio::time::timeout(Duration::from_secs(60), address_rx)
+            .await
+            .expect("the example listens within 60s")
+            .expect("the example printed its address (see its stderr above)");
+        Server {
+            child,
+            address,
+            reader,
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
+    }
+
+    async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Response<String> {
+        let mut request = Request::post(format!("http://{}{path}", self.address));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.to_owned())))
+            .unwrap();
+        let response = self.client.request(request).await.unwrap();
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.unwrap().to_bytes();
+        Response::from_parts(parts, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    /// Stops the server and returns how many times the handler ran: every line was written
+    /// before its response was sent, so after the kill the reader sees them all before EOF.
+    async fn stop(mut self) -> usize {
+        self.child.kill().await.unwrap();
+        self.reader.await.unwrap()
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+fn replayed<B>(response: &Response<B>) -> bool {
+    response
+        .headers()
+        .get("idempotent-replayed")
+        .is_some_and(|value| value == "true")
+}
+
+fn database_url() -> String {
+    std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned())
+}
+
+fn redis_url() -> String {
+    std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn curl_walkthrough_on_the_memory_store() {
+    let server = Server::start(&[]).await;
+    let key = unique("abc");
+    let headers = [("x-idempotency-key", key.as_str())];
+
+    let first = server.post("/hello", &headers, r#"{"amount":10}"#).await;
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(first.body(), &format!("Hello {key}!\n"));
+    assert!(!replayed(&first));
+
+    let again = server.post("/hello", &headers, r#"{"amount":10}"#).await;
+    assert_eq!(again.status(), StatusCode::OK);
+    assert!(replayed(&again));
+    assert_eq!(again.body(), first.body());
+    assert_eq!(again.headers()["content-type"], "text/plain; charset=utf-8");
+
+    let other = server.post("/hello", &headers, r#"{"amount":99}"#).await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(other.headers()["content-type"], "application/problem+json");
+    assert!(
+        other
+            .body()
+            .contains("https://ana.dev/problems/payload-mismatch")
+    );
+
+    let bad = server
+        .post(
+            "/hello",
+            &[
+                ("x-idempotency-key", "def"),
+                ("x-idempotency-timeout", "soon"),
+            ],
+            "",
+        )
+        .await;
+    assert_eq!(bad.status(), StatusCode::BAD_REQUEST);
+    assert!(bad.body().contains(r#""header":"X-Idempotency-Timeout""#));
+
+    let missing = server.post("/hello", &[], "").await;
+    assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    assert!(missing.body().contains("missing-key"));
+
+    assert_eq!(server.stop().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_same_key_requests_run_the_handler_once() {
+    let server = Arc::new(Server::start(&[("SLOW_MS", "300")]).await);
+    let key = unique("race");
+    let barrier = Arc::new(Barrier::new(24));
+    let tasks: Vec<_> = (0..24)
+        .map(|_| {
+            let (server, barrier, key) = (Arc::clone(&server), Arc::clone(&barrier), key.clone());
+            tokio::spawn(async move {
+                barrier.wait().await;
+                server
+                    .post("/hello", &[("x-idempotency-key", &key)], "hi")
+                    .await
+            })
+        })
+        .collect();
+    let (mut executed, mut replays, mut conflicts) = (0, 0, 0);
+    for task in tasks {
+        let response = task.await.unwrap();
+        match response.status() {
+            StatusCode::OK if replayed(&response) => replays += 1,
+            StatusCode::OK => executed += 1,
+            StatusCode::CONFLICT => {
+                assert!(response.body().contains("still-running"));
+                let retry: u64 = response.headers()["retry-after"]
+                    .to_str()
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                assert!(retry >= 1);
+                conflicts += 1;
+            }
+            other => panic!("unexpected {other}: {}", response.body()),
+        }
+    }
+    println!("24 concurrent: {executed} executed, {conflicts} × 409, {replays} replayed");
+    assert_eq!(executed, 1);
+    assert_eq!(executed + replays + conflicts, 24);
+    let after = server
+        .post("/hello", &[("x-idempotency-key", &key)], "hi")
+        .await;
+    assert!(replayed(&after));
+    assert_eq!(after.body(), &format!("Hello {key}!\n"));
+    let server = Arc::try_unwrap(server)
+        .ok()
+        .expect("every request finished");
+    assert_eq!(server.stop().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_orders_commit_once_and_roll_back_on_failure() {
+    let url = database_url();
+    let pool = ana_pg::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect(&url)
+        .await
+        .unwrap_or_else(|error| {
+            panic!("Postgres at {url} is needed (set DATABASE_URL or run `make services`): {error}")
+        });
+    let server = Server::start(&[("DATABASE_URL", &url)]).await;
+    let count = |key: String| {
+        let pool = pool.clone();
+        async move {
+            ana_pg::sqlx::query_scalar::<_, i64>(
+                "SELECT count(*) FROM example_03_orders WHERE idempotency_key = $1",
+            )
+            .bind(key)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+
+    let ok = unique("order");
+    let first = server
+        .post("/orders", &[("x-idempotency-key", &ok)], "book")
+        .await;
+    assert_eq!(first.status(), StatusCode::CREATED, "{}", first.body());
+    assert!(first.body().ends_with(&format!("created for {ok}\n")));
+    let again = server
+        .post("/orders", &[("x-idempotency-key", &ok)], "book")
+        .await;
+    assert!(replayed(&again));
+    assert_eq!(again.body(), first.body());
+    assert_eq!(count(ok.clone()).await, 1, "the order row committed once");
+
+    let failing = unique("order-fail");
+    for _ in 0..2 {
+        let response = server
+            .post("/orders", &[("x-idempotency-key", &failing)], "fail me")
+            .await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(!replayed(&response));
+        assert_eq!(count(failing.clone()).await, 0, "the order row rolled back");
+    }
+
+    let hello = unique("pg-hello");
+    server
+        .post("/hello", &[("x-idempotency-key", &hello)], "")
+        .await;
+    let replay = server
+        .post("/hello", &[("x-idempotency-key", &hello)], "")
+        .await;
+    assert!(replayed(&replay));
+    // 1 order + 2 failed attempts + 1 hello.
+    assert_eq!(server.stop().await, 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_store_replays() {
+    let url = redis_url();
+    let server = Server::start(&[("REDIS_URL", &url)]).await;
+    let key = unique("redis");
+    let first = server
+        .post("/hello", &[("x-idempotency-key", &key)], "x")
+        .await;
+    assert_eq!(
+        first.status(),
+        StatusCode::OK,
+        "Redis at {url} is needed (set REDIS_URL or run `make services`): {}",
+        first.body()
+    );
+    let again = server
+        .post("/hello", &[("x-idempotency-key", &key)], "x")
+        .await;
+    assert!(replayed(&again));
+    assert_eq!(again.body(), first.body());
+    assert_eq!(server.stop().await, 1);
+}

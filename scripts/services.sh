@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Makes sure the local PostgreSQL and Redis the tests default to are answering; starts them
+# when they are installed here but stopped. Does nothing for a DATABASE_URL / REDIS_URL that
+# points elsewhere. Bounded in time; exits non-zero with a message when a server stays down.
+set -u
+
+pg_local() { [[ "${DATABASE_URL:-}" == *"@127.0.0.1"* || "${DATABASE_URL:-}" == *"@localhost"* ]]; }
+redis_local() { [[ "${REDIS_URL:-}" == *"//127.0.0.1"* || "${REDIS_URL:-}" == *"//localhost"* ]]; }
+
+wait_for() { # name, seconds, command...
+  local name=$1 seconds=$2; shift 2
+  for _ in $(seq 1 $((seconds * 5))); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  echo "services: $name did not answer within ${seconds}s" >&2
+  return 1
+}
+
+status=0
+if [ -n "${DATABASE_URL:-}" ] && pg_local && command -v pg_isready >/dev/null; then
+  if ! pg_isready -q -h 127.0.0.1 -p 5432; then
+    if [ -d /etc/postgresql ] && command -v pg_ctlcluster >/dev/null; then
+      echo "services: starting PostgreSQL"
+      pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
+    fi
+    wait_for PostgreSQL 30 pg_isready -q -h 127.0.0.1 -p 5432 || status=1
+  fi
+fi
+if [ -n "${REDIS_URL:-}" ] && redis_local && command -v redis-cli >/dev/null; then
+  if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    if command -v redis-server >/dev/null; then
+      echo "services: starting Redis"
+      mkdir -p /var/lib/redis /var/log/redis
+      redis-server --daemonize yes --bind 127.0.0.1 -::1 --port 6379 --save "" --appendonly no \
+        --dir /var/lib/redis --logfile /var/log/redis/ci.log || true
+    fi
+    wait_for Redis 30 redis-cli -h 127.0.0.1 -p 6379 ping || status=1
+  fi
+fi
+exit $status
