@@ -88,6 +88,41 @@ async fn per_route_configuration() {
 }
 
 #[tokio::test]
+async fn nested_layers_make_one_attempt_under_the_outermost() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let layer = IdempotencyLayer::new(MemoryRepository::new());
+    // The route's own layer shares the store: were it to claim too, it would find the outer
+    // attempt Running and answer 409.
+    let inner = layer.with_config(IdempotencyConfig::default());
+    let app = Router::new()
+        .route(
+            "/",
+            post(move || {
+                let runs = Arc::clone(&counter);
+                async move { format!("run {}", runs.fetch_add(1, Ordering::SeqCst) + 1) }
+            })
+            .layer(inner),
+        )
+        .layer(layer.clone());
+    let (status, headers, body) =
+        read(app.clone().oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "run 1"));
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, headers, body) = read(app.oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "run 1"));
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    let record = layer
+        .service()
+        .manager()
+        .get("[POST]/", &ana_core::http::scoped_key(None, "k"))
+        .await
+        .unwrap();
+    assert_eq!(record.map(|record| record.status), Some(Status::Finished));
+}
+
+#[tokio::test]
 async fn rejections_carry_the_typed_error() {
     let app = Router::new()
         .route("/", post(|| async { "ok" }))

@@ -70,10 +70,17 @@ impl<Ctx> IdempotencyContext<Ctx> {
     }
 }
 
+/// Set in the request extensions inside an attempt, so that a nested layer (an app-wide layer
+/// and a route's own) passes the request through: one request is one attempt, under the
+/// outermost layer's settings.
+#[derive(Clone, Copy, Debug)]
+struct InsideAttempt;
+
 /// What to do with a request, decided from its head before its body is read.
 #[derive(Debug)]
 pub enum Plan {
-    /// No key and keys are optional: call the handler as if the layer were not there.
+    /// No key and keys are optional, or an outer layer already runs this request as an
+    /// attempt: call the handler as if the layer were not there.
     PassThrough,
     /// Read the body (at most [`IdempotencyConfig::max_request_body`] bytes, else
     /// [`Rejection::PayloadTooLarge`]) and call [`IdempotencyService::execute`].
@@ -212,6 +219,9 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
 
     /// Decides from the request head what to do (see the type's docs).
     pub fn plan(&self, parts: &Parts) -> Result<Plan, Rejection> {
+        if parts.extensions.get::<InsideAttempt>().is_some() {
+            return Ok(Plan::PassThrough);
+        }
         let Some(values) = self.config.read(parts, self.manager.now())? else {
             return Ok(Plan::PassThrough);
         };
@@ -258,6 +268,7 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
             values.scoped_key.clone(),
             fingerprint,
             move |session: Ctx| async move {
+                parts.extensions.insert(InsideAttempt);
                 parts.extensions.insert(IdempotencyContext {
                     session,
                     key,
