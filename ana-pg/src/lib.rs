@@ -8,8 +8,9 @@
 //!
 //! ```text
 //!  claim (autocommit, one statement)      session = BEGIN … (the operation's SQL) …
-//!  INSERT … ON CONFLICT … DO UPDATE      ──▶ complete: UPDATE record → Finished; COMMIT
-//!    WHERE <may run again> RETURNING      └─▶ fail:     ROLLBACK; UPDATE record → Failed
+//!  read; if it may run again:            ──▶ complete: UPDATE record → Finished; COMMIT
+//!  INSERT … ON CONFLICT … DO UPDATE       └─▶ fail:     ROLLBACK; UPDATE record → Failed
+//!    WHERE <may run again> RETURNING
 //! ```
 //!
 //! ## Guide
@@ -100,14 +101,18 @@
 //!   never the application's. A claim answering "held" returns the database's time for the
 //!   manager's `Retry-After`.
 //! - **Claim in one statement, never waiting on a holder.** The claim is
-//!   `WITH claimed AS (INSERT … ON CONFLICT (target, key) DO UPDATE … WHERE <claimable>
-//!   RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM tracked_operations WHERE NOT
-//!   EXISTS (SELECT 1 FROM claimed)`, autocommitted, so the Running row is visible at once. The
+//!   `WITH existing AS (SELECT … WHERE (target, key)), claimed AS (INSERT … SELECT … WHERE NOT
+//!   EXISTS (<existing, not claimable>) ON CONFLICT (target, key) DO UPDATE … WHERE <claimable>
+//!   RETURNING …) SELECT … FROM claimed UNION ALL SELECT … FROM existing WHERE NOT EXISTS
+//!   (SELECT 1 FROM claimed)`, autocommitted, so the Running row is visible at once. The
 //!   `<claimable>` condition is exactly [`TrackedOperation::is_claimable_at`](ana_core::TrackedOperation::is_claimable_at).
-//!   The holder's transaction locks its record only for its final `UPDATE` and `COMMIT`; a
-//!   claim arriving in that instant waits for that commit (microseconds to milliseconds), not
-//!   for the operation. If the statement answers no row (a concurrent first claim committed
-//!   after its snapshot), it is run again, three times at most.
+//!   A record that may not run again (Finished, held, expired, another payload) is answered
+//!   from the read alone: a replay or a duplicate writes nothing, locks nothing and costs no
+//!   WAL flush, so replays run at the speed of a primary-key `SELECT`. Only a new or claimable
+//!   record goes through the insert, whose conflict arm re-checks the condition on the latest
+//!   row version. The holder's transaction locks its record only for its final `UPDATE` and
+//!   `COMMIT`. If the statement answers no row (a concurrent first claim committed after its
+//!   snapshot), it is run again, three times at most.
 //! - **The session's transaction** is opened with `BEGIN` on a pooled connection right after
 //!   the claim, which returns its own connection first, so a call holds one connection at a
 //!   time and a full pool cannot deadlock. If `BEGIN` fails, the attempt is marked Failed

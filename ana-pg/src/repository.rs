@@ -44,8 +44,9 @@ const MAX_ERROR_LEN: usize = 8 * 1024;
 ///   [`with_schema`](Self::with_schema) says otherwise); create it with
 ///   [`migrate`](Self::migrate).
 /// - [`claim`](IdempotencyRepository::claim) is one autocommitted
-///   `INSERT … ON CONFLICT … DO UPDATE … WHERE <may run again> … RETURNING` statement on the
-///   database clock; a held record is answered at once, never waited for. Then the session's
+///   statement on the database clock: a read of the record, and only when it may run again
+///   an `INSERT … ON CONFLICT … DO UPDATE … WHERE <may run again> … RETURNING`; a held or
+///   finished record is answered at once from the read, never waited for, never written. Then the session's
 ///   transaction is opened (`BEGIN`) on a pooled connection.
 /// - [`complete`](IdempotencyRepository::complete) marks the record Finished inside the
 ///   session's transaction and commits: the operation's writes and the record commit

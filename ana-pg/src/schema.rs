@@ -77,6 +77,10 @@ const COLUMNS: &str = "t.target, t.key, t.status::text AS status, t.fingerprint,
      t.reference_time, t.started_at, t.timeout, t.expiration, t.result, t.error, \
      t.finished_at, t.error_count, t.attempt";
 
+/// The names of [`COLUMNS`], to select them again from a CTE.
+const COLUMN_NAMES: &str = "target, key, status, fingerprint, reference_time, started_at, \
+     timeout, expiration, result, error, finished_at, error_count, attempt";
+
 /// Every statement of a repository, built once for its schema.
 #[derive(Debug)]
 pub(crate) struct Statements {
@@ -106,16 +110,39 @@ impl Sql {
 impl Statements {
     pub(crate) fn new(schema: &SchemaName) -> Self {
         let table = format!("{}.tracked_operations", schema.quoted());
+        let schema_quoted = schema.quoted();
         // The claim condition is `TrackedOperation::is_claimable_at`, on the database clock
         // (`statement_timestamp()`, one value for the whole statement).
+        let claimable = |t: &str| {
+            format!(
+                "{t}.fingerprint = $3::bytea
+                 AND ({t}.expiration IS NULL OR {t}.expiration >= statement_timestamp())
+                 AND ({t}.status IN ('ready', 'failed')
+                      OR ({t}.status = 'running' AND {t}.timeout IS NOT NULL
+                          AND {t}.timeout <= statement_timestamp()))"
+            )
+        };
+        let claimable = claimable("t");
+        // `existing` reads the record first: a record that may not run again (Finished, held,
+        // expired, another payload) is answered from that read alone, so a replay or a
+        // duplicate writes nothing, locks nothing and needs no WAL flush. Otherwise the
+        // insert creates the record or, on conflict, takes it over under the same condition
+        // re-checked on the latest row version.
         let claim = format!(
-            "WITH claimed AS (
+            "WITH existing AS (
+                SELECT {COLUMNS}, ({claimable}) AS claimable
+                FROM {table} t
+                WHERE t.target = $1 AND t.key = $2
+            ),
+            claimed AS (
                 INSERT INTO {table} AS t
                     (target, key, status, fingerprint, reference_time, started_at, timeout,
                      expiration, error_count, attempt)
-                VALUES ($1, $2, 'running', $3, $4, statement_timestamp(),
-                        statement_timestamp() + $5::bigint * interval '1 microsecond',
-                        $6, 0, 1)
+                SELECT $1::text, $2::text, 'running'::{schema_quoted}.operation_status,
+                       $3::bytea, $4::timestamptz, statement_timestamp(),
+                       statement_timestamp() + $5::bigint * interval '1 microsecond',
+                       $6::timestamptz, 0, 1
+                WHERE NOT EXISTS (SELECT 1 FROM existing WHERE NOT existing.claimable)
                 ON CONFLICT (target, key) DO UPDATE SET
                     status = 'running',
                     attempt = t.attempt + 1,
@@ -123,18 +150,14 @@ impl Statements {
                     timeout = statement_timestamp() + $5::bigint * interval '1 microsecond',
                     finished_at = NULL,
                     result = NULL
-                WHERE t.fingerprint = excluded.fingerprint
-                  AND (t.expiration IS NULL OR t.expiration >= statement_timestamp())
-                  AND (t.status IN ('ready', 'failed')
-                       OR (t.status = 'running' AND t.timeout IS NOT NULL
-                           AND t.timeout <= statement_timestamp()))
+                WHERE {claimable}
                 RETURNING {COLUMNS}
             )
-            SELECT true AS acquired, statement_timestamp() AS now, t.* FROM claimed t
+            SELECT true AS acquired, statement_timestamp() AS now, c.* FROM claimed c
             UNION ALL
-            SELECT false AS acquired, statement_timestamp() AS now, {COLUMNS}
-            FROM {table} t
-            WHERE t.target = $1 AND t.key = $2 AND NOT EXISTS (SELECT 1 FROM claimed)"
+            SELECT false AS acquired, statement_timestamp() AS now, {COLUMN_NAMES}
+            FROM existing
+            WHERE NOT EXISTS (SELECT 1 FROM claimed)"
         );
         let complete = format!(
             "UPDATE {table}

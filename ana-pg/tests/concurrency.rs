@@ -116,3 +116,84 @@ async fn sixty_four_calls_on_eight_connections_execute_once_and_never_wait() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert_eq!(db.ledger().await, ["run 0"]);
 }
+
+/// The row version of the record: `xmin` changes when it is written, `xmax` when it is
+/// written or row-locked.
+async fn row_version(db: &TestDb, key: &str) -> (String, String) {
+    sqlx::query_as(AssertSqlSafe(db.sql(
+        "SELECT xmin::text, xmax::text FROM {s}.tracked_operations WHERE key = $1",
+    )))
+    .bind(key)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn replays_and_duplicates_neither_write_nor_lock_the_record() {
+    let db = TestDb::new().await;
+    let manager: Manager<&'static str, String, PgSession> = Manager::new(db.repository.clone());
+    let call = |payload: &'static str| {
+        operation("[POST]/payments", "k", payload, |_: PgSession| async {
+            Ok::<_, BoxError>("done".to_owned())
+        })
+        .timeout(Duration::from_secs(60))
+    };
+    assert!(matches!(
+        manager.run(call("pay 10")).await,
+        Ok(Outcome::Executed(_))
+    ));
+    let finished = row_version(&db, "k").await;
+    for _ in 0..3 {
+        assert!(matches!(
+            manager.run(call("pay 10")).await,
+            Ok(Outcome::Replayed(_))
+        ));
+        assert!(matches!(
+            manager.run(call("pay 20")).await,
+            Err(Error::PayloadMismatch { .. })
+        ));
+    }
+    assert_eq!(
+        row_version(&db, "k").await,
+        finished,
+        "a replay touched the row"
+    );
+
+    // A duplicate of a Running record answers StillRunning without writing either.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = tokio::sync::oneshot::channel::<()>();
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move {
+            let op = operation(
+                "[POST]/payments",
+                "held",
+                "x",
+                move |_: PgSession| async move {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.await;
+                    Ok::<_, BoxError>("held".to_owned())
+                },
+            )
+            .timeout(Duration::from_secs(60));
+            manager.run(op).await
+        }
+    });
+    started_rx.await.unwrap();
+    let running = row_version(&db, "held").await;
+    let duplicate = operation("[POST]/payments", "held", "x", |_: PgSession| async {
+        Ok::<_, BoxError>("twice".to_owned())
+    });
+    assert!(matches!(
+        manager.run(duplicate).await,
+        Err(Error::StillRunning { .. })
+    ));
+    assert_eq!(
+        row_version(&db, "held").await,
+        running,
+        "a duplicate touched the row"
+    );
+    release_tx.send(()).unwrap();
+    assert!(matches!(holder.await.unwrap(), Ok(Outcome::Executed(_))));
+}
