@@ -8,7 +8,7 @@ CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help test lint fmt services test-redis-cluster example-02 example-03
+.PHONY: help test lint fmt services bench test-redis-cluster example-02 example-03
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,11 @@ else
 endif
 	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh
 	$(CARGO) test --workspace --all-features --doc
+
+bench: services ## Benchmarks (under 10 min): Manager::call (divan), then HTTP and store ratios (wrk, pgbench, redis-benchmark)
+	bash scripts/bench-tools.sh
+	$(CARGO) bench -p ana-bench --bench core
+	$(CARGO) run --profile bench -q -p ana-bench
 
 test-redis-cluster: ## ana-redis conformance on a 3-master Redis Cluster it starts and stops (ports 7301-7303)
 	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh

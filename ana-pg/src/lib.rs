@@ -151,7 +151,7 @@ mod session;
 
 pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport};
 pub use repository::{BEGIN_FAILED, COMMIT_FAILED, PgRepository, TIMED_OUT};
-pub use schema::{DEFAULT_SCHEMA, InvalidSchemaName};
+pub use schema::{DEFAULT_SCHEMA, InvalidSchemaName, claim_and_complete_sql};
 pub use session::{PgSession, PgTransaction};
 
 /// The sqlx crate this store is built on, so applications use the same version.

@@ -325,3 +325,14 @@ mod tests {
         assert!(!statements.get.get().as_str().contains("{schema}"));
     }
 }
+
+/// The claim and complete statements of a repository on `schema`, with their `$n` parameters,
+/// so that a benchmark replays exactly the SQL the repository runs. Not a stable API.
+#[doc(hidden)]
+pub fn claim_and_complete_sql(schema: &str) -> Result<(String, String), InvalidSchemaName> {
+    let statements = Statements::new(&SchemaName::parse(schema)?);
+    Ok((
+        statements.claim.0.to_string(),
+        statements.complete.0.to_string(),
+    ))
+}

@@ -1,7 +1,8 @@
 //! [`RedisRepository`]: the store, its pools and its scripts.
 
 use std::fmt;
-use std::sync::{Arc, LazyLock};
+use std::future::Future;
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use ana_core::chrono::{DateTime, Utc};
@@ -9,7 +10,7 @@ use ana_core::{
     Claim, ClaimRequest, Completion, EXPIRED_BEFORE_FINISH, IdempotencyRepository, Lease,
     RepositoryError, Status, TrackedOperation,
 };
-use redis::aio::ConnectionLike;
+use redis::aio::MultiplexedConnection;
 use redis::{
     ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
 };
@@ -73,24 +74,87 @@ impl RedisSession {
     }
 }
 
+/// The pool, and the connection taken from it that every call shares.
 #[derive(Clone)]
 enum Pool {
-    Single(deadpool_redis::Pool),
+    Single(deadpool_redis::Pool, Arc<Shared<MultiplexedConnection>>),
     #[cfg(feature = "cluster")]
-    Cluster(deadpool_redis::cluster::Pool),
+    Cluster(
+        deadpool_redis::cluster::Pool,
+        Arc<Shared<redis::cluster_async::ClusterConnection>>,
+    ),
 }
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (kind, status) = match self {
-            Self::Single(pool) => ("single", pool.status()),
+            Self::Single(pool, _) => ("single", pool.status()),
             #[cfg(feature = "cluster")]
-            Self::Cluster(pool) => ("cluster", pool.status()),
+            Self::Cluster(pool, _) => ("cluster", pool.status()),
         };
         f.debug_struct("Pool")
             .field("kind", &kind)
             .field("status", &status)
             .finish()
+    }
+}
+
+/// One multiplexed connection, taken from the pool for good and shared by every call of a
+/// repository and its clones. The driver writes the commands of concurrent calls on it
+/// together and matches the answers in order, so a call costs exactly one round trip (a
+/// checkout from the pool costs a `PING` round trip more, every time) and many calls share
+/// each system call. After a connection error it is dropped, and the next call takes a fresh
+/// one from the pool.
+struct Shared<C> {
+    slot: Mutex<Option<C>>,
+}
+
+impl<C: Clone> Shared<C> {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            slot: Mutex::new(None),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<C>> {
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shared connection, taking one with `take` when there is none.
+    async fn get<F, E>(&self, take: F) -> Result<C, RepositoryError>
+    where
+        F: Future<Output = Result<C, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+    {
+        if let Some(connection) = self.lock().as_ref() {
+            return Ok(connection.clone());
+        }
+        let connection = take.await.map_err(unavailable)?;
+        // A concurrent call may have installed one meanwhile: keep that one.
+        Ok(self.lock().get_or_insert(connection).clone())
+    }
+
+    /// Runs `command` on the shared connection; drops the connection when it broke.
+    async fn run<F, E, T, Fut>(
+        &self,
+        take: F,
+        command: impl FnOnce(C) -> Fut,
+    ) -> Result<T, RepositoryError>
+    where
+        F: Future<Output = Result<C, E>>,
+        E: std::error::Error + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        let connection = self.get(take).await?;
+        command(connection).await.map_err(|error| {
+            if error.is_io_error()
+                || error.is_connection_dropped()
+                || error.is_unrecoverable_error()
+            {
+                *self.lock() = None;
+            }
+            redis_error(error)
+        })
     }
 }
 
@@ -129,14 +193,14 @@ impl RedisRepository {
 
     /// A store on a single Redis server (or a primary behind a proxy) through `pool`.
     pub fn new(pool: deadpool_redis::Pool) -> Self {
-        Self::with_pool(Pool::Single(pool))
+        Self::with_pool(Pool::Single(pool, Shared::new()))
     }
 
     /// A store on a Redis Cluster through `pool`. Every script touches one key, so records
     /// spread over all the cluster's slots.
     #[cfg(feature = "cluster")]
     pub fn cluster(pool: deadpool_redis::cluster::Pool) -> Self {
-        Self::with_pool(Pool::Cluster(pool))
+        Self::with_pool(Pool::Cluster(pool, Shared::new()))
     }
 
     /// A store on the Redis server at `url` (`redis://[user:password@]host:port[/db]`,
@@ -263,34 +327,52 @@ impl RedisRepository {
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, RepositoryError> {
         match &self.pool {
-            Pool::Single(pool) => {
-                let mut connection = pool.get().await.map_err(unavailable)?;
-                invoke_on(&mut connection, invocation).await
+            Pool::Single(pool, shared) => {
+                let take = async { pool.get().await.map(deadpool_redis::Connection::take) };
+                shared
+                    .run(take, |mut connection| async move {
+                        invocation.invoke_async(&mut connection).await
+                    })
+                    .await
             }
             #[cfg(feature = "cluster")]
-            Pool::Cluster(pool) => {
-                let mut connection = pool.get().await.map_err(unavailable)?;
-                invoke_on(&mut connection, invocation).await
+            Pool::Cluster(pool, shared) => {
+                let take = async {
+                    pool.get()
+                        .await
+                        .map(deadpool_redis::cluster::Connection::take)
+                };
+                shared
+                    .run(take, |mut connection| async move {
+                        invocation.invoke_async(&mut connection).await
+                    })
+                    .await
             }
         }
     }
 
     async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, RepositoryError> {
         match &self.pool {
-            Pool::Single(pool) => {
-                let mut connection = pool.get().await.map_err(unavailable)?;
-                command
-                    .query_async(&mut connection)
+            Pool::Single(pool, shared) => {
+                let take = async { pool.get().await.map(deadpool_redis::Connection::take) };
+                shared
+                    .run(take, |mut connection| async move {
+                        command.query_async(&mut connection).await
+                    })
                     .await
-                    .map_err(redis_error)
             }
             #[cfg(feature = "cluster")]
-            Pool::Cluster(pool) => {
-                let mut connection = pool.get().await.map_err(unavailable)?;
-                command
-                    .query_async(&mut connection)
+            Pool::Cluster(pool, shared) => {
+                let take = async {
+                    pool.get()
+                        .await
+                        .map(deadpool_redis::cluster::Connection::take)
+                };
+                shared
+                    .run(take, |mut connection| async move {
+                        command.query_async(&mut connection).await
+                    })
                     .await
-                    .map_err(redis_error)
             }
         }
     }
@@ -332,16 +414,6 @@ enum FinishAnswer {
     Expired,
     /// The record's retention ran out while the attempt ran.
     Gone,
-}
-
-async fn invoke_on<C: ConnectionLike + Send, T: FromRedisValue>(
-    connection: &mut C,
-    invocation: &ScriptInvocation<'_>,
-) -> Result<T, RepositoryError> {
-    invocation
-        .invoke_async(connection)
-        .await
-        .map_err(redis_error)
 }
 
 fn unavailable<E: std::error::Error + Send + Sync + 'static>(error: E) -> RepositoryError {

@@ -428,3 +428,69 @@ async fn scripts_reload_after_a_flush() {
         .unwrap();
     assert_eq!(done, Completion::Done);
 }
+
+/// The repository shares one connection; when the server drops it, a call may fail as
+/// Unavailable (without running the operation) and the next one works on a fresh connection.
+#[tokio::test]
+async fn a_dropped_connection_is_replaced() {
+    // Database 13 is used by this test alone, so its connections are the repository's.
+    let base = redis_url();
+    let base = match base.rsplit_once('/') {
+        Some((head, db)) if !db.is_empty() && db.bytes().all(|b| b.is_ascii_digit()) => {
+            head.to_owned()
+        }
+        _ => base.trim_end_matches('/').to_owned(),
+    };
+    let repository = RedisRepository::from_url(format!("{base}/13"))
+        .expect("a URL")
+        .with_prefix(random_prefix());
+    let manager: Manager<&str, String, RedisSession> = Manager::new(repository);
+    let runs = Arc::new(AtomicUsize::new(0));
+    let op = |key: &'static str| {
+        let runs = Arc::clone(&runs);
+        operation(TARGET, key, "body", move |_ctx: RedisSession| async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>("ran".to_owned())
+        })
+    };
+    assert_eq!(manager.call(op("before")).await.expect("a call"), "ran");
+
+    let mut admin = connect(&redis_url()).await;
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut killed = 0;
+    for line in clients.lines().filter(|line| line.contains(" db=13 ")) {
+        let id = line
+            .split(' ')
+            .find_map(|field| field.strip_prefix("id="))
+            .unwrap();
+        let _: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("ID")
+            .arg(id)
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        killed += 1;
+    }
+    assert!(
+        killed >= 1,
+        "the repository's connection was not found:\n{clients}"
+    );
+
+    runs.store(0, Ordering::SeqCst);
+    let first = manager.run(op("after")).await;
+    match &first {
+        Ok(_) => {}
+        Err(Error::Repository(RepositoryError::Unavailable(_))) => {
+            assert_eq!(runs.load(Ordering::SeqCst), 0, "ran without a claim");
+        }
+        other => panic!("expected success or Unavailable, got {other:?}"),
+    }
+    let second = manager.run(op("after")).await.expect("a fresh connection");
+    assert_eq!(second.into_inner(), "ran");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}

@@ -1,8 +1,8 @@
 //! `make bench`: ana's HTTP and store benchmarks, printed as one table of ratios.
 //!
 //! ```text
-//! cargo run --release -p ana-bench            # everything (what `make bench` runs)
-//! cargo run --release -p ana-bench -- serve memory    # one server, prints its port
+//! cargo run --profile bench -p ana-bench      # everything (what `make bench` runs)
+//! cargo run --profile bench -p ana-bench -- serve memory  # one server, prints its port
 //! ```
 //!
 //! Every figure comes from one run on this machine: the bare axum handler, the same handler

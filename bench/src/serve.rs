@@ -116,19 +116,40 @@ pub(crate) struct PgbenchScripts {
     pub(crate) replay: PathBuf,
 }
 
-/// Writes the pgbench scripts: the same claim statement as `PgRepository` (new random keys),
-/// then `BEGIN; UPDATE … finished; COMMIT` — and the replay's single-row `SELECT`.
+/// Writes the pgbench scripts: `PgRepository`'s own claim statement (new random keys), then
+/// `BEGIN; <its complete statement>; COMMIT`, the parameters written in as literals — and the
+/// replay's single-row `SELECT`.
 pub(crate) fn pgbench_scripts() -> Result<PgbenchScripts> {
     let dir = std::env::temp_dir().join(format!("ana-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let table = format!("{SCHEMA}.tracked_operations");
+    let (claim, complete) = ana_pg::claim_and_complete_sql(SCHEMA)?;
+    let fingerprint = r"'\x000102030405060708090a0b0c0d0e0f'::bytea";
+    // Highest first, so that `$1` never eats the start of `$10`.
+    let claim = bind(
+        &claim,
+        &[
+            "'[POST]/pgbench'",
+            "('k' || :n)",
+            fingerprint,
+            "now()",
+            "60000000",
+            "(now() + interval '1 day')",
+        ],
+    );
+    let complete = bind(
+        &complete,
+        &[
+            "'[POST]/pgbench'",
+            "('k' || :n)",
+            "1",
+            "convert_to(repeat('x', 230), 'UTF8')",
+        ],
+    );
     let claim_finish = format!(
-        r"\set n random(1, 1000000000000)
-WITH claimed AS (INSERT INTO {table} AS t (target, key, status, fingerprint, reference_time, started_at, timeout, expiration, error_count, attempt) VALUES ('[POST]/pgbench', 'k' || :n, 'running', '\x000102030405060708090a0b0c0d0e0f'::bytea, now(), statement_timestamp(), statement_timestamp() + 60000000::bigint * interval '1 microsecond', now() + interval '1 day', 0, 1) ON CONFLICT (target, key) DO UPDATE SET status = 'running', attempt = t.attempt + 1, started_at = statement_timestamp(), timeout = statement_timestamp() + 60000000::bigint * interval '1 microsecond', finished_at = NULL, result = NULL WHERE t.fingerprint = excluded.fingerprint AND (t.expiration IS NULL OR t.expiration >= statement_timestamp()) AND (t.status IN ('ready', 'failed') OR (t.status = 'running' AND t.timeout IS NOT NULL AND t.timeout <= statement_timestamp())) RETURNING t.*) SELECT true AS acquired, statement_timestamp() AS now, t.* FROM claimed t UNION ALL SELECT false, statement_timestamp(), t.* FROM {table} t WHERE t.target = '[POST]/pgbench' AND t.key = 'k' || :n AND NOT EXISTS (SELECT 1 FROM claimed);
-BEGIN;
-UPDATE {table} SET status = 'finished', result = convert_to(repeat('x', 230), 'UTF8'), error = NULL, finished_at = clock_timestamp() WHERE target = '[POST]/pgbench' AND key = 'k' || :n AND attempt = 1 AND status = 'running' AND (expiration IS NULL OR expiration >= clock_timestamp());
-COMMIT;
-"
+        "\\set n random(1, 1000000000000)\n{};\nBEGIN;\n{};\nCOMMIT;\n",
+        one_line(&claim),
+        one_line(&complete)
     );
     let replay = format!(
         r"SELECT * FROM {table} WHERE target = '[POST]/pgbench-replay' AND key = 'replayed';
@@ -155,6 +176,22 @@ COMMIT;
     std::fs::write(&paths.claim_finish, claim_finish)?;
     std::fs::write(&paths.replay, replay)?;
     Ok(paths)
+}
+
+/// `sql` with `$1`, `$2`, … replaced by `values`.
+fn bind(sql: &str, values: &[&str]) -> String {
+    values
+        .iter()
+        .enumerate()
+        .rev()
+        .fold(sql.to_owned(), |sql, (index, value)| {
+            sql.replace(&format!("${}", index + 1), value)
+        })
+}
+
+/// pgbench reads one statement per line.
+fn one_line(sql: &str) -> String {
+    sql.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 /// Host and port of a `redis://host:port` URL.
