@@ -36,21 +36,32 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body: BoxBody = Box::pin(body.map_err(Into::into));
+    // A body of one frame (the usual case) is kept as it came, without a copy.
+    let mut first: Option<Bytes> = None;
     let mut read = BytesMut::new();
     while let Some(frame) = body.frame().await {
         let Ok(data) = frame?.into_data() else {
             // Trailers are not recorded.
             continue;
         };
-        read.extend_from_slice(&data);
-        if read.len() > limit {
+        if first.is_none() && read.is_empty() {
+            first = Some(data);
+        } else {
+            if let Some(first) = first.take() {
+                read.extend_from_slice(&first);
+            }
+            read.extend_from_slice(&data);
+        }
+        let length = first.as_ref().map_or(read.len(), Bytes::len);
+        if length > limit {
+            let prefix = first.take().unwrap_or_else(|| read.split().freeze());
             return Ok(ResponseBody::Streaming(Body::new(Prefixed {
-                prefix: Some(read.freeze()),
+                prefix: Some(prefix),
                 rest: Body::new(body),
             })));
         }
     }
-    Ok(ResponseBody::Full(read.freeze()))
+    Ok(ResponseBody::Full(first.unwrap_or_else(|| read.freeze())))
 }
 
 type BoxBody = Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>;

@@ -99,12 +99,23 @@ impl Fingerprint {
     }
 }
 
+impl Fingerprint {
+    /// Appends the 32 lower-case hex digits of the fingerprint to `out`.
+    pub fn push_hex(&self, out: &mut String) {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        out.reserve(2 * Self::LEN);
+        for byte in self.0 {
+            out.push(char::from(DIGITS[usize::from(byte >> 4)]));
+            out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
+        }
+    }
+}
+
 impl fmt::Debug for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for byte in self.0 {
-            write!(f, "{byte:02x}")?;
-        }
-        Ok(())
+        let mut hex = String::with_capacity(2 * Self::LEN);
+        self.push_hex(&mut hex);
+        f.write_str(&hex)
     }
 }
 

@@ -1,7 +1,7 @@
 //! [`IdempotencyConfig`]: header names, defaults, caps, limits and the request functions.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -601,7 +601,13 @@ impl IdempotencyConfig {
 
 /// `[METHOD]path`, e.g. `[POST]/payments` (no query).
 pub fn default_target(parts: &Parts) -> String {
-    format!("[{}]{}", parts.method, parts.uri.path())
+    let (method, path) = (parts.method.as_str(), parts.uri.path());
+    let mut target = String::with_capacity(method.len() + path.len() + 2);
+    target.push('[');
+    target.push_str(method);
+    target.push(']');
+    target.push_str(path);
+    target
 }
 
 /// The fingerprint of the method, the path and query, and the body, each length-framed.
@@ -628,6 +634,20 @@ pub fn default_scope(parts: &Parts) -> Option<Vec<u8>> {
 /// `<32 hex digits>:<key>`: the hash of the scope (or of its absence), then the client's key.
 /// The hash has a fixed length, so no key can forge another scope's prefix.
 pub fn scoped_key(scope: Option<&[u8]>, key: &str) -> String {
+    // Requests without credentials all share one scope hash: computed once.
+    static UNSCOPED: LazyLock<Fingerprint> = LazyLock::new(|| scope_hash(None));
+    let hash = match scope {
+        Some(_) => scope_hash(scope),
+        None => *UNSCOPED,
+    };
+    let mut scoped = String::with_capacity(2 * Fingerprint::LEN + 1 + key.len());
+    hash.push_hex(&mut scoped);
+    scoped.push(':');
+    scoped.push_str(key);
+    scoped
+}
+
+fn scope_hash(scope: Option<&[u8]>) -> Fingerprint {
     let mut hasher = FingerprintHasher::default();
     hasher.field(b"ana-scope-v1");
     match scope {
@@ -637,5 +657,32 @@ pub fn scoped_key(scope: Option<&[u8]>, key: &str) -> String {
         }
         None => hasher.field(b"none"),
     }
-    format!("{:?}:{key}", hasher.finish())
+    hasher.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{default_target, scoped_key};
+
+    /// Stored keys depend on this format: it must never change between releases.
+    #[test]
+    fn scoped_keys_are_stable() {
+        assert_eq!(
+            scoped_key(None, "k-1"),
+            "487d11641a34c701172a7725c5cd4893:k-1"
+        );
+        assert_eq!(
+            scoped_key(Some(b"Bearer t"), "k-1"),
+            "cae1b5721025b7f255e6e2ecd17b65ac:k-1"
+        );
+    }
+
+    #[test]
+    fn the_default_target_is_method_and_path() {
+        let (parts, ()) = http::Request::post("/pay/1?x=2")
+            .body(())
+            .map(http::Request::into_parts)
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert_eq!(default_target(&parts), "[POST]/pay/1");
+    }
 }
