@@ -281,6 +281,17 @@ pub(crate) async fn migrate(
     tx.commit().await.map_err(map_sqlx)
 }
 
+/// The claim and complete statements of a repository on `schema`, with their `$n` parameters,
+/// so that a benchmark replays exactly the SQL the repository runs. Not a stable API.
+#[doc(hidden)]
+pub fn claim_and_complete_sql(schema: &str) -> Result<(String, String), InvalidSchemaName> {
+    let statements = Statements::new(&SchemaName::parse(schema)?);
+    Ok((
+        statements.claim.0.to_string(),
+        statements.complete.0.to_string(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,15 +335,4 @@ mod tests {
         );
         assert!(!statements.get.get().as_str().contains("{schema}"));
     }
-}
-
-/// The claim and complete statements of a repository on `schema`, with their `$n` parameters,
-/// so that a benchmark replays exactly the SQL the repository runs. Not a stable API.
-#[doc(hidden)]
-pub fn claim_and_complete_sql(schema: &str) -> Result<(String, String), InvalidSchemaName> {
-    let statements = Statements::new(&SchemaName::parse(schema)?);
-    Ok((
-        statements.claim.0.to_string(),
-        statements.complete.0.to_string(),
-    ))
 }
