@@ -23,10 +23,12 @@ async fn sixty_four_calls_on_eight_connections_execute_once_and_never_wait() {
     let barrier = Arc::new(Barrier::new(CALLS));
     let (release_tx, release_rx) = watch::channel(false);
     let (results_tx, mut results_rx) = mpsc::unbounded_channel();
+    let (started_tx, mut started_rx) = mpsc::unbounded_channel::<()>();
     for _ in 0..CALLS {
         let (manager, runs, barrier) = (manager.clone(), Arc::clone(&runs), Arc::clone(&barrier));
         let (mut release, results, schema) =
             (release_rx.clone(), results_tx.clone(), db.schema.clone());
+        let started = started_tx.clone();
         tokio::spawn(async move {
             let op = operation(
                 "[POST]/payments",
@@ -46,6 +48,7 @@ async fn sixty_four_calls_on_eight_connections_execute_once_and_never_wait() {
                     // The holder keeps its transaction (and its connection) open until released;
                     // a second execution would not wait and would show as a second result.
                     if run == 0 {
+                        let _ = started.send(());
                         let _ = release.wait_for(|released| *released).await;
                     }
                     Ok::<_, BoxError>("once".to_owned())
@@ -67,6 +70,10 @@ async fn sixty_four_calls_on_eight_connections_execute_once_and_never_wait() {
             "expected StillRunning while the holder runs, got {result:?}"
         );
     }
+    // The duplicates may all answer before the holder has even opened its transaction.
+    tokio::time::timeout(Duration::from_secs(30), started_rx.recv())
+        .await
+        .expect("the holder starts");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     assert!(
         db.ledger().await.is_empty(),
