@@ -113,9 +113,13 @@
 //!   row version. The holder's transaction locks its record only for its final `UPDATE` and
 //!   `COMMIT`. If the statement answers no row (a concurrent first claim committed after its
 //!   snapshot), it is run again, three times at most.
-//! - **The session's transaction** is opened with `BEGIN` on a pooled connection right after
-//!   the claim, which returns its own connection first, so a call holds one connection at a
-//!   time and a full pool cannot deadlock. If `BEGIN` fails, the attempt is marked Failed
+//! - **The session's transaction** is opened with `BEGIN` right after the claim, on the
+//!   connection the claim used, so a call holds one connection at a time (a full pool cannot
+//!   deadlock) and goes through the pool once. sqlx tests a connection with a round trip
+//!   each time it goes back to the pool, and, unless
+//!   [`test_before_acquire(false)`](sqlx::pool::PoolOptions::test_before_acquire), each time it
+//!   is taken: turn that off for the shortest path (a broken connection then fails one call
+//!   with [`RepositoryError::Unavailable`](ana_core::RepositoryError::Unavailable)). If `BEGIN` fails, the attempt is marked Failed
 //!   ([`BEGIN_FAILED`]) and the error returned; the operation does not run.
 //! - **Finish.** `complete` updates the record in the session's transaction, conditional on
 //!   the attempt token, Running status and expiration, then commits. When no row matched it

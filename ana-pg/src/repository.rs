@@ -47,7 +47,7 @@ const MAX_ERROR_LEN: usize = 8 * 1024;
 ///   statement on the database clock: a read of the record, and only when it may run again
 ///   an `INSERT … ON CONFLICT … DO UPDATE … WHERE <may run again> … RETURNING`; a held or
 ///   finished record is answered at once from the read, never waited for, never written. Then the session's
-///   transaction is opened (`BEGIN`) on a pooled connection.
+///   transaction is opened (`BEGIN`) on the claim's connection.
 /// - [`complete`](IdempotencyRepository::complete) marks the record Finished inside the
 ///   session's transaction and commits: the operation's writes and the record commit
 ///   together. [`fail`](IdempotencyRepository::fail) rolls the transaction back and records
@@ -255,9 +255,6 @@ impl IdempotencyRepository for PgRepository {
                 }
             }
         };
-        // The claim is committed; the connection goes back to the pool before the session's
-        // transaction takes one, so a call never holds two connections.
-        drop(conn);
         let acquired: bool = row.try_get("acquired").map_err(map_sqlx)?;
         let now: DateTime<Utc> = row.try_get("now").map_err(map_sqlx)?;
         let record = decode(&row)?;
@@ -265,7 +262,9 @@ impl IdempotencyRepository for PgRepository {
             return Ok(Claim::Existing { record, now });
         }
         let attempt = record.attempt;
-        match self.pool.begin().await {
+        // The claim is committed; the session's transaction opens on the same connection, so
+        // a call holds one connection at a time and saves the pool's release and acquire.
+        match sqlx::Transaction::begin(conn, None).await {
             Ok(tx) => Ok(Claim::Acquired {
                 attempt,
                 session: PgSession::new(tx, attempt),

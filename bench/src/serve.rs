@@ -67,6 +67,8 @@ pub(crate) fn run(variant: &str) -> Result<()> {
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
                 let pool = ana_pg::sqlx::postgres::PgPoolOptions::new()
                     .max_connections(16)
+                    // No test round trip on every checkout (see ana-pg's docs).
+                    .test_before_acquire(false)
                     .connect(&url)
                     .await
                     .context("connecting to Postgres (DATABASE_URL)")?;
