@@ -70,10 +70,30 @@ struct Shared {
     len: AtomicUsize,
 }
 
-#[derive(Default)]
 struct Shard {
     records: HashSet<Record, BuildHasherDefault<IdHasher>>,
     next_sweep: i64,
+    /// The earliest expiration among the shard's records (`i64::MAX` when none expires):
+    /// a sweep before it would find nothing to evict, so none is made.
+    earliest_expiration: i64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self {
+            records: HashSet::default(),
+            next_sweep: 0,
+            earliest_expiration: i64::MAX,
+        }
+    }
+}
+
+impl Shard {
+    fn note_expiration(&mut self, expiration: i64) {
+        if expiration != NONE {
+            self.earliest_expiration = self.earliest_expiration.min(expiration);
+        }
+    }
 }
 
 impl Default for MemoryRepository {
@@ -175,6 +195,7 @@ impl MemoryRepository {
             &data,
         );
         let mut shard = self.shard(&id);
+        shard.note_expiration(record.expiration.map_or(NONE, micros));
         if shard.records.replace(stored).is_none() {
             self.shared.len.fetch_add(1, Ordering::Relaxed);
         }
@@ -188,9 +209,16 @@ impl MemoryRepository {
 
     fn sweep(&self, shard: &mut Shard, now: i64) -> usize {
         let before = shard.records.len();
-        shard
-            .records
-            .retain(|record| !record.header().is_expired_at(now));
+        let mut earliest = i64::MAX;
+        shard.records.retain(|record| {
+            let header = record.header();
+            let keep = !header.is_expired_at(now);
+            if keep && header.expiration != NONE {
+                earliest = earliest.min(header.expiration);
+            }
+            keep
+        });
+        shard.earliest_expiration = earliest;
         shard.next_sweep = now.saturating_add(micros_of(self.sweep_interval));
         let removed = before - shard.records.len();
         self.shared.len.fetch_sub(removed, Ordering::Relaxed);
@@ -209,7 +237,7 @@ impl MemoryRepository {
         if shard.next_sweep == 0 {
             // First use: the first sweep comes one interval from now.
             shard.next_sweep = now.saturating_add(micros_of(self.sweep_interval));
-        } else if now >= shard.next_sweep {
+        } else if now >= shard.next_sweep && now > shard.earliest_expiration {
             self.sweep(&mut shard, now);
         }
         let timeout = request
@@ -259,6 +287,7 @@ impl MemoryRepository {
             expiration: request.expiration.map_or(NONE, micros),
             finished_at: NONE,
         };
+        shard.note_expiration(header.expiration);
         shard.records.insert(Record::new(id, header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
         Ok(Some(acquired(1)))
@@ -623,6 +652,51 @@ mod tests {
             assert_eq!(repo.get("t", key).await.expect("get"), None, "{key}");
         }
         assert_eq!(repo.len(), 2048);
+    }
+
+    /// A shard is only swept once its earliest expiration has passed; the sweep finds the
+    /// next earliest among the records it keeps, so later expirations are evicted in turn.
+    #[tokio::test]
+    async fn sweeps_follow_the_earliest_expiration() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new()
+            .with_clock(clock.clone())
+            .with_sweep_interval(MINUTE);
+        let soon: Vec<String> = (0..256).map(|i| format!("soon-{i}")).collect();
+        let later: Vec<String> = (0..256).map(|i| format!("later-{i}")).collect();
+        for key in &soon {
+            claim(&repo, &request(key, clock.now(), Some(2 * MINUTE))).await;
+        }
+        for key in &later {
+            claim(&repo, &request(key, clock.now(), Some(10 * MINUTE))).await;
+        }
+        let mut round = 0;
+        let mut touch = |repo: &MemoryRepository, now| {
+            round += 1;
+            let keys: Vec<String> = (0..2048).map(|i| format!("touch-{round}-{i}")).collect();
+            let repo = repo.clone();
+            async move {
+                for key in &keys {
+                    claim(&repo, &request(key, now, None)).await;
+                }
+            }
+        };
+        clock.advance(3 * MINUTE);
+        touch(&repo, clock.now()).await;
+        assert_eq!(repo.len(), 256 + 2048, "the first expirations are evicted");
+        clock.advance(5 * MINUTE);
+        touch(&repo, clock.now()).await;
+        assert_eq!(repo.len(), 256 + 2 * 2048, "nothing else has expired yet");
+        clock.advance(5 * MINUTE);
+        touch(&repo, clock.now()).await;
+        assert_eq!(
+            repo.len(),
+            3 * 2048,
+            "the later expirations are evicted in turn"
+        );
+        for key in soon.iter().chain(&later) {
+            assert_eq!(repo.get("t", key).await.expect("get"), None, "{key}");
+        }
     }
 
     #[tokio::test]

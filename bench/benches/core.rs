@@ -1,7 +1,9 @@
 //! `Manager::call` on the memory store: a new key (claim, run, complete) and a replay.
 //!
 //! Run with `cargo bench -p ana-bench --bench core` (or `make bench`). Results are 200-byte
-//! byte strings, the size of the HTTP benchmark's JSON responses.
+//! byte strings, the size of the HTTP benchmark's JSON responses. The `layer_*` benches drive
+//! the benchmark's axum route in process (no socket), bare and behind `IdempotencyLayer` on the
+//! memory store: their difference is what the layer costs per request.
 
 // A benchmark harness: a failed set-up or call must abort the run, not be measured.
 #![allow(clippy::expect_used)]
@@ -50,4 +52,72 @@ fn replay(bencher: divan::Bencher<'_, '_>) {
     let (runtime, manager) = setup();
     runtime.block_on(call(&manager, "replayed"));
     bencher.bench_local(|| runtime.block_on(call(&manager, "replayed")));
+}
+
+const RESPONSE: &str = concat!(
+    r#"{"id":"pay_7d2c4f1e9a3b","status":"accepted","amount":100,"currency":"EUR","#,
+    r#""created":"2026-11-23T10:00:00Z","customer":"cus_4f1e9a3b7d2c","#,
+    r#""description":"benchmark payment","metadata":{"order":"ord_00000042"}}"#
+);
+
+fn router(layered: bool) -> axum::Router {
+    let routes = axum::Router::new().route(
+        "/bench",
+        axum::routing::post(|_body: bytes::Bytes| async {
+            ([(http::header::CONTENT_TYPE, "application/json")], RESPONSE)
+        }),
+    );
+    if layered {
+        routes.layer(ana_axum::IdempotencyLayer::new(
+            MemoryRepository::new().with_capacity(usize::MAX),
+        ))
+    } else {
+        routes
+    }
+}
+
+fn request(key: &str) -> http::Request<axum::body::Body> {
+    http::Request::post("/bench")
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .header("x-idempotency-key", key)
+        .body(axum::body::Body::from(r#"{"amount":100,"currency":"EUR"}"#))
+        .expect("a valid request")
+}
+
+async fn send(app: &axum::Router, key: &str) -> usize {
+    use tower::ServiceExt;
+    let response = app.clone().oneshot(request(key)).await.expect("infallible");
+    assert!(response.status().is_success());
+    let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+        .await
+        .expect("a body");
+    body.len()
+}
+
+/// The route without the layer: the baseline of the two benches below.
+#[divan::bench(sample_count = 100, sample_size = 1000)]
+fn layer_bare(bencher: divan::Bencher<'_, '_>) {
+    let (runtime, _) = setup();
+    let app = router(false);
+    bencher.bench_local(|| runtime.block_on(send(&app, "bare")));
+}
+
+/// The route behind the layer, a new key each time.
+#[divan::bench(sample_count = 100, sample_size = 1000)]
+fn layer_new_key(bencher: divan::Bencher<'_, '_>) {
+    let (runtime, _) = setup();
+    let app = router(true);
+    let next = AtomicU64::new(0);
+    bencher
+        .with_inputs(|| format!("key-{}", next.fetch_add(1, Ordering::Relaxed)))
+        .bench_local_refs(|key| runtime.block_on(send(&app, key)));
+}
+
+/// The route behind the layer, replaying one key.
+#[divan::bench(sample_count = 100, sample_size = 1000)]
+fn layer_replay(bencher: divan::Bencher<'_, '_>) {
+    let (runtime, _) = setup();
+    let app = router(true);
+    runtime.block_on(send(&app, "replayed"));
+    bencher.bench_local(|| runtime.block_on(send(&app, "replayed")));
 }

@@ -49,6 +49,7 @@ struct Settings {
     database_url: String,
     redis_url: String,
     scripts: PathBuf,
+    rounds: u32,
 }
 
 fn run() -> Result<()> {
@@ -59,6 +60,7 @@ fn run() -> Result<()> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
         redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         scripts: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"),
+        rounds: env_or("BENCH_ROUNDS", 2_u32).max(1),
     };
     let run_id = format!("{}", std::process::id());
     let mut rows = Vec::new();
@@ -66,37 +68,25 @@ fn run() -> Result<()> {
     eprintln!("bench: memory footprint of 1,000,000 records...");
     let footprint = footprint_in_child()?;
 
-    let mut http = Vec::new();
-    for variant in ["bare", "memory", "postgres", "redis"] {
-        eprintln!("bench: HTTP {variant}...");
-        let server = Server::start(variant)?;
-        // Warm-up, then new keys, then replays of one key.
-        measure::wrk(
-            &server.url(),
-            &settings.scripts.join("new-key.lua"),
-            &format!("warm-{run_id}"),
-            2,
-            settings.connections,
-        )?;
-        let new_key = measure::wrk(
-            &server.url(),
-            &settings.scripts.join("new-key.lua"),
-            &format!("new-{run_id}"),
-            settings.seconds,
-            settings.connections,
-        )?;
-        let replay_key = format!("replayed-{run_id}");
-        serve::post_once(server.port, &replay_key)?;
-        let replay = measure::wrk(
-            &server.url(),
-            &settings.scripts.join("replay.lua"),
-            &replay_key,
-            settings.seconds,
-            settings.connections,
-        )?;
-        http.push((variant, new_key, replay));
+    // Every variant is measured `rounds` times, the rounds interleaved (bare, memory,
+    // postgres, redis, bare, ...), and its best round kept: a burst of noise from the rest of
+    // a 2-core machine then spoils one round of one variant, not the ratio.
+    let rounds = settings.rounds;
+    let variants = ["bare", "memory", "postgres", "redis"];
+    let mut http: Vec<(&str, Figures, Figures)> = Vec::new();
+    for round in 0..rounds {
+        for variant in variants {
+            eprintln!("bench: HTTP {variant} (round {} of {rounds})...", round + 1);
+            let (new_key, replay) = http_round(&settings, variant, &format!("{run_id}-{round}"))?;
+            match http.iter_mut().find(|(v, _, _)| *v == variant) {
+                Some((_, best_new, best_replay)) => {
+                    *best_new = best(*best_new, new_key);
+                    *best_replay = best(*best_replay, replay);
+                }
+                None => http.push((variant, new_key, replay)),
+            }
+        }
     }
-
     eprintln!("bench: pgbench (store limits)...");
     let pg_scripts = serve::pgbench_scripts()?;
     let pg_new = measure::pgbench(
@@ -123,11 +113,16 @@ fn run() -> Result<()> {
         settings.connections,
         &claim,
     )?;
+    clean_redis(&settings.redis_url);
 
-    let bare = http.first().map(|(_, new, _)| *new).unwrap_or_default();
+    // Each scenario is compared with the bare handler under the same load script.
+    let (bare, bare_replay) = http
+        .first()
+        .map(|(_, new, replay)| (*new, *replay))
+        .unwrap_or_default();
     for (variant, new_key, replay) in &http {
         rows.push(Row::http(variant, "new key", new_key, &bare));
-        rows.push(Row::http(variant, "replay", replay, &bare));
+        rows.push(Row::http(variant, "replay", replay, &bare_replay));
     }
     rows.push(Row::limit("pgbench claim+finish (2 steps)", &pg_new));
     rows.push(Row::limit("pgbench replay SELECT", &pg_replay));
@@ -152,8 +147,8 @@ fn run() -> Result<()> {
             0.85,
         ),
         Target::at_least(
-            "memory replay / bare",
-            ratio(find("memory", true), bare),
+            "memory replay / bare replay",
+            ratio(find("memory", true), bare_replay),
             0.9,
         ),
         Target::at_least(
@@ -171,7 +166,11 @@ fn run() -> Result<()> {
             ratio(find("redis", false), bare),
             0.5,
         ),
-        Target::at_least("redis replay / bare", ratio(find("redis", true), bare), 0.6),
+        Target::at_least(
+            "redis replay / bare replay",
+            ratio(find("redis", true), bare_replay),
+            0.6,
+        ),
         Target::at_most_ms(
             "added p99, memory new key vs bare (ms)",
             added_p99.map_or(f64::NAN, |s| s * 1e3),
@@ -192,6 +191,64 @@ fn run() -> Result<()> {
         &find("redis", false),
     );
     Ok(())
+}
+
+/// One variant's server: a warm-up, then new keys, then replays of one key.
+fn http_round(settings: &Settings, variant: &str, run: &str) -> Result<(Figures, Figures)> {
+    let server = Server::start(variant)?;
+    let new_key_script = settings.scripts.join("new-key.lua");
+    measure::wrk(
+        &server.url(),
+        &new_key_script,
+        &format!("warm-{run}"),
+        2,
+        settings.connections,
+    )?;
+    let new_key = measure::wrk(
+        &server.url(),
+        &new_key_script,
+        &format!("new-{run}"),
+        settings.seconds,
+        settings.connections,
+    )?;
+    let replay_key = format!("replayed-{run}");
+    serve::post_once(server.port, &replay_key)?;
+    let replay = measure::wrk(
+        &server.url(),
+        &settings.scripts.join("replay.lua"),
+        &replay_key,
+        settings.seconds,
+        settings.connections,
+    )?;
+    Ok((new_key, replay))
+}
+
+/// The round with more requests per second.
+fn best(a: Figures, b: Figures) -> Figures {
+    if b.requests_per_second > a.requests_per_second {
+        b
+    } else {
+        a
+    }
+}
+
+/// Deletes the records the benchmark left in Redis (they would live a day).
+fn clean_redis(url: &str) {
+    let Ok((host, port)) = serve::redis_address(url) else {
+        return;
+    };
+    let port = port.to_string();
+    let script = format!(
+        "redis-cli -h {host} -p {port} --scan --pattern '{}*' | xargs -r -n 1000 redis-cli -h {host} -p {port} DEL >/dev/null",
+        serve::REDIS_PREFIX
+    );
+    let cleaned = std::process::Command::new("sh")
+        .args(["-c", &script])
+        .status()
+        .is_ok_and(|status| status.success());
+    if !cleaned {
+        eprintln!("bench: could not delete the {}* keys", serve::REDIS_PREFIX);
+    }
 }
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
@@ -297,8 +354,10 @@ fn print_report(
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let _ = writeln!(
         out,
-        "\nana benchmarks: {cores} cores, wrk -t2 -c{} -d{}s on loopback (one run)\n",
-        settings.connections, settings.seconds
+        "\nana benchmarks: {cores} cores, wrk -t2 -c{} -d{}s on loopback, one run (HTTP: best of \
+         {} interleaved rounds per variant; × bare: against the bare handler under the same load \
+         script)\n",
+        settings.connections, settings.seconds, settings.rounds
     );
     let _ = writeln!(out, "| scenario | req/s | p50 | p99 | × bare | non-2xx |");
     let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");

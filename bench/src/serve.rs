@@ -19,7 +19,7 @@ use ana_redis::RedisRepository;
 
 /// The schema and key prefix the benchmark writes to.
 const SCHEMA: &str = "ana_bench";
-const REDIS_PREFIX: &str = "ana-bench:";
+pub(crate) const REDIS_PREFIX: &str = "ana-bench:";
 
 /// A 200-byte JSON response, the size of a typical API answer.
 pub(crate) const RESPONSE: &str = concat!(
@@ -66,7 +66,7 @@ pub(crate) fn run(variant: &str) -> Result<()> {
                 let url = std::env::var("DATABASE_URL")
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
                 let pool = ana_pg::sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(16)
+                    .max_connections(32)
                     // No test round trip on every checkout (see ana-pg's docs).
                     .test_before_acquire(false)
                     .connect(&url)
