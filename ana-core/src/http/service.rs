@@ -154,6 +154,12 @@ impl fmt::Display for NotRecorded {
 /// # }
 /// ```
 pub struct IdempotencyService<Ctx> {
+    // One reference count for a clone per request (not one per part of the manager): on a
+    // multi-threaded server each is a cache line the cores take from one another.
+    inner: Arc<Shared<Ctx>>,
+}
+
+struct Shared<Ctx> {
     manager: HttpManager<Ctx>,
     config: IdempotencyConfig,
 }
@@ -161,8 +167,7 @@ pub struct IdempotencyService<Ctx> {
 impl<Ctx> Clone for IdempotencyService<Ctx> {
     fn clone(&self) -> Self {
         Self {
-            manager: self.manager.clone(),
-            config: self.config.clone(),
+            inner: Arc::clone(&self.inner),
         }
     }
 }
@@ -170,8 +175,8 @@ impl<Ctx> Clone for IdempotencyService<Ctx> {
 impl<Ctx> fmt::Debug for IdempotencyService<Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyService")
-            .field("manager", &self.manager)
-            .field("config", &self.config)
+            .field("manager", &self.inner.manager)
+            .field("config", &self.inner.config)
             .finish()
     }
 }
@@ -188,33 +193,43 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
     /// A service over an existing manager (to share it, or to set its clock).
     pub fn from_manager(manager: HttpManager<Ctx>) -> Self {
         Self {
-            manager,
-            config: IdempotencyConfig::default(),
+            inner: Arc::new(Shared {
+                manager,
+                config: IdempotencyConfig::default(),
+            }),
         }
     }
 
     /// Replaces the configuration; the manager (and store) stay shared with `self`'s clones.
     #[must_use]
-    pub fn with_config(mut self, config: IdempotencyConfig) -> Self {
-        self.config = config;
-        self
+    pub fn with_config(self, config: IdempotencyConfig) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                manager: self.inner.manager.clone(),
+                config,
+            }),
+        }
     }
 
     /// Sets the clock of the expiry check made before the store is touched.
     #[must_use]
-    pub fn with_clock(mut self, clock: impl Clock) -> Self {
-        self.manager = self.manager.with_clock(clock);
-        self
+    pub fn with_clock(self, clock: impl Clock) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                manager: self.inner.manager.clone().with_clock(clock),
+                config: self.inner.config.clone(),
+            }),
+        }
     }
 
     /// The configuration.
     pub fn config(&self) -> &IdempotencyConfig {
-        &self.config
+        &self.inner.config
     }
 
     /// The manager.
     pub fn manager(&self) -> &HttpManager<Ctx> {
-        &self.manager
+        &self.inner.manager
     }
 
     /// Decides from the request head what to do (see the type's docs).
@@ -222,10 +237,10 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         if parts.extensions.get::<InsideAttempt>().is_some() {
             return Ok(Plan::PassThrough);
         }
-        let Some(values) = self.config.read(parts, self.manager.now())? else {
+        let Some(values) = self.inner.config.read(parts, self.inner.manager.now())? else {
             return Ok(Plan::PassThrough);
         };
-        let limit = self.config.max_request_body();
+        let limit = self.inner.config.max_request_body();
         let declared = parts
             .headers
             .get(CONTENT_LENGTH)
@@ -258,10 +273,10 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         Fut: Future<Output = Response<ResponseBody<B>>> + Send,
     {
         let values = prepared.values;
-        let fingerprint = self.config.fingerprint(&parts, &body);
+        let fingerprint = self.inner.config.fingerprint(&parts, &body);
         let handler_response: Arc<Mutex<Option<Response<ResponseBody<B>>>>> = Arc::default();
         let slot = Arc::clone(&handler_response);
-        let config = self.config.clone();
+        let config = self.inner.config.clone();
         let (key, target) = (values.key.clone(), values.target.clone());
         let op = operation(
             values.target.clone(),
@@ -314,7 +329,7 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .take()
         };
-        let rejection = match self.manager.run(op).await {
+        let rejection = match self.inner.manager.run(op).await {
             Ok(Outcome::Executed(_)) | Err(Error::Operation(NotRecorded(_))) => match take() {
                 Some(response) => return response,
                 None => internal("the handler's response went missing"),
@@ -345,9 +360,9 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         match self.plan(&parts) {
             Err(rejection) => rejection.to_response().map(ResponseBody::Full),
             Ok(Plan::PassThrough) => next(parts, body).await,
-            Ok(Plan::Idempotent(_)) if body.len() > self.config.max_request_body() => {
+            Ok(Plan::Idempotent(_)) if body.len() > self.inner.config.max_request_body() => {
                 Rejection::PayloadTooLarge {
-                    limit: self.config.max_request_body(),
+                    limit: self.inner.config.max_request_body(),
                 }
                 .to_response()
                 .map(ResponseBody::Full)
@@ -365,13 +380,13 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                 key,
                 retry_after: retry_after
                     .unwrap_or(Duration::MAX)
-                    .min(self.config.max_still_running_retry_after()),
+                    .min(self.inner.config.max_still_running_retry_after()),
             },
             Error::Expired { .. } => Rejection::Expired { target, key },
             Error::Superseded { .. } => Rejection::Superseded { target, key },
             Error::Panic { message } => Rejection::HandlerPanicked { message },
             Error::Repository(error) if error.is_transient() => Rejection::StoreUnavailable {
-                retry_after: self.config.unavailable_retry_after(),
+                retry_after: self.inner.config.unavailable_retry_after(),
                 source: Arc::new(error),
             },
             Error::Repository(error) => Rejection::Internal {
