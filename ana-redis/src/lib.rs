@@ -121,7 +121,11 @@
 //! ## The driver
 //!
 //! [`deadpool_redis`] (0.23) and its [`redis`] (1.x) are re-exported: build pools with them
-//! to be sure the versions match.
+//! to be sure the versions match. The pool makes the connections (URL, TLS, timeouts); the
+//! repository takes one multiplexed connection from it and shares it between all its calls,
+//! which the driver pipelines: a step costs one round trip, where a checkout per call would
+//! add deadpool-redis's `PING` each time. After a connection error that connection is
+//! dropped (the failing call answers `Unavailable`) and the next call takes a fresh one.
 
 mod record;
 mod repository;

@@ -10,9 +10,10 @@ use ana_core::{
     Claim, ClaimRequest, Completion, EXPIRED_BEFORE_FINISH, IdempotencyRepository, Lease,
     RepositoryError, Status, TrackedOperation,
 };
-use redis::aio::MultiplexedConnection;
+use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
-    ErrorKind, FromRedisValue, RedisError, Script, ScriptInvocation, ServerErrorKind, Value,
+    ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind,
+    Value,
 };
 
 use crate::record::{self, corrupt, duration_micros, micros};
@@ -77,25 +78,82 @@ impl RedisSession {
 /// The pool, and the connection taken from it that every call shares.
 #[derive(Clone)]
 enum Pool {
-    Single(deadpool_redis::Pool, Arc<Shared<MultiplexedConnection>>),
+    Single(deadpool_redis::Pool),
     #[cfg(feature = "cluster")]
-    Cluster(
-        deadpool_redis::cluster::Pool,
-        Arc<Shared<redis::cluster_async::ClusterConnection>>,
-    ),
+    Cluster(deadpool_redis::cluster::Pool),
 }
 
 impl fmt::Debug for Pool {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (kind, status) = match self {
-            Self::Single(pool, _) => ("single", pool.status()),
+            Self::Single(pool) => ("single", pool.status()),
             #[cfg(feature = "cluster")]
-            Self::Cluster(pool, _) => ("cluster", pool.status()),
+            Self::Cluster(pool) => ("cluster", pool.status()),
         };
         f.debug_struct("Pool")
             .field("kind", &kind)
             .field("status", &status)
             .finish()
+    }
+}
+
+impl Pool {
+    /// A connection of its own, taken from the pool for good.
+    async fn take(&self) -> Result<Connection, RepositoryError> {
+        match self {
+            Self::Single(pool) => pool
+                .get()
+                .await
+                .map(|connection| Connection::Single(deadpool_redis::Connection::take(connection)))
+                .map_err(unavailable),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(pool) => pool
+                .get()
+                .await
+                .map(|connection| {
+                    Connection::Cluster(deadpool_redis::cluster::Connection::take(connection))
+                })
+                .map_err(unavailable),
+        }
+    }
+}
+
+/// A multiplexed connection to a server or a cluster; clones share it.
+#[derive(Clone)]
+enum Connection {
+    Single(MultiplexedConnection),
+    #[cfg(feature = "cluster")]
+    Cluster(redis::cluster_async::ClusterConnection),
+}
+
+impl ConnectionLike for Connection {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a redis::Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(connection) => connection.req_packed_command(cmd),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(connection) => connection.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a redis::Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(connection) => connection.req_packed_commands(pipeline, offset, count),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(connection) => connection.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(connection) => connection.get_db(),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(connection) => connection.get_db(),
+        }
     }
 }
 
@@ -105,47 +163,41 @@ impl fmt::Debug for Pool {
 /// checkout from the pool costs a `PING` round trip more, every time) and many calls share
 /// each system call. After a connection error it is dropped, and the next call takes a fresh
 /// one from the pool.
-struct Shared<C> {
-    slot: Mutex<Option<C>>,
+struct Shared {
+    slot: Mutex<Option<Connection>>,
 }
 
-impl<C: Clone> Shared<C> {
+impl Shared {
     fn new() -> Arc<Self> {
         Arc::new(Self {
             slot: Mutex::new(None),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<C>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Connection>> {
         self.slot.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// The shared connection, taking one with `take` when there is none.
-    async fn get<F, E>(&self, take: F) -> Result<C, RepositoryError>
-    where
-        F: Future<Output = Result<C, E>>,
-        E: std::error::Error + Send + Sync + 'static,
-    {
+    /// The shared connection, taking one from `pool` when there is none.
+    async fn get(&self, pool: &Pool) -> Result<Connection, RepositoryError> {
         if let Some(connection) = self.lock().as_ref() {
             return Ok(connection.clone());
         }
-        let connection = take.await.map_err(unavailable)?;
+        let connection = pool.take().await?;
         // A concurrent call may have installed one meanwhile: keep that one.
         Ok(self.lock().get_or_insert(connection).clone())
     }
 
     /// Runs `command` on the shared connection; drops the connection when it broke.
-    async fn run<F, E, T, Fut>(
+    async fn run<T, Fut>(
         &self,
-        take: F,
-        command: impl FnOnce(C) -> Fut,
+        pool: &Pool,
+        command: impl FnOnce(Connection) -> Fut,
     ) -> Result<T, RepositoryError>
     where
-        F: Future<Output = Result<C, E>>,
-        E: std::error::Error + Send + Sync + 'static,
         Fut: Future<Output = Result<T, RedisError>>,
     {
-        let connection = self.get(take).await?;
+        let connection = self.get(pool).await?;
         command(connection).await.map_err(|error| {
             if error.is_io_error()
                 || error.is_connection_dropped()
@@ -165,6 +217,7 @@ impl<C: Clone> Shared<C> {
 #[derive(Clone)]
 pub struct RedisRepository {
     pool: Pool,
+    shared: Arc<Shared>,
     prefix: Arc<str>,
     after_expiration: Duration,
     without_expiration: Duration,
@@ -185,6 +238,7 @@ impl RedisRepository {
     fn with_pool(pool: Pool) -> Self {
         Self {
             pool,
+            shared: Shared::new(),
             prefix: DEFAULT_PREFIX.into(),
             after_expiration: DEFAULT_RETENTION_AFTER_EXPIRATION,
             without_expiration: DEFAULT_RETENTION_WITHOUT_EXPIRATION,
@@ -193,14 +247,14 @@ impl RedisRepository {
 
     /// A store on a single Redis server (or a primary behind a proxy) through `pool`.
     pub fn new(pool: deadpool_redis::Pool) -> Self {
-        Self::with_pool(Pool::Single(pool, Shared::new()))
+        Self::with_pool(Pool::Single(pool))
     }
 
     /// A store on a Redis Cluster through `pool`. Every script touches one key, so records
     /// spread over all the cluster's slots.
     #[cfg(feature = "cluster")]
     pub fn cluster(pool: deadpool_redis::cluster::Pool) -> Self {
-        Self::with_pool(Pool::Cluster(pool, Shared::new()))
+        Self::with_pool(Pool::Cluster(pool))
     }
 
     /// A store on the Redis server at `url` (`redis://[user:password@]host:port[/db]`,
@@ -326,55 +380,19 @@ impl RedisRepository {
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, RepositoryError> {
-        match &self.pool {
-            Pool::Single(pool, shared) => {
-                let take = async { pool.get().await.map(deadpool_redis::Connection::take) };
-                shared
-                    .run(take, |mut connection| async move {
-                        invocation.invoke_async(&mut connection).await
-                    })
-                    .await
-            }
-            #[cfg(feature = "cluster")]
-            Pool::Cluster(pool, shared) => {
-                let take = async {
-                    pool.get()
-                        .await
-                        .map(deadpool_redis::cluster::Connection::take)
-                };
-                shared
-                    .run(take, |mut connection| async move {
-                        invocation.invoke_async(&mut connection).await
-                    })
-                    .await
-            }
-        }
+        self.shared
+            .run(&self.pool, |mut connection| async move {
+                invocation.invoke_async(&mut connection).await
+            })
+            .await
     }
 
     async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, RepositoryError> {
-        match &self.pool {
-            Pool::Single(pool, shared) => {
-                let take = async { pool.get().await.map(deadpool_redis::Connection::take) };
-                shared
-                    .run(take, |mut connection| async move {
-                        command.query_async(&mut connection).await
-                    })
-                    .await
-            }
-            #[cfg(feature = "cluster")]
-            Pool::Cluster(pool, shared) => {
-                let take = async {
-                    pool.get()
-                        .await
-                        .map(deadpool_redis::cluster::Connection::take)
-                };
-                shared
-                    .run(take, |mut connection| async move {
-                        command.query_async(&mut connection).await
-                    })
-                    .await
-            }
-        }
+        self.shared
+            .run(&self.pool, |mut connection| async move {
+                command.query_async(&mut connection).await
+            })
+            .await
     }
 
     async fn finish(
