@@ -29,7 +29,10 @@ where
 }
 
 /// Reads a response body up to `limit` bytes: the whole body when it fits, else the body
-/// itself (what was read put back in front of the rest). `Err` when the body fails.
+/// itself (what was read put back in front of the rest). A body with trailers (gRPC puts its
+/// status there) is passed on whole too, trailers included: a record has no trailers, so such
+/// a response is recorded without its body and never replayed incomplete. `Err` when the body
+/// fails.
 pub(crate) async fn read_response<B>(body: B, limit: usize) -> Result<ResponseBody<Body>, BoxError>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -40,9 +43,9 @@ where
     let mut first: Option<Bytes> = None;
     let mut read = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let Ok(data) = frame?.into_data() else {
-            // Trailers are not recorded.
-            continue;
+        let (data, trailers) = match frame?.into_data() {
+            Ok(data) => (data, None),
+            Err(frame) => (Bytes::new(), frame.into_trailers().ok()),
         };
         if first.is_none() && read.is_empty() {
             first = Some(data);
@@ -53,10 +56,11 @@ where
             read.extend_from_slice(&data);
         }
         let length = first.as_ref().map_or(read.len(), Bytes::len);
-        if length > limit {
+        if length > limit || trailers.is_some() {
             let prefix = first.take().unwrap_or_else(|| read.split().freeze());
             return Ok(ResponseBody::Streaming(Body::new(Prefixed {
                 prefix: Some(prefix),
+                trailers,
                 rest: Body::new(body),
             })));
         }
@@ -66,9 +70,10 @@ where
 
 type BoxBody = Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>;
 
-/// The bytes read so far, then the rest of the body.
+/// The bytes read so far, the trailers read, then the rest of the body.
 struct Prefixed {
     prefix: Option<Bytes>,
+    trailers: Option<http::HeaderMap>,
     rest: Body,
 }
 
@@ -80,8 +85,13 @@ impl HttpBody for Prefixed {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        if let Some(prefix) = self.prefix.take() {
+        if let Some(prefix) = self.prefix.take()
+            && !prefix.is_empty()
+        {
             return Poll::Ready(Some(Ok(Frame::data(prefix))));
+        }
+        if let Some(trailers) = self.trailers.take() {
+            return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
         }
         Pin::new(&mut self.rest).poll_frame(cx)
     }

@@ -181,6 +181,62 @@ async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// One data frame, then trailers, as a gRPC answer.
+struct WithTrailers(Option<Bytes>, Option<http::HeaderMap>);
+
+impl http_body::Body for WithTrailers {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
+        if let Some(data) = self.0.take() {
+            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
+        }
+        Poll::Ready(
+            self.1
+                .take()
+                .map(|trailers| Ok(http_body::Frame::trailers(trailers))),
+        )
+    }
+}
+
+#[tokio::test]
+async fn trailers_reach_the_first_caller_and_are_never_replayed_without() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let app = Router::new()
+        .route(
+            "/",
+            post(move || {
+                counter.fetch_add(1, Ordering::SeqCst);
+                async {
+                    let mut trailers = http::HeaderMap::new();
+                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                    Body::new(WithTrailers(
+                        Some(Bytes::from_static(b"abc")),
+                        Some(trailers),
+                    ))
+                }
+            }),
+        )
+        .layer(IdempotencyLayer::new(MemoryRepository::new()));
+    let response = app.clone().oneshot(request("/", Some("k"))).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = response.into_body().collect().await.unwrap();
+    assert_eq!(
+        collected.trailers().map(|t| t["grpc-status"].clone()),
+        Some(http::HeaderValue::from_static("0"))
+    );
+    assert_eq!(collected.to_bytes(), "abc");
+    let (status, _, body) = read(app.oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(body.contains("response-not-stored"), "{body}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 /// A plain tower service (as in hyper or tonic) that fails, and checks it was polled ready
 /// before each call: its clones start unready.
 #[derive(Debug)]
