@@ -134,10 +134,10 @@ async fn rejections_carry_the_typed_error() {
     ));
 }
 
-/// A body sent in several frames.
-struct Chunks(Vec<Bytes>);
+/// A body sent in several frames (data, then maybe trailers).
+struct Frames(Vec<http_body::Frame<Bytes>>);
 
-impl http_body::Body for Chunks {
+impl http_body::Body for Frames {
     type Data = Bytes;
     type Error = Infallible;
 
@@ -148,7 +148,7 @@ impl http_body::Body for Chunks {
         if self.0.is_empty() {
             Poll::Ready(None)
         } else {
-            Poll::Ready(Some(Ok(http_body::Frame::data(self.0.remove(0)))))
+            Poll::Ready(Some(Ok(self.0.remove(0))))
         }
     }
 }
@@ -165,9 +165,10 @@ async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
             post(move || {
                 counter.fetch_add(1, Ordering::SeqCst);
                 async {
-                    let chunks = ["0123456", "789abcd", "efghij"]
-                        .map(|chunk: &'static str| Bytes::from_static(chunk.as_bytes()));
-                    Body::new(Chunks(chunks.to_vec()))
+                    let chunks = ["0123456", "789abcd", "efghij"].map(|chunk: &'static str| {
+                        http_body::Frame::data(Bytes::from_static(chunk.as_bytes()))
+                    });
+                    Body::new(Frames(chunks.into()))
                 }
             }),
         )
@@ -179,28 +180,6 @@ async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
     assert!(body.contains("response-not-stored"));
     assert_eq!(runs.load(Ordering::SeqCst), 1);
-}
-
-/// One data frame, then trailers, as a gRPC answer.
-struct WithTrailers(Option<Bytes>, Option<http::HeaderMap>);
-
-impl http_body::Body for WithTrailers {
-    type Data = Bytes;
-    type Error = Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        _: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Infallible>>> {
-        if let Some(data) = self.0.take() {
-            return Poll::Ready(Some(Ok(http_body::Frame::data(data))));
-        }
-        Poll::Ready(
-            self.1
-                .take()
-                .map(|trailers| Ok(http_body::Frame::trailers(trailers))),
-        )
-    }
 }
 
 #[tokio::test]
@@ -215,10 +194,11 @@ async fn trailers_reach_the_first_caller_and_are_never_replayed_without() {
                 async {
                     let mut trailers = http::HeaderMap::new();
                     trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                    Body::new(WithTrailers(
-                        Some(Bytes::from_static(b"abc")),
-                        Some(trailers),
-                    ))
+                    // One data frame, then trailers, as a gRPC answer.
+                    Body::new(Frames(vec![
+                        http_body::Frame::data(Bytes::from_static(b"abc")),
+                        http_body::Frame::trailers(trailers),
+                    ]))
                 }
             }),
         )
