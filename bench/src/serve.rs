@@ -112,10 +112,18 @@ pub(crate) fn post_once(port: u16, key: &str) -> Result<()> {
     Ok(())
 }
 
-/// pgbench scripts for the store's own limits, on the schema the Postgres server migrated.
+/// pgbench scripts for the store's own limits, on the schema the Postgres server migrated;
+/// their temporary folder is removed when dropped.
 pub(crate) struct PgbenchScripts {
+    dir: PathBuf,
     pub(crate) claim_finish: PathBuf,
     pub(crate) replay: PathBuf,
+}
+
+impl Drop for PgbenchScripts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 /// Writes the pgbench scripts: `PgRepository`'s own claim statement (new random keys), then
@@ -174,6 +182,7 @@ pub(crate) fn pgbench_scripts() -> Result<PgbenchScripts> {
     let paths = PgbenchScripts {
         claim_finish: dir.join("claim-finish.sql"),
         replay: dir.join("replay.sql"),
+        dir,
     };
     std::fs::write(&paths.claim_finish, claim_finish)?;
     std::fs::write(&paths.replay, replay)?;
