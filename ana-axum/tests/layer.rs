@@ -153,26 +153,30 @@ impl http_body::Body for Frames {
     }
 }
 
-#[tokio::test]
-async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
+/// A route answering `frames()` as its body, and how many times it ran.
+fn counted_frames(frames: fn() -> Vec<http_body::Frame<Bytes>>) -> (Router, Arc<AtomicUsize>) {
     let runs = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&runs);
+    let app = Router::new().route(
+        "/",
+        post(move || {
+            counter.fetch_add(1, Ordering::SeqCst);
+            async move { Body::new(Frames(frames())) }
+        }),
+    );
+    (app, runs)
+}
+
+#[tokio::test]
+async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
     let layer = IdempotencyLayer::new(MemoryRepository::new())
         .with_config(IdempotencyConfig::default().with_max_stored_response(10));
-    let app = Router::new()
-        .route(
-            "/",
-            post(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                async {
-                    let chunks = ["0123456", "789abcd", "efghij"].map(|chunk: &'static str| {
-                        http_body::Frame::data(Bytes::from_static(chunk.as_bytes()))
-                    });
-                    Body::new(Frames(chunks.into()))
-                }
-            }),
-        )
-        .layer(layer);
+    let (app, runs) = counted_frames(|| {
+        ["0123456", "789abcd", "efghij"]
+            .map(|chunk: &'static str| http_body::Frame::data(Bytes::from_static(chunk.as_bytes())))
+            .into()
+    });
+    let app = app.layer(layer);
     let (status, _, body) = read(app.clone().oneshot(request("/", Some("k"))).await.unwrap()).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(body, "0123456789abcdefghij");
@@ -184,25 +188,16 @@ async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
 
 #[tokio::test]
 async fn trailers_reach_the_first_caller_and_are_never_replayed_without() {
-    let runs = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&runs);
-    let app = Router::new()
-        .route(
-            "/",
-            post(move || {
-                counter.fetch_add(1, Ordering::SeqCst);
-                async {
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                    // One data frame, then trailers, as a gRPC answer.
-                    Body::new(Frames(vec![
-                        http_body::Frame::data(Bytes::from_static(b"abc")),
-                        http_body::Frame::trailers(trailers),
-                    ]))
-                }
-            }),
-        )
-        .layer(IdempotencyLayer::new(MemoryRepository::new()));
+    let (app, runs) = counted_frames(|| {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+        // One data frame, then trailers, as a gRPC answer.
+        vec![
+            http_body::Frame::data(Bytes::from_static(b"abc")),
+            http_body::Frame::trailers(trailers),
+        ]
+    });
+    let app = app.layer(IdempotencyLayer::new(MemoryRepository::new()));
     let response = app.clone().oneshot(request("/", Some("k"))).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let collected = response.into_body().collect().await.unwrap();

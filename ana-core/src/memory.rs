@@ -90,9 +90,16 @@ impl Default for Shard {
 
 impl Shard {
     fn note_expiration(&mut self, expiration: i64) {
-        if expiration != NONE {
-            self.earliest_expiration = self.earliest_expiration.min(expiration);
-        }
+        self.earliest_expiration = earlier(self.earliest_expiration, expiration);
+    }
+}
+
+/// The earlier of an earliest expiration and a record's expiration (`NONE` never expires).
+fn earlier(earliest: i64, expiration: i64) -> i64 {
+    if expiration == NONE {
+        earliest
+    } else {
+        earliest.min(expiration)
     }
 }
 
@@ -213,8 +220,8 @@ impl MemoryRepository {
         shard.records.retain(|record| {
             let header = record.header();
             let keep = !header.is_expired_at(now);
-            if keep && header.expiration != NONE {
-                earliest = earliest.min(header.expiration);
+            if keep {
+                earliest = earlier(earliest, header.expiration);
             }
             keep
         });

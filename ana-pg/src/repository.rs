@@ -46,8 +46,8 @@ const MAX_ERROR_LEN: usize = 8 * 1024;
 /// - [`claim`](IdempotencyRepository::claim) is one autocommitted
 ///   statement on the database clock: a read of the record, and only when it may run again
 ///   an `INSERT … ON CONFLICT … DO UPDATE … WHERE <may run again> … RETURNING`; a held or
-///   finished record is answered at once from the read, never waited for, never written. Then the session's
-///   transaction is opened (`BEGIN`) on the claim's connection.
+///   finished record is answered at once from the read, never waited for, never written.
+///   Then the session's transaction is opened (`BEGIN`) on the claim's connection.
 /// - [`complete`](IdempotencyRepository::complete) marks the record Finished inside the
 ///   session's transaction and commits: the operation's writes and the record commit
 ///   together. [`fail`](IdempotencyRepository::fail) rolls the transaction back and records

@@ -113,16 +113,11 @@ impl Statements {
         let schema_quoted = schema.quoted();
         // The claim condition is `TrackedOperation::is_claimable_at`, on the database clock
         // (`statement_timestamp()`, one value for the whole statement).
-        let claimable = |t: &str| {
-            format!(
-                "{t}.fingerprint = $3::bytea
-                 AND ({t}.expiration IS NULL OR {t}.expiration >= statement_timestamp())
-                 AND ({t}.status IN ('ready', 'failed')
-                      OR ({t}.status = 'running' AND {t}.timeout IS NOT NULL
-                          AND {t}.timeout <= statement_timestamp()))"
-            )
-        };
-        let claimable = claimable("t");
+        let claimable = "t.fingerprint = $3::bytea
+                 AND (t.expiration IS NULL OR t.expiration >= statement_timestamp())
+                 AND (t.status IN ('ready', 'failed')
+                      OR (t.status = 'running' AND t.timeout IS NOT NULL
+                          AND t.timeout <= statement_timestamp()))";
         // `existing` reads the record first: a record that may not run again (Finished, held,
         // expired, another payload) is answered from that read alone, so a replay or a
         // duplicate writes nothing, locks nothing and needs no WAL flush. Otherwise the
