@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use ana_core::http::{
     IdempotencyConfig, IdempotencyContext, IdempotencyService, Plan, Prepared, Rejection,
-    ResponseBody,
+    ResponseBody, is_grpc_content_type,
 };
 use ana_core::{IdempotencyRepository, MemorySession};
 
@@ -227,8 +227,17 @@ where
 }
 
 fn problem<B>(request: ServiceRequest, rejection: &Rejection) -> ServiceResponse<EitherBody<B>> {
+    let grpc = request
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .is_some_and(|value| is_grpc_content_type(value.as_bytes()));
+    let response = if grpc {
+        rejection.to_grpc_response()
+    } else {
+        rejection.to_response()
+    };
     request
-        .into_response(to_actix(&rejection.to_response()))
+        .into_response(to_actix(&response))
         .map_into_right_body()
 }
 
@@ -328,11 +337,20 @@ where
     }
     // A replay or a problem.
     let (head, body) = answer.into_parts();
-    let body = match body {
-        ResponseBody::Full(bytes) => bytes,
-        ResponseBody::Streaming(HeldBody) => Bytes::new(),
+    let answer = match body {
+        ResponseBody::Full(bytes) => Response::from_parts(head, bytes),
+        ResponseBody::Streaming(HeldBody) => Response::from_parts(head, Bytes::new()),
+        // actix-web cannot send trailers. Only a record made through another adapter on the
+        // same store has them (a gRPC answer): never replay it without them.
+        ResponseBody::WithTrailers { .. } => {
+            let source: ana_core::BoxError =
+                "a recorded response with trailers cannot be replayed by actix-web".into();
+            Rejection::Internal {
+                source: std::sync::Arc::new(source),
+            }
+            .to_response()
+        }
     };
-    let answer = Response::from_parts(head, body);
     let request = match ran {
         Ran::NotCalled(request) => Some(request.into_parts().0),
         Ran::Answered { request, .. } => Some(request),

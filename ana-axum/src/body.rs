@@ -28,11 +28,9 @@ where
     }
 }
 
-/// Reads a response body up to `limit` bytes: the whole body when it fits, else the body
-/// itself (what was read put back in front of the rest). A body with trailers (gRPC puts its
-/// status there) is passed on whole too, trailers included: a record has no trailers, so such
-/// a response is recorded without its body and never replayed incomplete. `Err` when the body
-/// fails.
+/// Reads a response body up to `limit` bytes: the whole body when it fits (with its trailers,
+/// when it ends with some: gRPC puts its status there), else the body itself, what was read
+/// put back in front of the rest. `Err` when the body fails.
 pub(crate) async fn read_response<B>(body: B, limit: usize) -> Result<ResponseBody<Body>, BoxError>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -43,9 +41,16 @@ where
     let mut first: Option<Bytes> = None;
     let mut read = BytesMut::new();
     while let Some(frame) = body.frame().await {
-        let (data, trailers) = match frame?.into_data() {
-            Ok(data) => (data, None),
-            Err(frame) => (Bytes::new(), frame.into_trailers().ok()),
+        let data = match frame?.into_data() {
+            Ok(data) => data,
+            Err(frame) => {
+                // Trailers end the body.
+                if let Ok(trailers) = frame.into_trailers() {
+                    let data = first.unwrap_or_else(|| read.freeze());
+                    return Ok(ResponseBody::WithTrailers { data, trailers });
+                }
+                continue;
+            }
         };
         if first.is_none() && read.is_empty() {
             first = Some(data);
@@ -56,16 +61,25 @@ where
             read.extend_from_slice(&data);
         }
         let length = first.as_ref().map_or(read.len(), Bytes::len);
-        if length > limit || trailers.is_some() {
+        if length > limit {
             let prefix = first.take().unwrap_or_else(|| read.split().freeze());
             return Ok(ResponseBody::Streaming(Body::new(Prefixed {
                 prefix: Some(prefix),
-                trailers,
+                trailers: None,
                 rest: Body::new(body),
             })));
         }
     }
     Ok(ResponseBody::Full(first.unwrap_or_else(|| read.freeze())))
+}
+
+/// A body of `data` then `trailers`.
+pub(crate) fn with_trailers(data: Bytes, trailers: http::HeaderMap) -> Body {
+    Body::new(Prefixed {
+        prefix: Some(data),
+        trailers: Some(trailers),
+        rest: Body::empty(),
+    })
 }
 
 type BoxBody = Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>;
@@ -98,6 +112,11 @@ impl HttpBody for Prefixed {
 
     fn size_hint(&self) -> SizeHint {
         let mut hint = self.rest.size_hint();
+        if self.trailers.is_some() {
+            // Not exact: a body with a known length gets a `Content-Length`, and an HTTP/1.1
+            // body sent by length has no room for trailers.
+            hint = SizeHint::new();
+        }
         if let Some(prefix) = &self.prefix {
             let len = prefix.len() as u64;
             // Raise the upper bound first: a lower bound above it is refused.

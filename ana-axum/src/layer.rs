@@ -16,7 +16,7 @@ use tower_service::Service;
 use ana_core::http::{IdempotencyConfig, IdempotencyService, Plan, ResponseBody};
 use ana_core::{BoxError, IdempotencyRepository, MemorySession};
 
-use crate::body::{read_request, read_response};
+use crate::body::{read_request, read_response, with_trailers};
 
 /// Applies [`Idempotency`] to a service: see the [crate docs](crate).
 ///
@@ -181,7 +181,7 @@ where
 {
     let (parts, body) = request.into_parts();
     let prepared = match service.plan(&parts) {
-        Err(rejection) => return Ok(rejection.to_response().map(Body::from)),
+        Err(rejection) => return Ok(rejection.to_response_for(&parts.headers).map(Body::from)),
         Ok(Plan::PassThrough) => {
             let response = inner
                 .call(Request::from_parts(parts, Body::new(body)))
@@ -192,7 +192,7 @@ where
     };
     let body = match read_request(body, service.config().max_request_body()).await {
         Ok(body) => body,
-        Err(rejection) => return Ok(rejection.to_response().map(Body::from)),
+        Err(rejection) => return Ok(rejection.to_response_for(&parts.headers).map(Body::from)),
     };
     let limit = service.config().max_stored_response();
     // An error of the inner service is handed back to the caller after the attempt is
@@ -228,6 +228,7 @@ where
     }
     Ok(response.map(|body| match body {
         ResponseBody::Full(bytes) => Body::from(bytes),
+        ResponseBody::WithTrailers { data, trailers } => with_trailers(data, trailers),
         ResponseBody::Streaming(body) => body,
     }))
 }

@@ -41,7 +41,9 @@
 //! - The request body is read (up to the limit) before the handler runs: it is fingerprinted.
 //! - A response body larger than the stored-response limit streams to the first caller and is
 //!   recorded without its body; retries get 500 `response-not-stored`, never a second run.
-//! - Response trailers are not recorded.
+//! - Response trailers are recorded and replayed after the body (allow-listed like headers:
+//!   gRPC's `grpc-status`, `grpc-message`, `grpc-status-details-bin` by default), and a
+//!   gRPC answer is recorded or not by its `grpc-status` (see below).
 //! - A handler body that fails while being read becomes a bare 500, recorded Failed.
 //! - An error of the inner service is returned to the caller as is, and recorded Failed.
 

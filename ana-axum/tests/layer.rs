@@ -186,30 +186,58 @@ async fn a_streamed_response_over_the_limit_reaches_the_first_caller_whole() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// One data frame, then trailers with `grpc-status` = `code` and a private trailer: a gRPC
+/// answer.
+fn grpc_frames(code: &'static str) -> Vec<http_body::Frame<Bytes>> {
+    let mut trailers = http::HeaderMap::new();
+    trailers.insert("grpc-status", http::HeaderValue::from_static(code));
+    trailers.insert("x-private", http::HeaderValue::from_static("secret"));
+    vec![
+        http_body::Frame::data(Bytes::from_static(b"abc")),
+        http_body::Frame::trailers(trailers),
+    ]
+}
+
 #[tokio::test]
-async fn trailers_reach_the_first_caller_and_are_never_replayed_without() {
-    let (app, runs) = counted_frames(|| {
-        let mut trailers = http::HeaderMap::new();
-        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-        // One data frame, then trailers, as a gRPC answer.
-        vec![
-            http_body::Frame::data(Bytes::from_static(b"abc")),
-            http_body::Frame::trailers(trailers),
-        ]
-    });
+async fn trailers_are_recorded_and_replayed_after_the_body() {
+    let (app, runs) = counted_frames(|| grpc_frames("0"));
     let app = app.layer(IdempotencyLayer::new(MemoryRepository::new()));
-    let response = app.clone().oneshot(request("/", Some("k"))).await.unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
-    let collected = response.into_body().collect().await.unwrap();
-    assert_eq!(
-        collected.trailers().map(|t| t["grpc-status"].clone()),
-        Some(http::HeaderValue::from_static("0"))
-    );
-    assert_eq!(collected.to_bytes(), "abc");
-    let (status, _, body) = read(app.oneshot(request("/", Some("k"))).await.unwrap()).await;
-    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
-    assert!(body.contains("response-not-stored"), "{body}");
+    for replay in [false, true] {
+        let response = app.clone().oneshot(request("/", Some("k"))).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(
+            response.headers().contains_key("idempotent-replayed"),
+            replay
+        );
+        assert!(
+            !response
+                .headers()
+                .contains_key(http::header::CONTENT_LENGTH),
+            "replay {replay}: {:?}",
+            response.headers()
+        );
+        let collected = response.into_body().collect().await.unwrap();
+        let trailers = collected.trailers().cloned().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        // The first caller gets every trailer; a replay only the allow-listed ones.
+        assert_eq!(trailers.contains_key("x-private"), !replay);
+        assert_eq!(collected.to_bytes(), "abc");
+    }
     assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn a_failure_told_in_the_trailers_is_not_recorded() {
+    // HTTP 200, but gRPC UNAVAILABLE: a retry runs again.
+    let (app, runs) = counted_frames(|| grpc_frames("14"));
+    let app = app.layer(IdempotencyLayer::new(MemoryRepository::new()));
+    for run in 1..=2 {
+        let response = app.clone().oneshot(request("/", Some("k"))).await.unwrap();
+        assert!(!response.headers().contains_key("idempotent-replayed"));
+        let collected = response.into_body().collect().await.unwrap();
+        assert_eq!(collected.trailers().unwrap()["grpc-status"], "14");
+        assert_eq!(runs.load(Ordering::SeqCst), run);
+    }
 }
 
 /// A plain tower service (as in hyper or tonic) that fails, and checks it was polled ready

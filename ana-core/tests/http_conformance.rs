@@ -33,6 +33,7 @@ impl<Ctx: Clone + Send + Sync + 'static> App for DirectApp<Ctx> {
             .await
             .map(|body| match body {
                 ResponseBody::Full(bytes) => bytes,
+                ResponseBody::WithTrailers { data, .. } => data,
                 ResponseBody::Streaming(()) => Bytes::new(),
             })
     }

@@ -6,9 +6,13 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use http::StatusCode;
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 
+use super::grpc::{
+    GRPC_ENCODING, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS, default_grpc_recordable,
+    grpc_status,
+};
 use super::headers::{self as parse, HeaderProblem};
 use super::problem::Rejection;
 use crate::record::{Fingerprint, FingerprintHasher};
@@ -44,7 +48,8 @@ pub const NEVER_REPLAYED: [HeaderName; 14] = [
     HeaderName::from_static("keep-alive"),
 ];
 
-/// The headers replayed by default.
+/// The headers (and trailers) replayed by default: the representation's, and gRPC's status
+/// and encoding.
 pub fn default_replay_headers() -> Vec<HeaderName> {
     vec![
         header::CONTENT_TYPE,
@@ -60,6 +65,10 @@ pub fn default_replay_headers() -> Vec<HeaderName> {
         header::EXPIRES,
         header::VARY,
         header::RETRY_AFTER,
+        GRPC_STATUS,
+        GRPC_MESSAGE,
+        GRPC_STATUS_DETAILS,
+        GRPC_ENCODING,
     ]
 }
 
@@ -130,6 +139,7 @@ type TargetFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
 type PayloadFn = Arc<dyn Fn(&Parts, &[u8]) -> Fingerprint + Send + Sync>;
 type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Vec<u8>> + Send + Sync>;
 type StatusFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+type GrpcStatusFn = Arc<dyn Fn(i32) -> bool + Send + Sync>;
 
 /// How the idempotency layer reads requests and records responses. Cheap to clone (one `Arc`);
 /// builders consume and return it.
@@ -146,8 +156,8 @@ type StatusFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
 /// | scope | a hash of `Authorization` |
 /// | request body limit | 1 MiB (413 above it) |
 /// | stored response limit | 1 MiB (above it, recorded without body) |
-/// | recorded statuses | [`default_recordable`] |
-/// | replayed headers | [`default_replay_headers`], never [`NEVER_REPLAYED`] |
+/// | recorded statuses | [`default_recordable`]; for gRPC, [`default_grpc_recordable`] |
+/// | replayed headers and trailers | [`default_replay_headers`], never [`NEVER_REPLAYED`] |
 /// | `Retry-After` on 409 | time left before the holder's timeout, at most 5s |
 /// | `Retry-After` on 503 | 1s |
 ///
@@ -176,6 +186,7 @@ struct Inner {
     max_stored_response: usize,
     replay_headers: Vec<HeaderName>,
     recordable: StatusFn,
+    grpc_recordable: GrpcStatusFn,
     unavailable_retry_after: Duration,
     max_still_running_retry_after: Duration,
     key: Option<ValueFn<String>>,
@@ -206,6 +217,7 @@ impl Default for IdempotencyConfig {
                 max_stored_response: 1 << 20,
                 replay_headers: default_replay_headers(),
                 recordable: Arc::new(default_recordable),
+                grpc_recordable: Arc::new(default_grpc_recordable),
                 unavailable_retry_after: Duration::from_secs(1),
                 max_still_running_retry_after: Duration::from_secs(5),
                 key: None,
@@ -363,8 +375,8 @@ impl IdempotencyConfig {
         self
     }
 
-    /// The response headers stored and replayed. Headers in [`NEVER_REPLAYED`] are dropped
-    /// from the list.
+    /// The response headers (and trailers) stored and replayed. Headers in [`NEVER_REPLAYED`]
+    /// are dropped from the list.
     #[must_use]
     pub fn with_replay_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
         self.inner().replay_headers = names
@@ -382,6 +394,18 @@ impl IdempotencyConfig {
         recordable: impl Fn(StatusCode) -> bool + Send + Sync + 'static,
     ) -> Self {
         self.inner().recordable = Arc::new(recordable);
+        self
+    }
+
+    /// Which gRPC statuses (`grpc-status` of an HTTP 2xx response) are recorded as Finished;
+    /// the others are recorded as Failed, so a retry runs the handler again. Default:
+    /// [`default_grpc_recordable`].
+    #[must_use]
+    pub fn with_grpc_recordable(
+        mut self,
+        recordable: impl Fn(i32) -> bool + Send + Sync + 'static,
+    ) -> Self {
+        self.inner().grpc_recordable = Arc::new(recordable);
         self
     }
 
@@ -506,6 +530,21 @@ impl IdempotencyConfig {
     /// Whether a handler response with `status` is recorded as Finished.
     pub fn is_recordable(&self, status: StatusCode) -> bool {
         (self.inner.recordable)(status)
+    }
+
+    /// Whether a handler response is recorded as Finished: by its `grpc-status` (trailers
+    /// first, then headers) when it is a successful HTTP exchange carrying one, else by its
+    /// HTTP status.
+    pub fn is_recordable_response(
+        &self,
+        status: StatusCode,
+        headers: &HeaderMap,
+        trailers: Option<&HeaderMap>,
+    ) -> bool {
+        match grpc_status(headers, trailers) {
+            Some(code) if status.is_success() => (self.inner.grpc_recordable)(code),
+            _ => self.is_recordable(status),
+        }
     }
 
     /// The `Retry-After` of a 503.

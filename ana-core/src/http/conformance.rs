@@ -38,6 +38,7 @@
 //!         };
 //!         self.service.handle(request, next).await.map(|body| match body {
 //!             ResponseBody::Full(bytes) => bytes,
+//!             ResponseBody::WithTrailers { data, .. } => data,
 //!             ResponseBody::Streaming(()) => Bytes::new(),
 //!         })
 //!     }
@@ -70,6 +71,8 @@ use http::{Method, Request, Response, StatusCode};
 use tokio::sync::{Barrier, Semaphore, mpsc};
 
 use super::config::{IETF_KEY_HEADER, IdempotencyConfig, KEY_HEADER, value};
+use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS};
+use super::problem::PROBLEM_TYPE_HEADER;
 use super::recorded::{IDEMPOTENT_REPLAYED, RecordedResponseCodec};
 use super::service::{IdempotencyContext, IdempotencyService};
 use crate::clock::{Clock, ManualClock};
@@ -136,6 +139,8 @@ macro_rules! http_conformance_tests {
             request_functions_override_the_defaults,
             large_response_is_not_stored_and_never_reruns,
             timed_out_attempt_is_superseded,
+            grpc_statuses_decide_what_is_recorded,
+            grpc_calls_are_rejected_with_grpc_statuses,
         );
     };
     (@cases $adapter:expr; $($case:ident),* $(,)?) => {
@@ -161,6 +166,8 @@ macro_rules! http_conformance_tests {
 /// | `POST /unprocessable` | 422 JSON |
 /// | `POST /busy` | 429 |
 /// | `POST /large` | 200 with [`LARGE_BODY`] bytes |
+/// | `POST /grpc.Test/NotFound` | gRPC trailers-only `NOT_FOUND` (`grpc-status: 5` in the headers) |
+/// | `POST /grpc.Test/Unavailable` | gRPC trailers-only `UNAVAILABLE` (`grpc-status: 14`) |
 /// | other | 404 |
 pub struct Routes<Ctx> {
     inner: Arc<RoutesInner>,
@@ -298,6 +305,8 @@ impl<Ctx: Clone + Send + Sync + 'static> Routes<Ctx> {
                 ),
                 "/busy" => respond(StatusCode::TOO_MANY_REQUESTS, "text/plain", "busy"),
                 "/large" => respond(StatusCode::OK, "text/plain", vec![b'x'; LARGE_BODY]),
+                "/grpc.Test/NotFound" => grpc_status(5, &format!("no account, run {run}")),
+                "/grpc.Test/Unavailable" => grpc_status(14, "try later"),
                 _ => respond(StatusCode::NOT_FOUND, "text/plain", "not found"),
             }
         }
@@ -310,6 +319,15 @@ fn respond(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Re
     response
         .headers_mut()
         .insert(CONTENT_TYPE, header(content_type));
+    response
+}
+
+/// A gRPC trailers-only answer.
+fn grpc_status(code: i32, message: &str) -> Response<Bytes> {
+    let mut response = respond(StatusCode::OK, "application/grpc", Bytes::new());
+    let headers = response.headers_mut();
+    headers.insert(GRPC_STATUS, HeaderValue::from(code));
+    headers.insert(GRPC_MESSAGE, header(message));
     response
 }
 
@@ -1332,4 +1350,98 @@ pub async fn timed_out_attempt_is_superseded<Ad: Adapter>(adapter: Ad) {
     assert!(is_replay(&again));
     assert_eq!(again.body(), fresh.body());
     assert_eq!(world.routes.runs("/slow"), 2);
+}
+
+fn grpc(path: &str) -> Call {
+    post(path).header(CONTENT_TYPE, "application/grpc")
+}
+
+/// Checks a gRPC rejection (trailers-only, HTTP 200) and returns its `grpc-message`.
+fn grpc_rejection(response: &Response<Bytes>, code: i32, slug: &str) -> String {
+    assert_eq!(
+        response.status(),
+        StatusCode::OK,
+        "{:?}",
+        response.headers()
+    );
+    let headers = response.headers();
+    assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+    assert_eq!(headers[GRPC_STATUS], code.to_string().as_str());
+    assert_eq!(
+        headers[PROBLEM_TYPE_HEADER],
+        format!("https://ana.dev/problems/{slug}").as_str()
+    );
+    assert!(response.body().is_empty());
+    assert!(!is_replay(response));
+    headers[GRPC_MESSAGE].to_str().unwrap().to_owned()
+}
+
+/// A gRPC answer is an HTTP 200 whatever its outcome: `grpc-status` decides. `NOT_FOUND` is
+/// final (recorded, replayed with its status and message); `UNAVAILABLE` is not (recorded
+/// Failed, a retry runs again).
+pub async fn grpc_statuses_decide_what_is_recorded<Ad: Adapter>(adapter: Ad) {
+    let world = world(&adapter, IdempotencyConfig::default());
+    let first = world
+        .send(grpc("/grpc.Test/NotFound").key("k").build())
+        .await;
+    assert_eq!(first.headers()[GRPC_STATUS], "5");
+    let again = world
+        .send(grpc("/grpc.Test/NotFound").key("k").build())
+        .await;
+    assert!(is_replay(&again));
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(again.headers()[GRPC_STATUS], "5");
+    assert_eq!(again.headers()[GRPC_MESSAGE], "no account, run 1");
+    assert_eq!(again.headers()[CONTENT_TYPE], "application/grpc");
+    assert_eq!(world.routes.runs("/grpc.Test/NotFound"), 1);
+    let record = world.record("[POST]/grpc.Test/NotFound", "k", None).await;
+    assert_eq!(record.unwrap().status, Status::Finished);
+
+    for run in 1..=2 {
+        let response = world
+            .send(grpc("/grpc.Test/Unavailable").key("k").build())
+            .await;
+        assert_eq!(response.headers()[GRPC_STATUS], "14");
+        assert!(!is_replay(&response));
+        assert_eq!(world.routes.runs("/grpc.Test/Unavailable"), run);
+        let record = world
+            .record("[POST]/grpc.Test/Unavailable", "k", None)
+            .await;
+        assert_eq!(record.unwrap().status, Status::Failed);
+    }
+}
+
+/// A gRPC call is rejected with a gRPC status rather than a problem document:
+/// `INVALID_ARGUMENT` for a missing key or a payload mismatch, `ABORTED` with
+/// `grpc-retry-pushback-ms` while the first call runs.
+pub async fn grpc_calls_are_rejected_with_grpc_statuses<Ad: Adapter>(adapter: Ad) {
+    let world = world(&adapter, IdempotencyConfig::default());
+    let missing = world.send(grpc("/grpc.Test/NotFound").build()).await;
+    let message = grpc_rejection(&missing, 3, "missing-key");
+    assert!(message.contains("X-Idempotency-Key"), "{message}");
+    assert_eq!(world.routes.runs("/grpc.Test/NotFound"), 0);
+
+    world
+        .send(grpc("/grpc.Test/NotFound").key("k").build())
+        .await;
+    let other = world
+        .send(grpc("/grpc.Test/NotFound").key("k").body("other").build())
+        .await;
+    grpc_rejection(&other, 3, "payload-mismatch");
+    assert_eq!(world.routes.runs("/grpc.Test/NotFound"), 1);
+
+    let first = world.spawn(
+        grpc("/slow")
+            .key("s")
+            .header(crate::http::TIMEOUT_HEADER, "30s")
+            .build(),
+    );
+    world.routes.started().await;
+    let busy = world.send(grpc("/slow").key("s").build()).await;
+    let message = grpc_rejection(&busy, 10, "still-running");
+    assert_eq!(message, "Operation [POST]/slow still running for key s.");
+    assert_eq!(busy.headers()[GRPC_RETRY_PUSHBACK], "5000");
+    world.routes.release(1);
+    first.await.unwrap();
+    assert_eq!(world.routes.runs("/slow"), 1);
 }

@@ -49,6 +49,7 @@ mod config;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 mod duration;
+mod grpc;
 mod headers;
 mod problem;
 mod recorded;
@@ -60,8 +61,12 @@ pub use config::{
     default_replay_headers, default_scope, default_target, scoped_key, value,
 };
 pub use duration::{DurationError, parse_duration};
+pub use grpc::{
+    GRPC_ENCODING, GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, GRPC_STATUS_DETAILS,
+    code as grpc_code, default_grpc_recordable, grpc_status, is_grpc, is_grpc_content_type,
+};
 pub use headers::{MAX_KEY_LEN, is_valid_key};
-pub use problem::{PROBLEM_BASE, PROBLEM_JSON, Rejection};
+pub use problem::{PROBLEM_BASE, PROBLEM_JSON, PROBLEM_TYPE_HEADER, Rejection};
 pub use recorded::{
     IDEMPOTENT_REPLAYED, RecordedResponse, RecordedResponseCodec, RecordedResponseError,
 };

@@ -5,11 +5,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderName, HeaderValue, RETRY_AFTER};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
+use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, code, encode_message, is_grpc};
 use super::headers::display_name;
 use crate::repository::{BoxError, RepositoryError};
+
+/// The header naming a gRPC rejection's problem `type` (gRPC answers carry no problem body).
+pub const PROBLEM_TYPE_HEADER: HeaderName = HeaderName::from_static("idempotency-problem");
 
 /// The media type of every problem body.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -245,6 +249,61 @@ impl Rejection {
         }
     }
 
+    /// The gRPC status code of the rejection, for gRPC calls: `INVALID_ARGUMENT` (400s, 422
+    /// payload mismatch), `RESOURCE_EXHAUSTED` (413), `FAILED_PRECONDITION` (422 expired),
+    /// `ABORTED` (409 still running, superseded), `UNAVAILABLE` (503), `INTERNAL` (other 500s).
+    pub fn grpc_code(&self) -> i32 {
+        match self {
+            Self::MissingKey { .. }
+            | Self::InvalidHeader { .. }
+            | Self::UnreadableBody { .. }
+            | Self::PayloadMismatch { .. } => code::INVALID_ARGUMENT,
+            Self::PayloadTooLarge { .. } => code::RESOURCE_EXHAUSTED,
+            Self::Expired { .. } => code::FAILED_PRECONDITION,
+            Self::StillRunning { .. } | Self::Superseded { .. } => code::ABORTED,
+            Self::StoreUnavailable { .. } => code::UNAVAILABLE,
+            Self::HandlerPanicked { .. }
+            | Self::ResponseNotStored { .. }
+            | Self::Internal { .. } => code::INTERNAL,
+        }
+    }
+
+    /// The rejection as a gRPC trailers-only response: HTTP 200, `Content-Type:
+    /// application/grpc`, [`grpc_code`](Self::grpc_code) in `grpc-status`, the problem
+    /// `detail` in `grpc-message`, its `type` in `idempotency-problem`, and the `Retry-After`
+    /// delay in `grpc-retry-pushback-ms` (what gRPC retry policies wait for). The `Rejection`
+    /// is in the extensions.
+    pub fn to_grpc_response(&self) -> Response<Bytes> {
+        let mut response = Response::new(Bytes::new());
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(GRPC_STATUS, HeaderValue::from(self.grpc_code()));
+        headers.insert(GRPC_MESSAGE, encode_message(&self.detail()));
+        if let Ok(kind) = HeaderValue::try_from(self.type_uri()) {
+            headers.insert(PROBLEM_TYPE_HEADER, kind);
+        }
+        if let Some(after) = self.retry_after() {
+            let millis = u64::try_from(after.as_millis()).unwrap_or(u64::MAX);
+            headers.insert(GRPC_RETRY_PUSHBACK, HeaderValue::from(millis));
+        }
+        response.extensions_mut().insert(self.clone());
+        response
+    }
+
+    /// The response for a request with these headers: [`to_grpc_response`](Self::to_grpc_response)
+    /// for a gRPC call, else [`to_response`](Self::to_response).
+    pub fn to_response_for(&self, request: &HeaderMap) -> Response<Bytes> {
+        self.to_response_as(is_grpc(request))
+    }
+
+    pub(crate) fn to_response_as(&self, grpc: bool) -> Response<Bytes> {
+        if grpc {
+            self.to_grpc_response()
+        } else {
+            self.to_response()
+        }
+    }
+
     /// The problem response, with the `Rejection` in its extensions.
     pub fn to_response(&self) -> Response<Bytes> {
         // Serializing a struct of strings and a number cannot fail.
@@ -318,6 +377,47 @@ mod tests {
                 "{body}"
             );
             assert!(response.status().is_server_error());
+            let grpc = rejection.to_grpc_response();
+            let message = grpc.headers()[GRPC_MESSAGE].to_str().unwrap().to_owned();
+            assert!(
+                !message.contains("hunter2") && !message.contains("secret"),
+                "{message}"
+            );
         }
+    }
+
+    #[test]
+    fn grpc_rejections_are_trailers_only_statuses() {
+        let still_running = Rejection::StillRunning {
+            target: "[POST]/pay.Payments/Pay".to_owned(),
+            key: "k1".to_owned(),
+            retry_after: Duration::from_millis(2500),
+        };
+        let response = still_running.to_grpc_response();
+        assert_eq!(response.status(), StatusCode::OK);
+        assert!(response.body().is_empty());
+        let headers = response.headers();
+        assert_eq!(headers[CONTENT_TYPE], "application/grpc");
+        assert_eq!(headers[GRPC_STATUS], "10");
+        assert_eq!(
+            headers[GRPC_MESSAGE],
+            "Operation [POST]/pay.Payments/Pay still running for key k1."
+        );
+        assert_eq!(headers[GRPC_RETRY_PUSHBACK], "2500");
+        assert_eq!(
+            headers[PROBLEM_TYPE_HEADER],
+            "https://ana.dev/problems/still-running"
+        );
+        let missing = Rejection::MissingKey {
+            header: HeaderName::from_static("x-idempotency-key"),
+        };
+        let mut grpc_request = HeaderMap::new();
+        grpc_request.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let response = missing.to_response_for(&grpc_request);
+        assert_eq!(response.headers()[GRPC_STATUS], "3");
+        assert!(response.headers().get(GRPC_RETRY_PUSHBACK).is_none());
+        let response = missing.to_response_for(&HeaderMap::new());
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(response.headers()[CONTENT_TYPE], PROBLEM_JSON);
     }
 }

@@ -10,7 +10,8 @@ use crate::repository::BoxError;
 /// Header added to every replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");
 
-/// A handler's response as stored for replay: status, allow-listed headers and body.
+/// A handler's response as stored for replay: status, allow-listed headers, body and
+/// allow-listed trailers (gRPC sends its status in trailers).
 ///
 /// A response whose body was larger than the configured limit is stored without its body
 /// ([`is_body_stored`](Self::is_body_stored) is false): it still marks the operation as done,
@@ -22,6 +23,7 @@ pub struct RecordedResponse {
     headers: HeaderMap,
     body: Bytes,
     body_stored: bool,
+    trailers: Option<HeaderMap>,
 }
 
 impl RecordedResponse {
@@ -37,7 +39,15 @@ impl RecordedResponse {
             headers: filter(headers, allowed),
             body,
             body_stored: true,
+            trailers: None,
         }
+    }
+
+    /// The same response with trailers, keeping only the `allowed` ones.
+    #[must_use]
+    pub fn with_trailers(mut self, trailers: &HeaderMap, allowed: &[HeaderName]) -> Self {
+        self.trailers = Some(filter(trailers, allowed));
+        self
     }
 
     /// The record of a response whose body was too large to store.
@@ -47,6 +57,7 @@ impl RecordedResponse {
             headers: filter(headers, allowed),
             body: Bytes::new(),
             body_stored: false,
+            trailers: None,
         }
     }
 
@@ -70,14 +81,22 @@ impl RecordedResponse {
         self.body_stored
     }
 
-    /// The replay: the recorded status, headers and body, a recomputed `Content-Length`, and
-    /// `Idempotent-Replayed: true`.
+    /// The recorded trailers, when the response ended with trailers.
+    pub fn trailers(&self) -> Option<&HeaderMap> {
+        self.trailers.as_ref()
+    }
+
+    /// The replay: the recorded status, headers and body, `Idempotent-Replayed: true`, and a
+    /// recomputed `Content-Length` unless the response has trailers (they follow the body in
+    /// a chunked or HTTP/2 stream; send them with [`trailers`](Self::trailers)).
     pub fn to_replay(&self) -> Response<Bytes> {
         let mut response = Response::new(self.body.clone());
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
         headers.clone_from(&self.headers);
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        if self.trailers.is_none() {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+        }
         headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         response
     }
@@ -93,9 +112,12 @@ fn filter(headers: &HeaderMap, allowed: &[HeaderName]) -> HeaderMap {
     kept
 }
 
-/// The compact binary form of a [`RecordedResponse`] (version 1, big-endian):
-/// `1, flags, status u16, header count u16, (name len u16, name, value len u32, value)*,
-/// body len u32, body`. Flag bit 0: the body was not stored.
+/// The compact binary form of a [`RecordedResponse`] (big-endian):
+/// `version, flags, status u16, headers, body len u32, body`, then, in version 2 only,
+/// `trailers`; a header list is `count u16, (name len u16, name, value len u32, value)*`.
+/// Flag bit 0: the body was not stored. A response without trailers is written as version 1
+/// (what ana 0.1 wrote and reads); one with trailers as version 2, which a reader that does
+/// not know trailers refuses rather than replays incomplete.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecordedResponseCodec;
 
@@ -118,35 +140,47 @@ pub enum RecordedResponseError {
 }
 
 const VERSION: u8 = 1;
+const VERSION_WITH_TRAILERS: u8 = 2;
 const BODY_NOT_STORED: u8 = 1;
 
 impl Codec<RecordedResponse> for RecordedResponseCodec {
     fn encode(&self, value: &RecordedResponse) -> Result<Vec<u8>, BoxError> {
         let mut out = Vec::with_capacity(16 + value.body.len());
-        out.push(VERSION);
+        out.push(if value.trailers.is_some() {
+            VERSION_WITH_TRAILERS
+        } else {
+            VERSION
+        });
         out.push(if value.body_stored {
             0
         } else {
             BODY_NOT_STORED
         });
         out.extend_from_slice(&value.status.as_u16().to_be_bytes());
-        let count =
-            u16::try_from(value.headers.len()).map_err(|_| RecordedResponseError::TooLarge)?;
-        out.extend_from_slice(&count.to_be_bytes());
-        for (name, header) in &value.headers {
-            let name_len =
-                u16::try_from(name.as_str().len()).map_err(|_| RecordedResponseError::TooLarge)?;
-            out.extend_from_slice(&name_len.to_be_bytes());
-            out.extend_from_slice(name.as_str().as_bytes());
-            put_bytes(&mut out, header.as_bytes())?;
-        }
+        put_headers(&mut out, &value.headers)?;
         put_bytes(&mut out, &value.body)?;
+        if let Some(trailers) = &value.trailers {
+            put_headers(&mut out, trailers)?;
+        }
         Ok(out)
     }
 
     fn decode(&self, bytes: &[u8]) -> Result<RecordedResponse, BoxError> {
         Ok(decode(bytes)?)
     }
+}
+
+fn put_headers(out: &mut Vec<u8>, headers: &HeaderMap) -> Result<(), RecordedResponseError> {
+    let count = u16::try_from(headers.len()).map_err(|_| RecordedResponseError::TooLarge)?;
+    out.extend_from_slice(&count.to_be_bytes());
+    for (name, value) in headers {
+        let name_len =
+            u16::try_from(name.as_str().len()).map_err(|_| RecordedResponseError::TooLarge)?;
+        out.extend_from_slice(&name_len.to_be_bytes());
+        out.extend_from_slice(name.as_str().as_bytes());
+        put_bytes(out, value.as_bytes())?;
+    }
+    Ok(())
 }
 
 fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) -> Result<(), RecordedResponseError> {
@@ -182,33 +216,43 @@ impl<'a> Reader<'a> {
         usize::try_from(u32::from_be_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
             .map_err(|_| RecordedResponseError::Malformed)
     }
+
+    fn headers(&mut self) -> Result<HeaderMap, RecordedResponseError> {
+        let count = self.u16()?;
+        // No capacity from the input: a forged count must not allocate, nor panic the map.
+        let mut headers = HeaderMap::new();
+        for _ in 0..count {
+            let name_len = usize::from(self.u16()?);
+            let name = HeaderName::from_bytes(self.take(name_len)?)
+                .map_err(|_| RecordedResponseError::Invalid("header name"))?;
+            let value_len = self.u32()?;
+            let value = HeaderValue::from_bytes(self.take(value_len)?)
+                .map_err(|_| RecordedResponseError::Invalid("header value"))?;
+            headers
+                .try_append(name, value)
+                .map_err(|_| RecordedResponseError::Malformed)?;
+        }
+        Ok(headers)
+    }
 }
 
 fn decode(bytes: &[u8]) -> Result<RecordedResponse, RecordedResponseError> {
     let mut reader = Reader(bytes);
     let version = reader.u8()?;
-    if version != VERSION {
+    if version != VERSION && version != VERSION_WITH_TRAILERS {
         return Err(RecordedResponseError::UnknownVersion(version));
     }
     let flags = reader.u8()?;
     let status = StatusCode::from_u16(reader.u16()?)
         .map_err(|_| RecordedResponseError::Invalid("status"))?;
-    let count = reader.u16()?;
-    // No capacity from the input: a forged count must not allocate, nor panic the map.
-    let mut headers = HeaderMap::new();
-    for _ in 0..count {
-        let name_len = usize::from(reader.u16()?);
-        let name = HeaderName::from_bytes(reader.take(name_len)?)
-            .map_err(|_| RecordedResponseError::Invalid("header name"))?;
-        let value_len = reader.u32()?;
-        let value = HeaderValue::from_bytes(reader.take(value_len)?)
-            .map_err(|_| RecordedResponseError::Invalid("header value"))?;
-        headers
-            .try_append(name, value)
-            .map_err(|_| RecordedResponseError::Malformed)?;
-    }
+    let headers = reader.headers()?;
     let body_len = reader.u32()?;
     let body = Bytes::copy_from_slice(reader.take(body_len)?);
+    let trailers = if version == VERSION_WITH_TRAILERS {
+        Some(reader.headers()?)
+    } else {
+        None
+    };
     if !reader.0.is_empty() {
         return Err(RecordedResponseError::Malformed);
     }
@@ -217,6 +261,7 @@ fn decode(bytes: &[u8]) -> Result<RecordedResponse, RecordedResponseError> {
         headers,
         body,
         body_stored: flags & BODY_NOT_STORED == 0,
+        trailers,
     })
 }
 
@@ -254,18 +299,60 @@ mod tests {
         );
     }
 
+    fn grpc_sample() -> RecordedResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("0"));
+        trailers.insert("x-secret", HeaderValue::from_static("token"));
+        let allowed = [CONTENT_TYPE, HeaderName::from_static("grpc-status")];
+        RecordedResponse::new(
+            StatusCode::OK,
+            &headers,
+            &allowed,
+            Bytes::from_static(b"\0\0\0\0\x02\x08\x01"),
+        )
+        .with_trailers(&trailers, &allowed)
+    }
+
+    #[test]
+    fn trailers_round_trip_in_version_2_and_only_there() {
+        let recorded = grpc_sample();
+        let trailers = recorded.trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "0");
+        assert!(trailers.get("x-secret").is_none());
+        let bytes = RecordedResponseCodec.encode(&recorded).unwrap();
+        assert_eq!(bytes[0], VERSION_WITH_TRAILERS);
+        assert_eq!(RecordedResponseCodec.decode(&bytes).unwrap(), recorded);
+        // Without trailers the bytes are version 1, as ana 0.1 wrote and reads them.
+        assert_eq!(RecordedResponseCodec.encode(&sample()).unwrap()[0], VERSION);
+        // Empty trailers are still trailers.
+        let empty = sample().with_trailers(&HeaderMap::new(), &[]);
+        let bytes = RecordedResponseCodec.encode(&empty).unwrap();
+        assert_eq!(RecordedResponseCodec.decode(&bytes).unwrap(), empty);
+    }
+
+    #[test]
+    fn a_replay_with_trailers_has_no_content_length() {
+        let replay = grpc_sample().to_replay();
+        assert!(replay.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(replay.headers()[IDEMPOTENT_REPLAYED], "true");
+    }
+
     #[test]
     fn every_truncation_is_an_error() {
-        let bytes = RecordedResponseCodec.encode(&sample()).unwrap();
-        for len in 0..bytes.len() {
-            assert!(
-                RecordedResponseCodec.decode(&bytes[..len]).is_err(),
-                "{len}"
-            );
+        for sample in [sample(), grpc_sample()] {
+            let bytes = RecordedResponseCodec.encode(&sample).unwrap();
+            for len in 0..bytes.len() {
+                assert!(
+                    RecordedResponseCodec.decode(&bytes[..len]).is_err(),
+                    "{len}"
+                );
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(RecordedResponseCodec.decode(&longer).is_err());
         }
-        let mut longer = bytes.clone();
-        longer.push(0);
-        assert!(RecordedResponseCodec.decode(&longer).is_err());
     }
 
     #[test]

@@ -6,11 +6,12 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::CONTENT_LENGTH;
+use http::header::{CONTENT_LENGTH, HeaderMap};
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
 
 use super::config::{IdempotencyConfig, RequestValues};
+use super::grpc::is_grpc;
 use super::problem::Rejection;
 use super::recorded::{RecordedResponse, RecordedResponseCodec};
 use crate::clock::Clock;
@@ -29,6 +30,13 @@ pub type HttpManager<Ctx> = Manager<Fingerprint, RecordedResponse, Ctx>;
 pub enum ResponseBody<B> {
     /// The whole body.
     Full(Bytes),
+    /// The whole body and the trailers that ended it (a gRPC answer: its status is there).
+    WithTrailers {
+        /// The body's data.
+        data: Bytes,
+        /// The trailers.
+        trailers: HeaderMap,
+    },
     /// A body over the stored-response limit, whole (the adapter re-attaches what it read).
     Streaming(B),
 }
@@ -254,7 +262,8 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
 
     /// Runs `next` at most once for the request's key and answers: the handler's own response
     /// on the run that executed it (every header, `Set-Cookie` included), the recorded response
-    /// with `Idempotent-Replayed: true` on a replay, or a problem response.
+    /// with `Idempotent-Replayed: true` on a replay (its trailers too), or a rejection (a
+    /// problem response, or a gRPC status for a gRPC call).
     ///
     /// `next(parts, body)` must call the handler with the parts (they carry an
     /// [`IdempotencyContext`] in their extensions) and return its response, the body read up
@@ -273,6 +282,7 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         Fut: Future<Output = Response<ResponseBody<B>>> + Send,
     {
         let values = prepared.values;
+        let grpc = is_grpc(&parts.headers);
         let fingerprint = self.inner.config.fingerprint(&parts, &body);
         let handler_response: Arc<Mutex<Option<Response<ResponseBody<B>>>>> = Arc::default();
         let slot = Arc::clone(&handler_response);
@@ -290,27 +300,32 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                     target,
                 });
                 let (head, body) = next(parts, body).await.into_parts();
-                let recorded = match &body {
-                    ResponseBody::Full(bytes) if bytes.len() <= config.max_stored_response() => {
-                        RecordedResponse::new(
-                            head.status,
-                            &head.headers,
-                            config.replay_headers(),
-                            bytes.clone(),
-                        )
-                    }
-                    ResponseBody::Full(_) | ResponseBody::Streaming(_) => {
-                        RecordedResponse::without_body(
-                            head.status,
-                            &head.headers,
-                            config.replay_headers(),
-                        )
-                    }
+                let allowed = config.replay_headers();
+                let limit = config.max_stored_response();
+                let (recorded, trailers) = match &body {
+                    ResponseBody::Full(data) if data.len() <= limit => (
+                        RecordedResponse::new(head.status, &head.headers, allowed, data.clone()),
+                        None,
+                    ),
+                    ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => (
+                        RecordedResponse::new(head.status, &head.headers, allowed, data.clone())
+                            .with_trailers(trailers, allowed),
+                        Some(trailers),
+                    ),
+                    ResponseBody::WithTrailers { trailers, .. } => (
+                        RecordedResponse::without_body(head.status, &head.headers, allowed),
+                        Some(trailers),
+                    ),
+                    ResponseBody::Full(_) | ResponseBody::Streaming(_) => (
+                        RecordedResponse::without_body(head.status, &head.headers, allowed),
+                        None,
+                    ),
                 };
                 let status = head.status;
+                let recordable = config.is_recordable_response(status, &head.headers, trailers);
                 *slot.lock().unwrap_or_else(PoisonError::into_inner) =
                     Some(Response::from_parts(head, body));
-                if config.is_recordable(status) {
+                if recordable {
                     Ok(recorded)
                 } else {
                     Err(NotRecorded(status))
@@ -335,12 +350,19 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                 None => internal("the handler's response went missing"),
             },
             Ok(Outcome::Replayed(recorded)) if recorded.is_body_stored() => {
-                return recorded.to_replay().map(ResponseBody::Full);
+                let replay = recorded.to_replay();
+                return match recorded.trailers() {
+                    Some(trailers) => replay.map(|data| ResponseBody::WithTrailers {
+                        data,
+                        trailers: trailers.clone(),
+                    }),
+                    None => replay.map(ResponseBody::Full),
+                };
             }
             Ok(Outcome::Replayed(_)) => Rejection::ResponseNotStored { key: values.key },
             Err(error) => self.rejection(error, values),
         };
-        rejection.to_response().map(ResponseBody::Full)
+        rejection.to_response_as(grpc).map(ResponseBody::Full)
     }
 
     /// [`plan`](Self::plan), the body limit and [`execute`](Self::execute) for a request whose
@@ -358,13 +380,15 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
     {
         let (parts, body) = request.into_parts();
         match self.plan(&parts) {
-            Err(rejection) => rejection.to_response().map(ResponseBody::Full),
+            Err(rejection) => rejection
+                .to_response_for(&parts.headers)
+                .map(ResponseBody::Full),
             Ok(Plan::PassThrough) => next(parts, body).await,
             Ok(Plan::Idempotent(_)) if body.len() > self.inner.config.max_request_body() => {
                 Rejection::PayloadTooLarge {
                     limit: self.inner.config.max_request_body(),
                 }
-                .to_response()
+                .to_response_for(&parts.headers)
                 .map(ResponseBody::Full)
             }
             Ok(Plan::Idempotent(prepared)) => self.execute(prepared, parts, body, next).await,
