@@ -44,6 +44,20 @@
 //! - Response trailers are recorded and replayed after the body (allow-listed like headers:
 //!   gRPC's `grpc-status`, `grpc-message`, `grpc-status-details-bin` by default), and a
 //!   gRPC answer is recorded or not by its `grpc-status` (see below).
+//!
+//! ## gRPC (tonic)
+//!
+//! Put the layer in front of a tonic server with `Server::builder().layer(layer)`; clients
+//! send the key as `x-idempotency-key` metadata. For a gRPC call (`Content-Type:
+//! application/grpc`):
+//! - the answer is recorded as done when its `grpc-status` is `OK` or a final error
+//!   ([`default_grpc_recordable`](ana_core::http::default_grpc_recordable)), and replayed with
+//!   its message and trailers;
+//! - rejections are gRPC statuses ([`Rejection::grpc_code`]): `INVALID_ARGUMENT` for a missing
+//!   key or a reused one, `ABORTED` (with `grpc-retry-pushback-ms`) while the first call runs,
+//!   `UNAVAILABLE` when the store is down;
+//! - a streamed answer over the stored-response limit reaches its caller whole and is recorded
+//!   without its body: retries get `INTERNAL` `response-not-stored`, never a second run.
 //! - A handler body that fails while being read becomes a bare 500, recorded Failed.
 //! - An error of the inner service is returned to the caller as is, and recorded Failed.
 

@@ -36,6 +36,10 @@
 //! | retry of a response too large to store | 500; the handler never runs twice | `response-not-stored` |
 //! | record unreadable | 500 | `internal` |
 //!
+//! A gRPC call (`Content-Type: application/grpc`) gets each rejection as a gRPC status
+//! ([`Rejection::to_grpc_response`]), its answer is recorded or not by its `grpc-status`
+//! ([`default_grpc_recordable`]), and trailers are recorded and replayed.
+//!
 //! 5xx problem bodies carry a fixed `detail`; the typed [`Rejection`] (with its source) is in
 //! the response extensions for logging.
 //!
