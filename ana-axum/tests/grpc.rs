@@ -21,7 +21,9 @@ use tonic::{Code, Status};
 use tower::service_fn;
 use tower_service::Service;
 
-use ana_axum::{IdempotencyConfig, IdempotencyLayer, MemoryRepository};
+use ana_axum::{
+    IdempotencyConfig, IdempotencyContext, IdempotencyLayer, MemoryRepository, MemorySession,
+};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct PayRequest {
@@ -79,6 +81,13 @@ impl Payments {
         request: tonic::Request<PayRequest>,
     ) -> Result<tonic::Response<PayReply>, Status> {
         let run = self.state.pay_runs.fetch_add(1, Ordering::SeqCst) + 1;
+        // The layer's context reaches tonic handlers through the request extensions (with
+        // ana-pg, its session is the transaction that records the reply).
+        let key = request
+            .extensions()
+            .get::<IdempotencyContext<MemorySession>>()
+            .map_or("none", |context| context.key())
+            .to_owned();
         let PayRequest { account, amount } = request.into_inner();
         match account.as_str() {
             "missing" => return Err(Status::not_found(format!("no account, run {run}"))),
@@ -90,7 +99,7 @@ impl Payments {
             _ => {}
         }
         Ok(tonic::Response::new(PayReply {
-            receipt: format!("paid {amount} to {account}"),
+            receipt: format!("paid {amount} to {account} under key {key}"),
             run,
         }))
     }
@@ -257,6 +266,7 @@ async fn a_retried_call_replays_the_first_reply() {
     let world = world().await;
     let first = world.pay(pay(Some("k1"), "alice", 42)).await.unwrap();
     assert!(!is_replay(first.metadata()));
+    assert_eq!(first.get_ref().receipt, "paid 42 to alice under key k1");
     let again = world.pay(pay(Some("k1"), "alice", 42)).await.unwrap();
     assert!(is_replay(again.metadata()));
     assert_eq!(again.into_inner(), first.into_inner());
