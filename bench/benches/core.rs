@@ -12,6 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use ana_core::{BytesCodec, Manager, MemoryRepository, MemorySession, operation};
 
+/// Counts allocations: divan prints them per iteration beside the times.
+#[global_allocator]
+static ALLOC: divan::AllocProfiler = divan::AllocProfiler::system();
+
 fn main() {
     divan::main();
 }

@@ -88,17 +88,23 @@ impl RecordedResponse {
 
     /// The replay: the recorded status, headers and body, `Idempotent-Replayed: true`, and a
     /// recomputed `Content-Length` unless the response has trailers (they follow the body in
-    /// a chunked or HTTP/2 stream; send them with [`trailers`](Self::trailers)).
-    pub fn to_replay(&self) -> Response<Bytes> {
-        let mut response = Response::new(self.body.clone());
-        *response.status_mut() = self.status;
-        let headers = response.headers_mut();
-        headers.clone_from(&self.headers);
-        if self.trailers.is_none() {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(self.body.len()));
+    /// a chunked or HTTP/2 stream); then the trailers to send after the body.
+    pub fn into_replay(self) -> (Response<Bytes>, Option<HeaderMap>) {
+        let Self {
+            status,
+            mut headers,
+            body,
+            trailers,
+            ..
+        } = self;
+        if trailers.is_none() {
+            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
         }
         headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
-        response
+        let mut response = Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        (response, trailers)
     }
 }
 
@@ -145,7 +151,16 @@ const BODY_NOT_STORED: u8 = 1;
 
 impl Codec<RecordedResponse> for RecordedResponseCodec {
     fn encode(&self, value: &RecordedResponse) -> Result<Vec<u8>, BoxError> {
-        let mut out = Vec::with_capacity(16 + value.body.len());
+        // The exact size: one allocation.
+        let list = |headers: &HeaderMap| {
+            2 + headers
+                .iter()
+                .map(|(name, value)| 6 + name.as_str().len() + value.len())
+                .sum::<usize>()
+        };
+        let size =
+            8 + list(&value.headers) + value.body.len() + value.trailers.as_ref().map_or(0, list);
+        let mut out = Vec::with_capacity(size);
         out.push(if value.trailers.is_some() {
             VERSION_WITH_TRAILERS
         } else {
@@ -162,6 +177,7 @@ impl Codec<RecordedResponse> for RecordedResponseCodec {
         if let Some(trailers) = &value.trailers {
             put_headers(&mut out, trailers)?;
         }
+        debug_assert_eq!(out.len(), size);
         Ok(out)
     }
 
@@ -334,8 +350,9 @@ mod tests {
 
     #[test]
     fn a_replay_with_trailers_has_no_content_length() {
-        let replay = grpc_sample().to_replay();
+        let (replay, trailers) = grpc_sample().into_replay();
         assert!(replay.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(trailers.unwrap()["grpc-status"], "0");
         assert_eq!(replay.headers()[IDEMPOTENT_REPLAYED], "true");
     }
 
@@ -364,7 +381,8 @@ mod tests {
 
     #[test]
     fn replay_recomputes_content_length_and_marks_itself() {
-        let replay = sample().to_replay();
+        let (replay, trailers) = sample().into_replay();
+        assert!(trailers.is_none());
         assert_eq!(replay.headers()[CONTENT_LENGTH], "11");
         assert_eq!(replay.headers()[IDEMPOTENT_REPLAYED], "true");
         assert_eq!(replay.status(), StatusCode::CREATED);

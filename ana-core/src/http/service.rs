@@ -350,13 +350,11 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                 None => internal("the handler's response went missing"),
             },
             Ok(Outcome::Replayed(recorded)) if recorded.is_body_stored() => {
-                let replay = recorded.to_replay();
-                return match recorded.trailers() {
-                    Some(trailers) => replay.map(|data| ResponseBody::WithTrailers {
-                        data,
-                        trailers: trailers.clone(),
-                    }),
-                    None => replay.map(ResponseBody::Full),
+                return match recorded.into_replay() {
+                    (replay, Some(trailers)) => {
+                        replay.map(|data| ResponseBody::WithTrailers { data, trailers })
+                    }
+                    (replay, None) => replay.map(ResponseBody::Full),
                 };
             }
             Ok(Outcome::Replayed(_)) => Rejection::ResponseNotStored { key: values.key },
