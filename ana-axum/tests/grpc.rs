@@ -51,6 +51,8 @@ const PAY: &str = "/ana.test.Payments/Pay";
 const STATEMENT: &str = "/ana.test.Payments/Statement";
 /// The layer's stored-response limit here: a statement is larger.
 const STORED_LIMIT: usize = 4096;
+/// The layer's request body limit here.
+const REQUEST_LIMIT: usize = 16 * 1024;
 
 type Lines = Pin<Box<dyn Stream<Item = Result<StatementLine, Status>> + Send>>;
 
@@ -170,8 +172,11 @@ async fn world() -> World {
         started: started_tx,
         gate: Semaphore::new(0),
     });
-    let layer = IdempotencyLayer::new(MemoryRepository::new())
-        .with_config(IdempotencyConfig::default().with_max_stored_response(STORED_LIMIT));
+    let layer = IdempotencyLayer::new(MemoryRepository::new()).with_config(
+        IdempotencyConfig::default()
+            .with_max_stored_response(STORED_LIMIT)
+            .with_max_request_body(REQUEST_LIMIT),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     let router = Server::builder().layer(layer).add_service(Payments {
