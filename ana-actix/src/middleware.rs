@@ -18,7 +18,7 @@ use tokio::sync::oneshot;
 
 use ana_core::http::{
     IdempotencyConfig, IdempotencyContext, IdempotencyService, Plan, Prepared, Rejection,
-    ResponseBody, is_grpc_content_type,
+    ResponseBody, is_grpc, is_grpc_content_type,
 };
 use ana_core::{IdempotencyRepository, MemorySession};
 
@@ -258,6 +258,7 @@ where
     B: MessageBody + 'static,
     Ctx: Clone + Send + Sync + 'static,
 {
+    let grpc = is_grpc(&parts.headers);
     let (call_tx, call_rx) = oneshot::channel::<(Parts, Bytes)>();
     let (answer_tx, answer_rx) = oneshot::channel::<Result<Answer, PanicPayload>>();
     let next = move |parts: Parts, body: Bytes| async move {
@@ -345,10 +346,14 @@ where
         ResponseBody::WithTrailers { .. } => {
             let source: ana_core::BoxError =
                 "a recorded response with trailers cannot be replayed by actix-web".into();
-            Rejection::Internal {
+            let rejection = Rejection::Internal {
                 source: std::sync::Arc::new(source),
+            };
+            if grpc {
+                rejection.to_grpc_response()
+            } else {
+                rejection.to_response()
             }
-            .to_response()
         }
     };
     let request = match ran {

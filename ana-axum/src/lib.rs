@@ -47,8 +47,12 @@
 //!
 //! ## gRPC (tonic)
 //!
-//! Put the layer in front of a tonic server with `Server::builder().layer(layer)`; clients
-//! send the key as `x-idempotency-key` metadata. For a gRPC call (`Content-Type:
+//! Put the layer in front of a tonic server with `Server::builder().layer(layer)`, with
+//! [`with_key_required(false)`](IdempotencyConfig::with_key_required) so that calls without a
+//! key (health checks, reflection, reads) pass through untouched; clients send the key as
+//! `x-idempotency-key` metadata. A call with a key is buffered (its request read whole, its
+//! answer held until its trailers or the stored-response limit): give keys to unary and
+//! server-streaming calls that change state. For a gRPC call (`Content-Type:
 //! application/grpc`):
 //! - the answer is recorded as done when its `grpc-status` is `OK` or a final error
 //!   ([`default_grpc_recordable`](ana_core::http::default_grpc_recordable)), and replayed with

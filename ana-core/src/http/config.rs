@@ -376,13 +376,20 @@ impl IdempotencyConfig {
     }
 
     /// The response headers (and trailers) stored and replayed. Headers in [`NEVER_REPLAYED`]
-    /// are dropped from the list.
+    /// are dropped from the list; `grpc-status` and `grpc-message` are always kept (a gRPC
+    /// answer recorded as done by its status is replayed with it).
     #[must_use]
     pub fn with_replay_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        self.inner().replay_headers = names
+        let mut names: Vec<HeaderName> = names
             .into_iter()
             .filter(|name| !NEVER_REPLAYED.contains(name))
             .collect();
+        for kept in [GRPC_STATUS, GRPC_MESSAGE] {
+            if !names.contains(&kept) {
+                names.push(kept);
+            }
+        }
+        self.inner().replay_headers = names;
         self
     }
 

@@ -569,7 +569,10 @@ pub async fn replay_returns_the_recorded_response<Ad: Adapter>(adapter: Ad) {
 pub async fn set_cookie_is_never_replayed<Ad: Adapter>(adapter: Ad) {
     let config =
         IdempotencyConfig::default().with_replay_headers([CONTENT_TYPE, SET_COOKIE, LOCATION]);
-    assert_eq!(config.replay_headers(), &[CONTENT_TYPE, LOCATION]);
+    assert_eq!(
+        config.replay_headers(),
+        &[CONTENT_TYPE, LOCATION, GRPC_STATUS, GRPC_MESSAGE]
+    );
     let world = world(&adapter, config);
     let first = world.send(post("/hello").key("k").build()).await;
     assert!(first.headers().get(SET_COOKIE).is_some());
@@ -1377,10 +1380,13 @@ fn grpc_rejection(response: &Response<Bytes>, code: i32, slug: &str) -> String {
 }
 
 /// A gRPC answer is an HTTP 200 whatever its outcome: `grpc-status` decides. `NOT_FOUND` is
-/// final (recorded, replayed with its status and message); `UNAVAILABLE` is not (recorded
-/// Failed, a retry runs again).
+/// final (recorded, replayed with its status and message, even when the replay list leaves
+/// them out); `UNAVAILABLE` is not (recorded Failed, a retry runs again).
 pub async fn grpc_statuses_decide_what_is_recorded<Ad: Adapter>(adapter: Ad) {
-    let world = world(&adapter, IdempotencyConfig::default());
+    let world = world(
+        &adapter,
+        IdempotencyConfig::default().with_replay_headers([CONTENT_TYPE]),
+    );
     let first = world
         .send(grpc("/grpc.Test/NotFound").key("k").build())
         .await;

@@ -1,7 +1,7 @@
 //! The stored response: [`RecordedResponse`] and its binary [`RecordedResponseCodec`].
 
 use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue};
+use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRAILER};
 use http::{Response, StatusCode};
 
 use crate::codec::Codec;
@@ -88,7 +88,8 @@ impl RecordedResponse {
 
     /// The replay: the recorded status, headers and body, `Idempotent-Replayed: true`, and a
     /// recomputed `Content-Length` unless the response has trailers (they follow the body in
-    /// a chunked or HTTP/2 stream); then the trailers to send after the body.
+    /// a chunked or HTTP/2 stream, announced in `Trailer` as HTTP/1.1 requires); then the
+    /// trailers to send after the body.
     pub fn into_replay(self) -> (Response<Bytes>, Option<HeaderMap>) {
         let Self {
             status,
@@ -97,8 +98,24 @@ impl RecordedResponse {
             trailers,
             ..
         } = self;
-        if trailers.is_none() {
-            headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+        match &trailers {
+            None => {
+                headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
+            // HTTP/1.1 sends trailers only when the response announces them.
+            Some(trailers) if !trailers.is_empty() => {
+                let mut names = String::new();
+                for name in trailers.keys() {
+                    if !names.is_empty() {
+                        names.push_str(", ");
+                    }
+                    names.push_str(name.as_str());
+                }
+                if let Ok(names) = HeaderValue::try_from(names) {
+                    headers.insert(TRAILER, names);
+                }
+            }
+            Some(_) => {}
         }
         headers.insert(IDEMPOTENT_REPLAYED, HeaderValue::from_static("true"));
         let mut response = Response::new(body);
@@ -122,8 +139,8 @@ fn filter(headers: &HeaderMap, allowed: &[HeaderName]) -> HeaderMap {
 /// `version, flags, status u16, headers, body len u32, body`, then, in version 2 only,
 /// `trailers`; a header list is `count u16, (name len u16, name, value len u32, value)*`.
 /// Flag bit 0: the body was not stored. A response without trailers is written as version 1
-/// (what ana 0.1 wrote and reads); one with trailers as version 2, which a reader that does
-/// not know trailers refuses rather than replays incomplete.
+/// (as earlier versions wrote it, and can read it); one with trailers as version 2, which a
+/// reader that does not know trailers refuses rather than replays incomplete.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecordedResponseCodec;
 
@@ -352,6 +369,7 @@ mod tests {
     fn a_replay_with_trailers_has_no_content_length() {
         let (replay, trailers) = grpc_sample().into_replay();
         assert!(replay.headers().get(CONTENT_LENGTH).is_none());
+        assert_eq!(replay.headers()[TRAILER], "grpc-status");
         assert_eq!(trailers.unwrap()["grpc-status"], "0");
         assert_eq!(replay.headers()[IDEMPOTENT_REPLAYED], "true");
     }

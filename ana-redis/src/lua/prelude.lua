@@ -7,10 +7,9 @@ local without_expiration = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
--- An integer as a decimal string, never in exponent form ('%d' formats a 64-bit integer,
--- exact for the times and durations written, all below 2^53; it costs a third of '%.0f').
+-- An integer as a decimal string, never in exponent form.
 local function int(n)
-  return string.format('%d', n)
+  return string.format('%.0f', n)
 end
 
 -- A stored integer field: nil when absent; `corrupt` is raised when present but not a number.
