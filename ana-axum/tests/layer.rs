@@ -226,6 +226,39 @@ async fn trailers_are_recorded_and_replayed_after_the_body() {
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
 
+/// Over a real HTTP/1.1 connection (chunked, `TE: trailers`), a replay announces its
+/// trailers in `Trailer`, without which hyper would drop them.
+#[tokio::test]
+async fn http1_replays_send_their_trailers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let (app, runs) = counted_frames(|| grpc_frames("0"));
+    let app = app.layer(IdempotencyLayer::new(MemoryRepository::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut replays = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(
+                b"POST / HTTP/1.1\r\nHost: ana\r\nTE: trailers\r\nX-Idempotency-Key: k\r\n\
+                  Content-Length: 2\r\nConnection: close\r\n\r\nhi",
+            )
+            .await
+            .unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        replays.push(response);
+    }
+    let replay = replays[1].to_ascii_lowercase();
+    assert!(replay.contains("idempotent-replayed: true"), "{replay}");
+    assert!(replay.contains("trailer: grpc-status\r\n"), "{replay}");
+    assert!(replay.contains("transfer-encoding: chunked"), "{replay}");
+    assert!(replay.ends_with("0\r\ngrpc-status: 0\r\n\r\n"), "{replay}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test]
 async fn a_failure_told_in_the_trailers_is_not_recorded() {
     // HTTP 200, but gRPC UNAVAILABLE: a retry runs again.
