@@ -393,7 +393,8 @@ fn print_report(
     for target in targets {
         let _ = writeln!(
             out,
-            "| {} | {:.2} | {} {:.2} | {} |",
+            // Three decimals: 0.898 must not print as a missed 0.90.
+            "| {} | {:.3} | {} {:.2} | {} |",
             target.name,
             target.value,
             if target.at_least { "≥" } else { "≤" },
