@@ -11,21 +11,38 @@ use http_body_util::BodyExt;
 use ana_core::BoxError;
 use ana_core::http::{Rejection, ResponseBody};
 
-/// Reads a request body of at most `limit` bytes.
+/// Reads a request body of at most `limit` bytes. A body of one frame (the usual case) is kept
+/// as it came, without a copy.
 pub(crate) async fn read_request<B>(body: B, limit: usize) -> Result<Bytes, Rejection>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            Err(Rejection::PayloadTooLarge { limit })
+    let unreadable = |error: B::Error| Rejection::UnreadableBody {
+        source: std::sync::Arc::new(error.into()),
+    };
+    let mut body = std::pin::pin!(body);
+    let mut first: Option<Bytes> = None;
+    let mut read = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        // Trailers of a request are not part of its payload.
+        let Ok(data) = frame.map_err(unreadable)?.into_data() else {
+            continue;
+        };
+        let length = first.as_ref().map_or(read.len(), Bytes::len) + data.len();
+        if length > limit {
+            return Err(Rejection::PayloadTooLarge { limit });
         }
-        Err(error) => Err(Rejection::UnreadableBody {
-            source: std::sync::Arc::new(error),
-        }),
+        if first.is_none() && read.is_empty() {
+            first = Some(data);
+        } else {
+            if let Some(first) = first.take() {
+                read.extend_from_slice(&first);
+            }
+            read.extend_from_slice(&data);
+        }
     }
+    Ok(first.unwrap_or_else(|| read.freeze()))
 }
 
 /// Reads a response body up to `limit` bytes: the whole body when it fits (with its trailers,

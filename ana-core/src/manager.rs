@@ -178,12 +178,10 @@ where
             });
         }
 
-        let target = operation.target().to_owned();
-        let key = operation.key().to_owned();
         let fingerprint = operation.payload().fingerprint();
         let request = ClaimRequest {
-            target: &target,
-            key: &key,
+            target: operation.target(),
+            key: operation.key(),
             fingerprint,
             reference_time,
             timeout: nonzero(operation.timeout()),
@@ -192,6 +190,9 @@ where
         match self.repository.claim(&request).await? {
             Claim::Existing { record, now } => self.verdict(record, fingerprint, now),
             Claim::Acquired { attempt, session } => {
+                // Owned copies only now: the operation goes into its own call.
+                let target = operation.target().to_owned();
+                let key = operation.key().to_owned();
                 let lease = Lease {
                     target: &target,
                     key: &key,

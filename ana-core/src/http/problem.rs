@@ -313,7 +313,7 @@ impl Rejection {
         *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
-        headers.insert(CONTENT_LENGTH, HeaderValue::from(length));
+        headers.insert(CONTENT_LENGTH, super::recorded::decimal(length));
         if let Some(after) = self.retry_after() {
             response
                 .headers_mut()

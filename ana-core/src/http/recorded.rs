@@ -100,7 +100,7 @@ impl RecordedResponse {
         } = self;
         match &trailers {
             None => {
-                headers.insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+                headers.insert(CONTENT_LENGTH, decimal(body.len()));
             }
             // HTTP/1.1 sends trailers only when the response announces them.
             Some(trailers) if !trailers.is_empty() => {
@@ -123,6 +123,22 @@ impl RecordedResponse {
         *response.headers_mut() = headers;
         (response, trailers)
     }
+}
+
+/// `n` as a header value, in one allocation (`HeaderValue::from(n)` takes two).
+pub(crate) fn decimal(n: usize) -> HeaderValue {
+    let mut digits = [0u8; 20];
+    let mut start = digits.len();
+    let mut rest = n;
+    loop {
+        start -= 1;
+        digits[start] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    HeaderValue::from_bytes(&digits[start..]).unwrap_or_else(|_| HeaderValue::from(n))
 }
 
 fn filter(headers: &HeaderMap, allowed: &[HeaderName]) -> HeaderMap {
@@ -395,6 +411,13 @@ mod tests {
         // Found by the property test: 65535 headers once overflowed the map's capacity.
         let forged = [VERSION, 0, 0, 200, 0xff, 0xff];
         assert!(RecordedResponseCodec.decode(&forged).is_err());
+    }
+
+    #[test]
+    fn decimals_are_written_in_full() {
+        for n in [0, 7, 10, 211, 1 << 20, usize::MAX] {
+            assert_eq!(decimal(n), n.to_string().as_str());
+        }
     }
 
     #[test]
