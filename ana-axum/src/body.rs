@@ -11,8 +11,36 @@ use http_body_util::BodyExt;
 use ana_core::BoxError;
 use ana_core::http::{Rejection, ResponseBody};
 
-/// Reads a request body of at most `limit` bytes. A body of one frame (the usual case) is kept
-/// as it came, without a copy.
+/// The data frames read so far. A body of one frame (the usual case) is kept as it came,
+/// without a copy.
+#[derive(Default)]
+struct Read {
+    first: Option<Bytes>,
+    joined: BytesMut,
+}
+
+impl Read {
+    fn len(&self) -> usize {
+        self.first.as_ref().map_or(self.joined.len(), Bytes::len)
+    }
+
+    fn push(&mut self, data: Bytes) {
+        if self.first.is_none() && self.joined.is_empty() {
+            self.first = Some(data);
+        } else {
+            if let Some(first) = self.first.take() {
+                self.joined.extend_from_slice(&first);
+            }
+            self.joined.extend_from_slice(&data);
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.joined.freeze())
+    }
+}
+
+/// Reads a request body of at most `limit` bytes.
 pub(crate) async fn read_request<B>(body: B, limit: usize) -> Result<Bytes, Rejection>
 where
     B: HttpBody<Data = Bytes> + Send + 'static,
@@ -22,27 +50,18 @@ where
         source: std::sync::Arc::new(error.into()),
     };
     let mut body = std::pin::pin!(body);
-    let mut first: Option<Bytes> = None;
-    let mut read = BytesMut::new();
+    let mut read = Read::default();
     while let Some(frame) = body.frame().await {
         // Trailers of a request are not part of its payload.
         let Ok(data) = frame.map_err(unreadable)?.into_data() else {
             continue;
         };
-        let length = first.as_ref().map_or(read.len(), Bytes::len) + data.len();
-        if length > limit {
+        if read.len() + data.len() > limit {
             return Err(Rejection::PayloadTooLarge { limit });
         }
-        if first.is_none() && read.is_empty() {
-            first = Some(data);
-        } else {
-            if let Some(first) = first.take() {
-                read.extend_from_slice(&first);
-            }
-            read.extend_from_slice(&data);
-        }
+        read.push(data);
     }
-    Ok(first.unwrap_or_else(|| read.freeze()))
+    Ok(read.into_bytes())
 }
 
 /// Reads a response body up to `limit` bytes: the whole body when it fits (with its trailers,
@@ -54,40 +73,29 @@ where
     B::Error: Into<BoxError>,
 {
     let mut body: BoxBody = Box::pin(body.map_err(Into::into));
-    // A body of one frame (the usual case) is kept as it came, without a copy.
-    let mut first: Option<Bytes> = None;
-    let mut read = BytesMut::new();
+    let mut read = Read::default();
     while let Some(frame) = body.frame().await {
         let data = match frame?.into_data() {
             Ok(data) => data,
             Err(frame) => {
                 // Trailers end the body.
                 if let Ok(trailers) = frame.into_trailers() {
-                    let data = first.unwrap_or_else(|| read.freeze());
+                    let data = read.into_bytes();
                     return Ok(ResponseBody::WithTrailers { data, trailers });
                 }
                 continue;
             }
         };
-        if first.is_none() && read.is_empty() {
-            first = Some(data);
-        } else {
-            if let Some(first) = first.take() {
-                read.extend_from_slice(&first);
-            }
-            read.extend_from_slice(&data);
-        }
-        let length = first.as_ref().map_or(read.len(), Bytes::len);
-        if length > limit {
-            let prefix = first.take().unwrap_or_else(|| read.split().freeze());
+        read.push(data);
+        if read.len() > limit {
             return Ok(ResponseBody::Streaming(Body::new(Prefixed {
-                prefix: Some(prefix),
+                prefix: Some(read.into_bytes()),
                 trailers: None,
                 rest: Body::new(body),
             })));
         }
     }
-    Ok(ResponseBody::Full(first.unwrap_or_else(|| read.freeze())))
+    Ok(ResponseBody::Full(read.into_bytes()))
 }
 
 /// A body of `data` then `trailers`.
