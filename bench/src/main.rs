@@ -60,7 +60,7 @@ fn run() -> Result<()> {
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
         redis_url: std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         scripts: Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts"),
-        rounds: env_or("BENCH_ROUNDS", 2_u32).max(1),
+        rounds: env_or("BENCH_ROUNDS", 3_u32).max(1),
     };
     let run_id = format!("{}", std::process::id());
     let mut rows = Vec::new();
