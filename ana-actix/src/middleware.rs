@@ -231,13 +231,8 @@ fn problem<B>(request: ServiceRequest, rejection: &Rejection) -> ServiceResponse
         .headers()
         .get(actix_web::http::header::CONTENT_TYPE)
         .is_some_and(|value| is_grpc_content_type(value.as_bytes()));
-    let response = if grpc {
-        rejection.to_grpc_response()
-    } else {
-        rejection.to_response()
-    };
     request
-        .into_response(to_actix(&response))
+        .into_response(to_actix(&rejection.to_response_as(grpc)))
         .map_into_right_body()
 }
 
@@ -346,14 +341,10 @@ where
         ResponseBody::WithTrailers { .. } => {
             let source: ana_core::BoxError =
                 "a recorded response with trailers cannot be replayed by actix-web".into();
-            let rejection = Rejection::Internal {
+            Rejection::Internal {
                 source: std::sync::Arc::new(source),
-            };
-            if grpc {
-                rejection.to_grpc_response()
-            } else {
-                rejection.to_response()
             }
+            .to_response_as(grpc)
         }
     };
     let request = match ran {

@@ -296,7 +296,10 @@ impl Rejection {
         self.to_response_as(is_grpc(request))
     }
 
-    pub(crate) fn to_response_as(&self, grpc: bool) -> Response<Bytes> {
+    /// [`to_grpc_response`](Self::to_grpc_response) when `grpc`, else
+    /// [`to_response`](Self::to_response): for adapters that tell a gRPC call themselves
+    /// (with [`is_grpc_content_type`](super::is_grpc_content_type)).
+    pub fn to_response_as(&self, grpc: bool) -> Response<Bytes> {
         if grpc {
             self.to_grpc_response()
         } else {
