@@ -32,6 +32,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::{Barrier, mpsc, oneshot};
 
+use crate::cache::ReplayCache;
 use crate::clock::{Clock, ManualClock};
 use crate::error::Error;
 use crate::manager::{CANCELLED, Manager, Outcome};
@@ -63,6 +64,68 @@ pub trait Harness: Send + Sync + Sized + 'static {
     /// store that deletes expired records defers that past the case (a sweep interval, a
     /// retention period).
     fn seed(&self, record: TrackedOperation) -> impl Future<Output = ()> + Send;
+
+    /// The replay cache the suite's managers share, to check the store behind one (default:
+    /// none). [`Cached`] gives a harness one.
+    fn replay_cache(&self) -> Option<ReplayCache> {
+        None
+    }
+}
+
+/// A harness whose managers share a [`ReplayCache`]: the whole suite holds with one in front
+/// of the store.
+///
+/// ```no_run
+/// async fn harness() -> ana_core::conformance::Cached<ana_core::conformance::MemoryHarness> {
+///     ana_core::conformance::Cached::new(ana_core::conformance::MemoryHarness::new())
+/// }
+///
+/// ana_core::conformance_tests!(harness());
+/// # fn main() {}
+/// ```
+#[derive(Clone, Debug)]
+pub struct Cached<H> {
+    inner: H,
+    cache: ReplayCache,
+}
+
+impl<H: Harness> Cached<H> {
+    /// `inner` behind a fresh cache of 1 MiB.
+    pub fn new(inner: H) -> Self {
+        Self {
+            inner,
+            cache: ReplayCache::new(1 << 20),
+        }
+    }
+
+    /// The cache.
+    pub fn cache(&self) -> &ReplayCache {
+        &self.cache
+    }
+}
+
+impl<H: Harness> Harness for Cached<H> {
+    type Repository = H::Repository;
+
+    fn repository(&self) -> Self::Repository {
+        self.inner.repository()
+    }
+
+    fn clock(&self) -> ManualClock {
+        self.inner.clock()
+    }
+
+    fn advance_store(&self, by: Duration) -> impl Future<Output = ()> + Send {
+        self.inner.advance_store(by)
+    }
+
+    fn seed(&self, record: TrackedOperation) -> impl Future<Output = ()> + Send {
+        self.inner.seed(record)
+    }
+
+    fn replay_cache(&self) -> Option<ReplayCache> {
+        Some(self.cache.clone())
+    }
 }
 
 /// A [`Harness`] over a fresh [`MemoryRepository`] on a [`ManualClock`].
@@ -165,7 +228,11 @@ impl fmt::Display for Declined {
 }
 
 fn manager<H: Harness>(harness: &H) -> TestManager<H> {
-    Manager::new(harness.repository()).with_clock(harness.clock())
+    let manager = Manager::new(harness.repository()).with_clock(harness.clock());
+    match harness.replay_cache() {
+        Some(cache) => manager.with_replay_cache(cache),
+        None => manager,
+    }
 }
 
 async fn advance<H: Harness>(harness: &H, by: Duration) {

@@ -62,6 +62,7 @@
 //! - The memory store never evicts a live record to make room: at capacity a new key is refused
 //!   with [`RepositoryError::CapacityExceeded`].
 
+mod cache;
 mod clock;
 mod codec;
 #[cfg(feature = "test-utils")]
@@ -75,6 +76,7 @@ mod operation;
 mod record;
 mod repository;
 
+pub use cache::ReplayCache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;

@@ -14,6 +14,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
+use crate::cache::ReplayCache;
 use crate::clock::{self, Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
@@ -81,6 +82,7 @@ pub struct Manager<P: ?Sized, R, Ctx> {
     codec: Arc<dyn Codec<R>>,
     clock: Arc<dyn Clock>,
     cleanups: Arc<Cleanups>,
+    replay_cache: Option<ReplayCache>,
     payload: PhantomData<fn(&P)>,
 }
 
@@ -91,6 +93,7 @@ impl<P: ?Sized, R, Ctx> Clone for Manager<P, R, Ctx> {
             codec: Arc::clone(&self.codec),
             clock: Arc::clone(&self.clock),
             cleanups: Arc::clone(&self.cleanups),
+            replay_cache: self.replay_cache.clone(),
             payload: PhantomData,
         }
     }
@@ -137,6 +140,7 @@ where
             codec: Arc::new(codec),
             clock: Arc::new(SystemClock),
             cleanups: Arc::default(),
+            replay_cache: None,
             payload: PhantomData,
         }
     }
@@ -147,6 +151,20 @@ where
     pub fn with_clock(mut self, clock: impl Clock) -> Self {
         self.clock = Arc::new(clock);
         self
+    }
+
+    /// Answers repeated replays from `cache` before the store is asked (see [`ReplayCache`]
+    /// for what it keeps and for how long). Worth it for a store across the network (Postgres,
+    /// Redis): a replay then costs no round trip. Clones of the manager share the cache.
+    #[must_use]
+    pub fn with_replay_cache(mut self, cache: ReplayCache) -> Self {
+        self.replay_cache = Some(cache);
+        self
+    }
+
+    /// The replay cache, when there is one.
+    pub fn replay_cache(&self) -> Option<&ReplayCache> {
+        self.replay_cache.as_ref()
     }
 
     /// The current time on the manager's clock.
@@ -179,6 +197,24 @@ where
         }
 
         let fingerprint = operation.payload().fingerprint();
+        if let Some(hit) = self
+            .replay_cache
+            .as_ref()
+            .and_then(|cache| cache.get(operation.target(), operation.key(), now))
+        {
+            // The same checks, in the same order, as on the Finished record in the store.
+            if hit.fingerprint != fingerprint {
+                return Err(Error::PayloadMismatch {
+                    target: operation.target().to_owned(),
+                    key: operation.key().to_owned(),
+                });
+            }
+            return self
+                .codec
+                .decode(&hit.result)
+                .map(Outcome::Replayed)
+                .map_err(Error::Codec);
+        }
         let request = ClaimRequest {
             target: operation.target(),
             key: operation.key(),
@@ -188,7 +224,21 @@ where
             expiration,
         };
         match self.repository.claim(&request).await? {
-            Claim::Existing { record, now } => self.verdict(record, fingerprint, now),
+            Claim::Existing { record, now } => {
+                if let (Some(cache), Status::Finished, Some(result)) =
+                    (&self.replay_cache, record.status, &record.result)
+                {
+                    cache.insert(
+                        &record.target,
+                        &record.key,
+                        record.fingerprint,
+                        result,
+                        self.clock.now(),
+                        record.expiration,
+                    );
+                }
+                self.verdict(record, fingerprint, now)
+            }
             Claim::Acquired { attempt, session } => {
                 // Owned copies only now: the operation goes into its own call.
                 let target = operation.target().to_owned();
@@ -198,7 +248,10 @@ where
                     key: &key,
                     attempt,
                 };
-                self.execute(operation, lease, session).await
+                // A record this claim created has this call's expiration; one taken over keeps
+                // its first call's, which only the store knows: only the first is cached.
+                let cached = (attempt == 1).then_some((fingerprint, expiration));
+                self.execute(operation, lease, session, cached).await
             }
         }
     }
@@ -280,6 +333,7 @@ where
         operation: O,
         lease: Lease<'_>,
         session: Ctx,
+        cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
     ) -> Result<Outcome<R>, Error<O::Error>>
     where
         O: Operation<Ctx, Payload = P, Output = R>,
@@ -298,7 +352,16 @@ where
                     let done = self.repository.complete(session, lease, &bytes).await?;
                     guard.disarm();
                     return match done {
-                        Completion::Done => Ok(Outcome::Executed(value)),
+                        Completion::Done => {
+                            if let (Some(cache), Some((fingerprint, expiration))) =
+                                (&self.replay_cache, cached)
+                            {
+                                let now = self.clock.now();
+                                let (target, key) = (lease.target, lease.key);
+                                cache.insert(target, key, fingerprint, &bytes, now, expiration);
+                            }
+                            Ok(Outcome::Executed(value))
+                        }
                         Completion::Superseded => Err(superseded(lease)),
                         Completion::Expired => Err(expired(lease)),
                     };

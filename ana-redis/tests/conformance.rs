@@ -8,3 +8,14 @@ async fn harness() -> common::RedisHarness {
 }
 
 ana_core::conformance_tests!(harness());
+
+/// The same suite with a replay cache in front of the store.
+mod cached {
+    use super::common;
+
+    async fn harness() -> ana_core::conformance::Cached<common::RedisHarness> {
+        ana_core::conformance::Cached::new(common::RedisHarness::single().await)
+    }
+
+    ana_core::conformance_tests!(harness());
+}

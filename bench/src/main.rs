@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --profile bench -p ana-bench      # everything (what `make bench` runs)
 //! cargo run --profile bench -p ana-bench -- serve memory  # one server, prints its port
+//! valgrind --tool=callgrind target/release/ana-bench inproc new 10000  # the route in process
 //! ```
 //!
 //! Every figure comes from one run on this machine: the bare axum handler, the same handler
@@ -38,8 +39,14 @@ fn main() -> Result<()> {
             println!("{bytes}");
             Ok(())
         }
+        Some("inproc") => {
+            let count = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
+            serve::in_process(args.get(1).map_or("bare", String::as_str), count)
+        }
         None | Some("run") => run(),
-        Some(other) => bail!("unknown command {other:?} (expected run, serve or footprint)"),
+        Some(other) => {
+            bail!("unknown command {other:?} (expected run, serve, inproc or footprint)")
+        }
     }
 }
 

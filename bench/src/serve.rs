@@ -50,6 +50,46 @@ pub(crate) fn recorded_response() -> Result<Vec<u8>> {
         .map_err(|error| anyhow::anyhow!("encoding the recorded response: {error}"))
 }
 
+/// Sends `count` requests to the route in process (no socket), on one thread: `bare` (no
+/// layer), `new` (the layer on the memory store, a new key each) or `replay` (one key). For
+/// instruction counts (`valgrind --tool=callgrind`): the layer's cost per request is the
+/// difference with `bare`, divided by `count`.
+pub(crate) fn in_process(mode: &str, count: u64) -> Result<()> {
+    use tower::ServiceExt;
+    let routes = Router::new().route("/bench", post(handler));
+    let app = match mode {
+        "bare" => routes,
+        "new" | "replay" => routes.layer(IdempotencyLayer::new(
+            MemoryRepository::new().with_capacity(usize::MAX),
+        )),
+        other => bail!("unknown in-process mode {other:?} (expected bare, new or replay)"),
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().build()?;
+    let mut bytes = 0;
+    for n in 0..count {
+        let key = if mode == "new" {
+            format!("key-{n}")
+        } else {
+            "replayed".to_owned()
+        };
+        let request = axum::http::Request::post("/bench")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header("x-idempotency-key", key)
+            .body(axum::body::Body::from(r#"{"amount":100,"currency":"EUR"}"#))?;
+        bytes += runtime.block_on(async {
+            let response = app.clone().oneshot(request).await?;
+            if !response.status().is_success() {
+                bail!("the route answered {}", response.status());
+            }
+            Ok(axum::body::to_bytes(response.into_body(), usize::MAX)
+                .await?
+                .len())
+        })?;
+    }
+    println!("{count} requests, {bytes} response bytes");
+    Ok(())
+}
+
 /// Serves one variant on a free loopback port; prints `listening on 127.0.0.1:<port>`.
 pub(crate) fn run(variant: &str) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
