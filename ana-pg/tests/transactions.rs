@@ -366,3 +366,31 @@ async fn every_outcome_releases_the_connection() {
     .unwrap();
     assert_eq!(in_tx, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_from_the_replay_cache_need_no_database() {
+    let db = TestDb::new().await;
+    let cache = ana_core::ReplayCache::new(1 << 20);
+    let manager = manager(&db).with_replay_cache(cache.clone());
+    let pay = |note: &'static str| {
+        operation(TARGET, "k", "pay 10", move |_: PgSession| async move {
+            Ok::<_, BoxError>(note.to_owned())
+        })
+    };
+    let first = manager.run(pay("paid")).await.unwrap();
+    assert_eq!(first, Outcome::Executed("paid".to_owned()));
+    // The database is gone: the recorded result still replays, from this process's cache.
+    db.pool.close().await;
+    let again = manager.run(pay("paid twice")).await.unwrap();
+    assert_eq!(again, Outcome::Replayed("paid".to_owned()));
+    assert_eq!(cache.hits(), 1);
+    // Anything else needs the database.
+    let other = operation(TARGET, "other", "pay 10", |_: PgSession| async {
+        Ok::<_, BoxError>("never".to_owned())
+    });
+    let refused = manager.run(other).await;
+    assert!(
+        matches!(refused, Err(Error::Repository(ref e)) if e.is_transient()),
+        "{refused:?}"
+    );
+}

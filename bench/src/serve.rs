@@ -12,8 +12,10 @@ use axum::routing::post;
 use bytes::Bytes;
 
 use ana_axum::IdempotencyLayer;
-use ana_core::http::{RecordedResponse, RecordedResponseCodec, default_replay_headers};
-use ana_core::{Codec, MemoryRepository};
+use ana_core::http::{
+    IdempotencyService, RecordedResponse, RecordedResponseCodec, default_replay_headers,
+};
+use ana_core::{Codec, IdempotencyRepository, MemoryRepository, ReplayCache};
 use ana_pg::PgRepository;
 use ana_redis::RedisRepository;
 
@@ -90,14 +92,29 @@ pub(crate) fn in_process(mode: &str, count: u64) -> Result<()> {
     Ok(())
 }
 
+/// The layer over `repository`, with a replay cache of 64 MiB when `cached`.
+fn layer<R: IdempotencyRepository>(repository: R, cached: bool) -> IdempotencyLayer<R::Session> {
+    let service = IdempotencyService::new(repository);
+    if cached {
+        IdempotencyLayer::from_service(service.with_replay_cache(ReplayCache::new(64 << 20)))
+    } else {
+        IdempotencyLayer::from_service(service)
+    }
+}
+
 /// Serves one variant on a free loopback port; prints `listening on 127.0.0.1:<port>`.
+/// `postgres+cache` and `redis+cache` put a replay cache in front of the store.
 pub(crate) fn run(variant: &str) -> Result<()> {
+    let (store, cached) = match variant.strip_suffix("+cache") {
+        Some(store) => (store, true),
+        None => (variant, false),
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         let routes = Router::new().route("/bench", post(handler));
-        let app = match variant {
+        let app = match store {
             "bare" => routes,
             "memory" => routes.layer(IdempotencyLayer::new(
                 MemoryRepository::new().with_capacity(50_000_000),
@@ -114,13 +131,13 @@ pub(crate) fn run(variant: &str) -> Result<()> {
                     .context("connecting to Postgres (DATABASE_URL)")?;
                 let repository = PgRepository::with_schema(pool, SCHEMA)?;
                 repository.migrate().await?;
-                routes.layer(IdempotencyLayer::new(repository))
+                routes.layer(layer(repository, cached))
             }
             "redis" => {
                 let url =
                     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
                 let repository = RedisRepository::from_url(url)?.with_prefix(REDIS_PREFIX);
-                routes.layer(IdempotencyLayer::new(repository))
+                routes.layer(layer(repository, cached))
             }
             other => bail!("unknown server variant {other:?}"),
         };

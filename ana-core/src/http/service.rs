@@ -230,6 +230,19 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         }
     }
 
+    /// Answers repeated replays from `cache`, without a round trip to the store (see
+    /// [`ReplayCache`](crate::ReplayCache) for what it keeps, and for how long). Worth it in
+    /// front of Postgres or Redis.
+    #[must_use]
+    pub fn with_replay_cache(self, cache: crate::ReplayCache) -> Self {
+        Self {
+            inner: Arc::new(Shared {
+                manager: self.inner.manager.clone().with_replay_cache(cache),
+                config: self.inner.config.clone(),
+            }),
+        }
+    }
+
     /// The configuration.
     pub fn config(&self) -> &IdempotencyConfig {
         &self.inner.config
