@@ -359,3 +359,44 @@ async fn a_plain_tower_service_is_polled_ready_and_its_errors_pass_through() {
     }
     assert_eq!(calls.load(Ordering::SeqCst), 3);
 }
+
+#[tokio::test]
+async fn the_replay_cache_answers_repeated_replays() {
+    let cache = ana_core::ReplayCache::new(1 << 20);
+    let service = ana_core::http::IdempotencyService::new(MemoryRepository::new())
+        .with_replay_cache(cache.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    let app = Router::new()
+        .route(
+            "/",
+            post(move || async move {
+                let n = counted.fetch_add(1, Ordering::SeqCst) + 1;
+                (
+                    [("content-type", "text/plain"), ("set-cookie", "s=1")],
+                    format!("run {n}"),
+                )
+            }),
+        )
+        .layer(IdempotencyLayer::from_service(service));
+    let (status, headers, body) =
+        read(app.clone().oneshot(request("/", Some("k"))).await.unwrap()).await;
+    assert_eq!((status, body.as_str()), (StatusCode::OK, "run 1"));
+    assert!(headers.get("set-cookie").is_some());
+    for _ in 0..2 {
+        let (status, headers, body) =
+            read(app.clone().oneshot(request("/", Some("k"))).await.unwrap()).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "run 1"));
+        assert_eq!(headers["idempotent-replayed"], "true");
+        assert_eq!(headers["content-type"], "text/plain");
+        assert!(headers.get("set-cookie").is_none(), "never replayed");
+    }
+    // Another payload under the same key: 422, from the cache too.
+    let other = Request::post("/")
+        .header("x-idempotency-key", "k")
+        .body(Body::from("other body"))
+        .unwrap();
+    let (status, _, _) = read(app.oneshot(other).await.unwrap()).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!((runs.load(Ordering::SeqCst), cache.hits()), (1, 3));
+}

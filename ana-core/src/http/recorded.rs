@@ -143,9 +143,19 @@ pub(crate) fn decimal(n: usize) -> HeaderValue {
 
 fn filter(headers: &HeaderMap, allowed: &[HeaderName]) -> HeaderMap {
     let mut kept = HeaderMap::new();
-    for name in allowed {
-        for value in headers.get_all(name) {
-            kept.append(name.clone(), value.clone());
+    // Walk the shorter list: a response has a handful of headers, the allow-list a dozen
+    // or more names, and a lookup by name costs a hash.
+    if headers.len() <= allowed.len() {
+        for (name, value) in headers {
+            if allowed.contains(name) {
+                kept.append(name.clone(), value.clone());
+            }
+        }
+    } else {
+        for name in allowed {
+            for value in headers.get_all(name) {
+                kept.append(name.clone(), value.clone());
+            }
         }
     }
     kept
