@@ -23,6 +23,8 @@
 //!   and `ana-redis` are the others. Every store passes [`conformance`] (feature `test-utils`).
 //! - [`TrackedOperation`] is the stored record: [`Status`], payload [`Fingerprint`], deadlines,
 //!   result or error, error count and the `attempt` fencing token.
+//! - [`ReplayCache`] ([`Manager::with_replay_cache`]) answers repeated replays of Finished
+//!   records from the process's memory, before step 2, with the same payload check.
 //!
 //! ## Example
 //!
