@@ -250,6 +250,8 @@ where
                 };
                 // A record this claim created has this call's expiration; one taken over keeps
                 // its first call's, which only the store knows: only the first is cached.
+                // (Attempt 1 on a taken-over record happens only for a Ready record with
+                // attempt 0, which ana never writes; `restore` can.)
                 let cached = (attempt == 1).then_some((fingerprint, expiration));
                 self.execute(operation, lease, session, cached).await
             }
