@@ -43,13 +43,13 @@ const DEFAULT_TTL: Duration = Duration::from_secs(300);
 #[derive(Clone)]
 pub struct ReplayCache {
     shared: Arc<Shared>,
+    ttl: Duration,
 }
 
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
     hasher: RandomState,
     shard_budget: usize,
-    ttl: Duration,
     hits: AtomicU64,
 }
 
@@ -99,25 +99,17 @@ impl ReplayCache {
                 shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
                 hasher: RandomState::new(),
                 shard_budget: max_bytes / SHARDS,
-                ttl: DEFAULT_TTL,
                 hits: AtomicU64::new(0),
             }),
+            ttl: DEFAULT_TTL,
         }
     }
 
     /// Sets how long an entry lives at most (it never outlives its record's expiration).
     #[must_use]
-    pub fn with_ttl(self, ttl: Duration) -> Self {
-        let shared = &self.shared;
-        Self {
-            shared: Arc::new(Shared {
-                shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
-                hasher: shared.hasher.clone(),
-                shard_budget: shared.shard_budget,
-                ttl,
-                hits: AtomicU64::new(0),
-            }),
-        }
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
     }
 
     /// How many entries the cache holds (expired ones included until they are looked up or
@@ -193,7 +185,7 @@ impl ReplayCache {
         now: DateTime<Utc>,
         expiration: Option<DateTime<Utc>>,
     ) {
-        let until = clock::add(now, self.shared.ttl);
+        let until = clock::add(now, self.ttl);
         let until = expiration.map_or(until, |expiration| until.min(expiration));
         let budget = self.shared.shard_budget;
         let cost = target.len() + key.len() + result.len() + ENTRY_OVERHEAD;
@@ -248,7 +240,7 @@ impl fmt::Debug for ReplayCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ReplayCache")
             .field("max_bytes", &(self.shared.shard_budget * SHARDS))
-            .field("ttl", &self.shared.ttl)
+            .field("ttl", &self.ttl)
             .field("len", &self.len())
             .field("hits", &self.hits())
             .finish()

@@ -77,6 +77,17 @@ fn setup() -> (TestManager, Counting, ReplayCache, ManualClock) {
     (manager, store, cache, clock)
 }
 
+/// A record of `[POST]/pay` / `k` for "100 EUR" in `status`, as another process left it.
+fn stored(status: Status, clock: &ManualClock) -> TrackedOperation {
+    TrackedOperation::new(
+        "[POST]/pay",
+        "k",
+        status,
+        "100 EUR".fingerprint(),
+        clock.now(),
+    )
+}
+
 async fn call(
     manager: &TestManager,
     key: &str,
@@ -122,13 +133,7 @@ async fn a_cached_key_reused_with_another_payload_is_a_mismatch() {
 async fn a_finished_record_read_from_the_store_is_cached() {
     let (manager, store, cache, clock) = setup();
     // Recorded by another process: only the store knows it.
-    let mut record = TrackedOperation::new(
-        "[POST]/pay",
-        "k",
-        Status::Finished,
-        "100 EUR".fingerprint(),
-        clock.now(),
-    );
+    let mut record = stored(Status::Finished, &clock);
     record.result = Some(br#""paid elsewhere""#.to_vec());
     record.attempt = 1;
     store.inner.restore(record);
@@ -164,13 +169,7 @@ async fn an_entry_ends_with_its_record_expiration() {
 #[tokio::test]
 async fn results_of_taken_over_records_are_cached_only_once_read_back() {
     let (manager, store, cache, clock) = setup();
-    let mut failed = TrackedOperation::new(
-        "[POST]/pay",
-        "k",
-        Status::Failed,
-        "100 EUR".fingerprint(),
-        clock.now(),
-    );
+    let mut failed = stored(Status::Failed, &clock);
     failed.attempt = 1;
     failed.error_count = 1;
     store.inner.restore(failed);
