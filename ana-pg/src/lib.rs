@@ -113,16 +113,20 @@
 //!   row version. The holder's transaction locks its record only for its final `UPDATE` and
 //!   `COMMIT`. If the statement answers no row (a concurrent first claim committed after its
 //!   snapshot), it is run again, three times at most.
-//! - **The session's transaction** is opened with `BEGIN` right after the claim, on the
-//!   connection the claim used, so a call holds one connection at a time (a full pool cannot
-//!   deadlock) and goes through the pool once. sqlx tests a connection with a round trip
-//!   each time it goes back to the pool, and, unless
-//!   [`test_before_acquire(false)`](sqlx::pool::PoolOptions::test_before_acquire), each time it
-//!   is taken: turn that off for the shortest path (a broken connection then fails one call
-//!   with [`RepositoryError::Unavailable`](ana_core::RepositoryError::Unavailable)). If `BEGIN` fails, the attempt is marked Failed
-//!   ([`BEGIN_FAILED`]) and the error returned; the operation does not run.
-//! - **Finish.** `complete` updates the record in the session's transaction, conditional on
-//!   the attempt token, Running status and expiration, then commits. When no row matched it
+//! - **The session's transaction** opens with `BEGIN` at the operation's first
+//!   [`PgSession::transaction`], on the connection the claim used, so a call holds one
+//!   connection at a time (a full pool cannot deadlock) and goes through the pool once. An
+//!   operation that never asks for it (its work is elsewhere: another service, a queue) pays
+//!   no `BEGIN` and no `COMMIT`: its record turns Finished in one autocommitted `UPDATE`.
+//!   sqlx tests a connection with a round trip each time it goes back to the pool, and,
+//!   unless [`test_before_acquire(false)`](sqlx::pool::PoolOptions::test_before_acquire), each
+//!   time it is taken: turn that off for the shortest path (a broken connection then fails one
+//!   call with [`RepositoryError::Unavailable`](ana_core::RepositoryError::Unavailable)). If
+//!   `BEGIN` fails, `transaction()` returns the error and the session is closed; an operation
+//!   that returns a result all the same has its attempt marked Failed ([`BEGIN_FAILED`]).
+//! - **Finish.** `complete` updates the record in the session's transaction (or alone, when
+//!   the operation opened none), conditional on the attempt token, Running status and
+//!   expiration, then commits. When no row matched it
 //!   rolls back and tells an expired record (marked Failed with
 //!   [`EXPIRED_BEFORE_FINISH`](ana_core::EXPIRED_BEFORE_FINISH), answered
 //!   [`Completion::Expired`](ana_core::Completion::Expired)) from a record another attempt

@@ -10,17 +10,18 @@ use ana_core::{
     Lease, RepositoryError, Status, TrackedOperation,
 };
 use sqlx::postgres::PgRow;
-use sqlx::{PgPool, Row};
+use sqlx::{PgConnection, PgPool, Row};
 
 use crate::error::{ClaimRace, map_sqlx};
 use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
-use crate::session::PgSession;
+use crate::session::{PgSession, State};
 
 /// Error text stored by [`PgRepository::fail_timed_out`] on a Running record past its
 /// timeout.
 pub const TIMED_OUT: &str = "Operation timed out before it finished.";
 
-/// Error text stored when the session's transaction could not be opened after the claim.
+/// Error text stored when the operation's transaction could not be opened (`BEGIN` failed at
+/// its first [`PgSession::transaction`]) and the operation returned a result all the same.
 pub const BEGIN_FAILED: &str = "The operation's transaction could not be opened.";
 
 /// Error text stored when the session's transaction failed at finish (an earlier statement of
@@ -204,6 +205,23 @@ impl PgRepository {
 
     /// Why a finish changed no row: the record expired (it is marked Failed now, or was deleted
     /// by the clean-up after its expiration), or another attempt owns it.
+    /// The complete statement on `connection`: how many rows it changed (1 or 0).
+    async fn complete_on(
+        &self,
+        connection: &mut PgConnection,
+        lease: Lease<'_>,
+        result: &[u8],
+    ) -> Result<u64, sqlx::Error> {
+        sqlx::query(self.shared.sql.complete.get())
+            .bind(lease.target)
+            .bind(lease.key)
+            .bind(token(lease.attempt))
+            .bind(result)
+            .execute(connection)
+            .await
+            .map(|done| done.rows_affected())
+    }
+
     async fn classify(&self, lease: Lease<'_>) -> Result<Completion, RepositoryError> {
         let row = sqlx::query(self.shared.sql.expire.get())
             .bind(lease.target)
@@ -261,24 +279,14 @@ impl IdempotencyRepository for PgRepository {
         if !acquired {
             return Ok(Claim::Existing { record, now });
         }
+        // The claim is committed. The session keeps this connection: the operation's
+        // transaction opens on it when first asked for, so a call holds one connection at a
+        // time and goes through the pool once.
         let attempt = record.attempt;
-        // The claim is committed; the session's transaction opens on the same connection, so
-        // a call holds one connection at a time and saves the pool's release and acquire.
-        match sqlx::Transaction::begin(conn, None).await {
-            Ok(tx) => Ok(Claim::Acquired {
-                attempt,
-                session: PgSession::new(tx, attempt),
-            }),
-            Err(error) => {
-                let lease = Lease {
-                    target: request.target,
-                    key: request.key,
-                    attempt,
-                };
-                self.fail_quietly(lease, BEGIN_FAILED).await;
-                Err(map_sqlx(error))
-            }
-        }
+        Ok(Claim::Acquired {
+            attempt,
+            session: PgSession::new(conn, attempt),
+        })
     }
 
     async fn complete(
@@ -287,18 +295,31 @@ impl IdempotencyRepository for PgRepository {
         lease: Lease<'_>,
         result: &[u8],
     ) -> Result<Completion, RepositoryError> {
-        let Some(mut tx) = session.take().await else {
-            return Err(RepositoryError::SessionClosed);
+        let mut tx = match session.take().await {
+            Some(State::Open(tx)) => tx,
+            // The operation never opened its transaction: one autocommitted statement.
+            Some(State::Idle(mut connection)) => {
+                let updated = self.complete_on(&mut connection, lease, result).await;
+                drop(connection);
+                return match updated {
+                    Ok(1) => Ok(Completion::Done),
+                    Ok(_) => self.classify(lease).await,
+                    Err(error) => {
+                        // Not applied, or applied and the answer lost: the compare-and-set
+                        // leaves a committed Finished record alone.
+                        self.fail_quietly(lease, COMMIT_FAILED).await;
+                        Err(map_sqlx(error))
+                    }
+                };
+            }
+            Some(State::BeginFailed) => {
+                self.fail_quietly(lease, BEGIN_FAILED).await;
+                return Err(RepositoryError::SessionClosed);
+            }
+            None => return Err(RepositoryError::SessionClosed),
         };
-        let updated = sqlx::query(self.shared.sql.complete.get())
-            .bind(lease.target)
-            .bind(lease.key)
-            .bind(token(lease.attempt))
-            .bind(result)
-            .execute(&mut *tx)
-            .await;
-        match updated {
-            Ok(done) if done.rows_affected() == 1 => match tx.commit().await {
+        match self.complete_on(&mut tx, lease, result).await {
+            Ok(1) => match tx.commit().await {
                 Ok(()) => Ok(Completion::Done),
                 Err(error) => {
                     // The server rolled back (or the outcome is unknown, and the
@@ -327,7 +348,7 @@ impl IdempotencyRepository for PgRepository {
         lease: Lease<'_>,
         error: &str,
     ) -> Result<Completion, RepositoryError> {
-        if let Some(tx) = session.take().await {
+        if let Some(State::Open(tx)) = session.take().await {
             // A failed rollback closes the connection, which rolls back on the server too.
             let _ = tx.rollback().await;
         }

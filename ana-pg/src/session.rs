@@ -1,36 +1,51 @@
-//! [`PgSession`]: the open transaction an operation runs in.
+//! [`PgSession`]: the transaction an operation runs in.
 
 use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
 use ana_core::RepositoryError;
+use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
+use crate::error::map_sqlx;
+
 type Tx = Transaction<'static, Postgres>;
 
-/// The session of a [`PgRepository`](crate::PgRepository) attempt: an open transaction on a
-/// pooled connection, plus the attempt's fencing token.
+/// Where a session's connection stands.
+pub(crate) enum State {
+    /// The claim's connection, no transaction opened yet: the operation has not asked for it.
+    Idle(PoolConnection<Postgres>),
+    /// `BEGIN` sent at the operation's first [`PgSession::transaction`].
+    Open(Tx),
+    /// `BEGIN` failed; the connection is gone.
+    BeginFailed,
+}
+
+/// The session of a [`PgRepository`](crate::PgRepository) attempt: the claim's pooled
+/// connection, on which the operation's transaction opens, plus the attempt's fencing token.
 ///
 /// Run the operation's SQL in it with [`transaction`](Self::transaction): those writes commit
 /// together with the record turning Finished, or not at all (error, panic, another attempt
-/// took over, expiration passed). The repository commits or rolls back when the manager
-/// finishes the attempt; after that the session is closed and `transaction()` answers
-/// [`RepositoryError::SessionClosed`].
+/// took over, expiration passed). The transaction opens (`BEGIN`) at the first
+/// `transaction()` call; an operation that never asks for it costs no `BEGIN` and no
+/// `COMMIT`, and its record turns Finished in one statement. The repository commits or rolls
+/// back when the manager finishes the attempt; after that the session is closed and
+/// `transaction()` answers [`RepositoryError::SessionClosed`].
 ///
 /// Clones are cheap and refer to the same transaction. When every clone is dropped before the
 /// attempt finished, the transaction rolls back and the connection returns to the pool.
 #[derive(Clone)]
 pub struct PgSession {
-    tx: Arc<Mutex<Option<Tx>>>,
+    state: Arc<Mutex<Option<State>>>,
     attempt: u64,
 }
 
 impl PgSession {
-    pub(crate) fn new(tx: Tx, attempt: u64) -> Self {
+    pub(crate) fn new(connection: PoolConnection<Postgres>, attempt: u64) -> Self {
         Self {
-            tx: Arc::new(Mutex::new(Some(tx))),
+            state: Arc::new(Mutex::new(Some(State::Idle(connection)))),
             attempt,
         }
     }
@@ -41,7 +56,8 @@ impl PgSession {
         self.attempt
     }
 
-    /// Locks the session's transaction for the caller's queries.
+    /// Locks the session's transaction for the caller's queries, opening it (`BEGIN`) on the
+    /// first call.
     ///
     /// The returned guard dereferences to [`PgConnection`], so `&mut *tx` is an
     /// [`Executor`](sqlx::Executor). Drop it before the operation returns: finishing the
@@ -50,22 +66,43 @@ impl PgSession {
     /// # Errors
     ///
     /// [`RepositoryError::SessionClosed`] once the attempt was finished (committed or rolled
-    /// back).
+    /// back) or after `BEGIN` failed; the store's error when `BEGIN` fails (the attempt is
+    /// then marked Failed at its finish, with [`BEGIN_FAILED`](crate::BEGIN_FAILED)).
     pub async fn transaction(&self) -> Result<PgTransaction, RepositoryError> {
-        let guard = Arc::clone(&self.tx).lock_owned().await;
-        OwnedMutexGuard::try_map(guard, Option::as_mut)
-            .map(|guard| PgTransaction { guard })
-            .map_err(|_| RepositoryError::SessionClosed)
+        let mut guard = Arc::clone(&self.state).lock_owned().await;
+        if matches!(*guard, Some(State::Idle(_))) {
+            let Some(State::Idle(connection)) = guard.take() else {
+                return Err(RepositoryError::SessionClosed);
+            };
+            // Cancelled mid-`BEGIN`, the connection goes back to the pool rolled back and the
+            // session stays closed (no state): the finish then fails the attempt.
+            match Transaction::begin(connection, None).await {
+                Ok(tx) => *guard = Some(State::Open(tx)),
+                Err(error) => {
+                    *guard = Some(State::BeginFailed);
+                    return Err(map_sqlx(error));
+                }
+            }
+        }
+        OwnedMutexGuard::try_map(guard, |state| match state {
+            Some(State::Open(tx)) => Some(tx),
+            _ => None,
+        })
+        .map(|guard| PgTransaction { guard })
+        .map_err(|_| RepositoryError::SessionClosed)
     }
 
     /// Whether the attempt was finished (the transaction committed or rolled back).
     pub async fn is_closed(&self) -> bool {
-        self.tx.lock().await.is_none()
+        !matches!(
+            *self.state.lock().await,
+            Some(State::Idle(_) | State::Open(_))
+        )
     }
 
-    /// Takes the transaction out, closing the session.
-    pub(crate) async fn take(&self) -> Option<Tx> {
-        self.tx.lock().await.take()
+    /// Takes the connection out, closing the session.
+    pub(crate) async fn take(&self) -> Option<State> {
+        self.state.lock().await.take()
     }
 }
 
@@ -89,7 +126,7 @@ impl fmt::Debug for PgSession {
 /// # Ok(()) }
 /// ```
 pub struct PgTransaction {
-    guard: OwnedMappedMutexGuard<Option<Tx>, Tx>,
+    guard: OwnedMappedMutexGuard<Option<State>, Tx>,
 }
 
 impl Deref for PgTransaction {

@@ -12,7 +12,7 @@ use ana_core::{
     RepositoryError, Status, operation,
 };
 use ana_pg::sqlx::{self, AssertSqlSafe};
-use ana_pg::{COMMIT_FAILED, PgSession};
+use ana_pg::{BEGIN_FAILED, COMMIT_FAILED, PgSession};
 use common::TestDb;
 use tokio::sync::oneshot;
 
@@ -393,4 +393,136 @@ async fn replays_from_the_replay_cache_need_no_database() {
         matches!(refused, Err(Error::Repository(ref e)) if e.is_transient()),
         "{refused:?}"
     );
+}
+
+/// The state (`idle`, `idle in transaction`, ...) of the one connection of `db`'s pool, read
+/// from another connection.
+async fn pool_connection_state(db: &TestDb, other: &mut sqlx::PgConnection) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT state FROM pg_stat_activity WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db.schema)
+    .fetch_all(other)
+    .await
+    .unwrap()
+}
+
+/// An operation that never asks for its transaction runs on the claim's connection with no
+/// transaction open, and its record turns Finished all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operation_that_never_opens_its_transaction_finishes_without_one() {
+    let db = TestDb::with_pool_size(1).await;
+    let mut other = common::pool(&db.url, "observer", 1)
+        .await
+        .acquire()
+        .await
+        .unwrap();
+    let manager = manager(&db);
+    let (running_tx, running_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel::<()>();
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            let _ = running_tx.send(session.is_closed().await);
+            let _ = release_rx.await;
+            Ok::<_, BoxError>("sent elsewhere".to_owned())
+        },
+    );
+    let call = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    assert!(!running_rx.await.unwrap(), "the session is open");
+    // The claim's connection is held by the attempt, outside any transaction.
+    assert_eq!(pool_connection_state(&db, &mut other).await, ["idle"]);
+    release_tx.send(()).unwrap();
+    assert_eq!(
+        call.await.unwrap().unwrap(),
+        Outcome::Executed("sent elsewhere".to_owned())
+    );
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Finished);
+    assert_eq!(
+        manager
+            .call(operation(TARGET, "k", "pay 10", |_: PgSession| async {
+                Ok::<_, BoxError>("twice".to_owned())
+            }))
+            .await
+            .unwrap(),
+        "sent elsewhere"
+    );
+}
+
+/// `BEGIN` on a connection the server dropped: `transaction()` reports the store's error,
+/// the session is closed, and an operation that returns a result anyway does not finish its
+/// record: the attempt is Failed and the next call runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_begin_fails_the_attempt() {
+    let db = TestDb::with_pool_size(1).await;
+    let mut other = common::pool(&db.url, "observer", 1)
+        .await
+        .acquire()
+        .await
+        .unwrap();
+    let manager = manager(&db);
+    let (running_tx, running_rx) = oneshot::channel();
+    let (killed_tx, killed_rx) = oneshot::channel::<()>();
+    let (seen_tx, seen_rx) = oneshot::channel();
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            let _ = running_tx.send(());
+            let _ = killed_rx.await;
+            let first = session.transaction().await.map(drop);
+            let second = session.transaction().await.map(drop);
+            let _ = seen_tx.send((first, second, session.is_closed().await));
+            Ok::<_, BoxError>("ignored the error".to_owned())
+        },
+    );
+    let call = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    running_rx.await.unwrap();
+    // Waits (up to 10 s) until the backend is gone.
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db.schema)
+    .fetch_all(&mut *other)
+    .await
+    .unwrap();
+    assert_eq!(terminated, [true]);
+    killed_tx.send(()).unwrap();
+    let outcome = call.await.unwrap();
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Repository(RepositoryError::SessionClosed))
+        ),
+        "{outcome:?}"
+    );
+    manager.flush().await;
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some(BEGIN_FAILED));
+
+    // What the operation saw: the store's error, then a closed session.
+    let (first, second, closed) = seen_rx.await.unwrap();
+    assert!(matches!(first, Err(ref e) if e.is_transient()), "{first:?}");
+    assert!(
+        matches!(second, Err(RepositoryError::SessionClosed)),
+        "{second:?}"
+    );
+    assert!(closed);
+    // The pool replaced the dropped connection: the next call on the key runs.
+    let retried = operation(TARGET, "k", "pay 10", |_: PgSession| async {
+        Ok::<_, BoxError>("second attempt".to_owned())
+    });
+    assert_eq!(manager.call(retried).await.unwrap(), "second attempt");
 }

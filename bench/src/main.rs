@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --profile bench -p ana-bench      # everything (what `make bench` runs)
 //! cargo run --profile bench -p ana-bench -- serve memory  # one server, prints its port
+//! cargo run --profile bench -p ana-bench -- limits        # pgbench and redis-benchmark alone
 //! valgrind --tool=callgrind target/release/ana-bench inproc new 10000  # the route in process
 //! ```
 //!
@@ -43,9 +44,10 @@ fn main() -> Result<()> {
             let count = args.get(2).and_then(|n| n.parse().ok()).unwrap_or(10_000);
             serve::in_process(args.get(1).map_or("bare", String::as_str), count)
         }
+        Some("limits") => limits(),
         None | Some("run") => run(),
         Some(other) => {
-            bail!("unknown command {other:?} (expected run, serve, inproc or footprint)")
+            bail!("unknown command {other:?} (expected run, limits, serve, inproc or footprint)")
         }
     }
 }
@@ -235,6 +237,37 @@ fn run() -> Result<()> {
         ),
     ];
     print_report(&settings, &rows, &targets, &uncached);
+    Ok(())
+}
+
+/// The stores' own limits alone (pgbench, redis-benchmark), one round: for comparing a
+/// server run by hand (`serve`) with what the store can do right now.
+fn limits() -> Result<()> {
+    let seconds = env_or("BENCH_SECONDS", 8);
+    let connections: u32 = env_or("BENCH_CONNECTIONS", 32);
+    let database_url = std::env::var("DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
+    // The Postgres server migrates the schema the scripts write to.
+    drop(Server::start("postgres")?);
+    let scripts = serve::pgbench_scripts()?;
+    let clients = connections.min(16);
+    let new = measure::pgbench(&database_url, &scripts.claim_finish, seconds, clients)?;
+    let replay = measure::pgbench(&database_url, &scripts.replay, seconds, clients)?;
+    let (host, port) = serve::redis_address(&redis_url)?;
+    let claim = serve::redis_claim_command()?;
+    let claim: Vec<&str> = claim.iter().map(String::as_str).collect();
+    let redis = measure::redis_benchmark(&host, port, 200_000, connections, &claim)?;
+    clean_redis(&redis_url);
+    println!("pgbench claim+finish {:.0} tps", new.requests_per_second);
+    println!(
+        "pgbench replay SELECT {:.0} tps",
+        replay.requests_per_second
+    );
+    println!(
+        "redis-benchmark claim script {:.0} req/s",
+        redis.requests_per_second
+    );
     Ok(())
 }
 
