@@ -174,6 +174,7 @@ pub(crate) fn post_once(port: u16, key: &str) -> Result<()> {
 pub(crate) struct PgbenchScripts {
     dir: PathBuf,
     pub(crate) claim_finish: PathBuf,
+    pub(crate) claim_finish_in_transaction: PathBuf,
     pub(crate) replay: PathBuf,
 }
 
@@ -183,8 +184,10 @@ impl Drop for PgbenchScripts {
     }
 }
 
-/// Writes the pgbench scripts: `PgRepository`'s own claim statement (new random keys), then
-/// `BEGIN; <its complete statement>; COMMIT`, the parameters written in as literals — and the
+/// Writes the pgbench scripts: `PgRepository`'s own claim statement (new random keys), then its
+/// complete statement, the parameters written in as literals, as `PgRepository` sends them for
+/// an operation that opens no transaction (the benchmark's handler); the same with the
+/// complete statement in `BEGIN; …; COMMIT` (a handler writing in its session); and the
 /// replay's single-row `SELECT`.
 pub(crate) fn pgbench_scripts() -> Result<PgbenchScripts> {
     let dir = std::env::temp_dir().join(format!("ana-bench-{}", std::process::id()));
@@ -214,6 +217,11 @@ pub(crate) fn pgbench_scripts() -> Result<PgbenchScripts> {
         ],
     );
     let claim_finish = format!(
+        "\\set n random(1, 1000000000000)\n{};\n{};\n",
+        one_line(&claim),
+        one_line(&complete)
+    );
+    let claim_finish_in_transaction = format!(
         "\\set n random(1, 1000000000000)\n{};\nBEGIN;\n{};\nCOMMIT;\n",
         one_line(&claim),
         one_line(&complete)
@@ -238,10 +246,15 @@ pub(crate) fn pgbench_scripts() -> Result<PgbenchScripts> {
     }
     let paths = PgbenchScripts {
         claim_finish: dir.join("claim-finish.sql"),
+        claim_finish_in_transaction: dir.join("claim-finish-in-transaction.sql"),
         replay: dir.join("replay.sql"),
         dir,
     };
     std::fs::write(&paths.claim_finish, claim_finish)?;
+    std::fs::write(
+        &paths.claim_finish_in_transaction,
+        claim_finish_in_transaction,
+    )?;
     std::fs::write(&paths.replay, replay)?;
     Ok(paths)
 }
