@@ -28,9 +28,19 @@ const NONE: i64 = i64::MIN;
 /// There is no transaction: what the operation writes elsewhere is not undone when the attempt
 /// fails. Pass [`attempt`](Self::attempt) to downstream systems as a fencing token if they can
 /// reject stale writers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MemorySession {
     attempt: u64,
+    /// The record's identity, computed once by the claim for the finish.
+    id: Id,
+}
+
+impl fmt::Debug for MemorySession {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemorySession")
+            .field("attempt", &self.attempt)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MemorySession {
@@ -271,7 +281,7 @@ impl MemoryRepository {
                 record.data(),
             );
             shard.records.replace(record);
-            return Ok(Some(acquired(attempt)));
+            return Ok(Some(acquired(attempt, id)));
         }
         if self.len() >= self.capacity {
             if may_sweep_all {
@@ -297,17 +307,19 @@ impl MemoryRepository {
         shard.note_expiration(header.expiration);
         shard.records.insert(Record::new(id, header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(acquired(1)))
+        Ok(Some(acquired(1, id)))
     }
 
     /// Replaces the record with `finish`'s header and data while `lease` still owns it.
+    /// `session` comes from the claim of `lease`'s record and carries its identity.
     fn finish<'d>(
         &self,
+        session: MemorySession,
         lease: Lease<'_>,
         missing: Completion,
         finish: impl FnOnce(Header, i64) -> (Header, &'d [u8], Completion),
     ) -> Completion {
-        let id = identity(lease.target, lease.key);
+        let id = session.id;
         let now = micros(self.clock.now());
         let mut shard = self.shard(&id);
         let Some(record) = shard.records.get(&id) else {
@@ -346,11 +358,11 @@ impl IdempotencyRepository for MemoryRepository {
 
     async fn complete(
         &self,
-        _session: MemorySession,
+        session: MemorySession,
         lease: Lease<'_>,
         result: &[u8],
     ) -> Result<Completion, RepositoryError> {
-        Ok(self.finish(lease, Completion::Expired, |header, now| {
+        Ok(self.finish(session, lease, Completion::Expired, |header, now| {
             if header.is_expired_at(now) {
                 let failed = Header {
                     status: Status::Failed,
@@ -374,11 +386,11 @@ impl IdempotencyRepository for MemoryRepository {
 
     async fn fail(
         &self,
-        _session: MemorySession,
+        session: MemorySession,
         lease: Lease<'_>,
         error: &str,
     ) -> Result<Completion, RepositoryError> {
-        Ok(self.finish(lease, Completion::Superseded, |header, _| {
+        Ok(self.finish(session, lease, Completion::Superseded, |header, _| {
             let failed = Header {
                 status: Status::Failed,
                 error_count: header.error_count.saturating_add(1),
@@ -577,10 +589,10 @@ fn half(bytes: &[u8], at: usize) -> [u8; 8] {
     array(bytes, at)
 }
 
-fn acquired(attempt: u64) -> Claim<MemorySession> {
+fn acquired(attempt: u64, id: &Id) -> Claim<MemorySession> {
     Claim::Acquired {
         attempt,
-        session: MemorySession { attempt },
+        session: MemorySession { attempt, id: *id },
     }
 }
 
