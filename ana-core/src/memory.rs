@@ -362,26 +362,28 @@ impl IdempotencyRepository for MemoryRepository {
         lease: Lease<'_>,
         result: &[u8],
     ) -> Result<Completion, RepositoryError> {
-        Ok(self.finish(session, lease, Completion::Expired, |header, now| {
-            if header.is_expired_at(now) {
-                let failed = Header {
-                    status: Status::Failed,
-                    error_count: header.error_count.saturating_add(1),
+        Ok(
+            self.finish(session, lease, Completion::Expired, |header, now| {
+                if header.is_expired_at(now) {
+                    let failed = Header {
+                        status: Status::Failed,
+                        error_count: header.error_count.saturating_add(1),
+                        ..header
+                    };
+                    return (
+                        failed,
+                        EXPIRED_BEFORE_FINISH.as_bytes(),
+                        Completion::Expired,
+                    );
+                }
+                let finished = Header {
+                    status: Status::Finished,
+                    finished_at: now,
                     ..header
                 };
-                return (
-                    failed,
-                    EXPIRED_BEFORE_FINISH.as_bytes(),
-                    Completion::Expired,
-                );
-            }
-            let finished = Header {
-                status: Status::Finished,
-                finished_at: now,
-                ..header
-            };
-            (finished, result, Completion::Done)
-        }))
+                (finished, result, Completion::Done)
+            }),
+        )
     }
 
     async fn fail(
@@ -390,14 +392,16 @@ impl IdempotencyRepository for MemoryRepository {
         lease: Lease<'_>,
         error: &str,
     ) -> Result<Completion, RepositoryError> {
-        Ok(self.finish(session, lease, Completion::Superseded, |header, _| {
-            let failed = Header {
-                status: Status::Failed,
-                error_count: header.error_count.saturating_add(1),
-                ..header
-            };
-            (failed, error.as_bytes(), Completion::Done)
-        }))
+        Ok(
+            self.finish(session, lease, Completion::Superseded, |header, _| {
+                let failed = Header {
+                    status: Status::Failed,
+                    error_count: header.error_count.saturating_add(1),
+                    ..header
+                };
+                (failed, error.as_bytes(), Completion::Done)
+            }),
+        )
     }
 
     async fn get(

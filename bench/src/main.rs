@@ -118,7 +118,7 @@ fn run() -> Result<()> {
             match variant {
                 "postgres" => {
                     eprintln!("bench: pgbench (store limits)...");
-                    let connections = settings.connections.min(16);
+                    let connections = serve::pool_size();
                     let claim_finish = &pg_scripts.claim_finish;
                     let new = measure::pgbench(
                         &settings.database_url,
@@ -266,7 +266,7 @@ fn limits() -> Result<()> {
     // The Postgres server migrates the schema the scripts write to.
     drop(Server::start("postgres")?);
     let scripts = serve::pgbench_scripts()?;
-    let clients = connections.min(16);
+    let clients = serve::pool_size();
     let new = measure::pgbench(&database_url, &scripts.claim_finish, seconds, clients)?;
     let new_tx = measure::pgbench(
         &database_url,

@@ -123,7 +123,7 @@ pub(crate) fn run(variant: &str) -> Result<()> {
                 let url = std::env::var("DATABASE_URL")
                     .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
                 let pool = ana_pg::sqlx::postgres::PgPoolOptions::new()
-                    .max_connections(32)
+                    .max_connections(pool_size())
                     // No test round trip on every checkout (see ana-pg's docs).
                     .test_before_acquire(false)
                     .connect(&url)
@@ -326,4 +326,13 @@ pub(crate) fn redis_claim_command() -> Result<Vec<String>> {
         "60000000".into(),
         (now + 86_400_000_000).to_string(),
     ])
+}
+
+/// Database connections of the Postgres server: as many as pgbench's clients (`BENCH_PG_POOL`,
+/// 16 by default), so the HTTP path and the store's own limit load Postgres alike.
+pub(crate) fn pool_size() -> u32 {
+    std::env::var("BENCH_PG_POOL")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(16)
 }
