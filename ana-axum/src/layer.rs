@@ -257,3 +257,31 @@ impl<E> Future for ResponseFuture<E> {
         self.inner.as_mut().poll(cx)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ana_core::MemoryRepository;
+    use axum::Router;
+    use axum::routing::post;
+
+    /// The future of one request, as boxed by the layer: every byte of it is copied into the
+    /// heap per request (4,272 bytes with rustc 1.95; 6,216 before the handler's future was
+    /// boxed apart, in `IdempotencyService::execute`).
+    #[test]
+    fn the_response_future_stays_small() {
+        let mut service = IdempotencyLayer::new(MemoryRepository::new()).layer(
+            Router::new()
+                .route("/", post(|| async { "ok" }))
+                .into_service::<Body>(),
+        );
+        let request = Request::post("/")
+            .header("x-idempotency-key", "k")
+            .body(Body::from("{}"))
+            .unwrap_or_else(|error| panic!("{error}"));
+        let future = service.call(request);
+        let size = std::mem::size_of_val(&*future.inner);
+        eprintln!("response future: {size} bytes");
+        assert!(size <= 4608, "{size} bytes");
+    }
+}

@@ -305,44 +305,58 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
             values.target.clone(),
             values.scoped_key.clone(),
             fingerprint,
-            move |session: Ctx| async move {
-                parts.extensions.insert(InsideAttempt);
-                parts.extensions.insert(IdempotencyContext {
-                    session,
-                    key,
-                    target,
-                });
-                let (head, body) = next(parts, body).await.into_parts();
-                let allowed = config.replay_headers();
-                let limit = config.max_stored_response();
-                let (recorded, trailers) = match &body {
-                    ResponseBody::Full(data) if data.len() <= limit => (
-                        RecordedResponse::new(head.status, &head.headers, allowed, data.clone()),
-                        None,
-                    ),
-                    ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => (
-                        RecordedResponse::new(head.status, &head.headers, allowed, data.clone())
+            // Boxed: the handler's future lives on the heap only for the calls that run it,
+            // and every future above it (the manager's, this one, the adapter's) stays small.
+            move |session: Ctx| {
+                Box::pin(async move {
+                    parts.extensions.insert(InsideAttempt);
+                    parts.extensions.insert(IdempotencyContext {
+                        session,
+                        key,
+                        target,
+                    });
+                    let (head, body) = next(parts, body).await.into_parts();
+                    let allowed = config.replay_headers();
+                    let limit = config.max_stored_response();
+                    let (recorded, trailers) = match &body {
+                        ResponseBody::Full(data) if data.len() <= limit => (
+                            RecordedResponse::new(
+                                head.status,
+                                &head.headers,
+                                allowed,
+                                data.clone(),
+                            ),
+                            None,
+                        ),
+                        ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => (
+                            RecordedResponse::new(
+                                head.status,
+                                &head.headers,
+                                allowed,
+                                data.clone(),
+                            )
                             .with_trailers(trailers, allowed),
-                        Some(trailers),
-                    ),
-                    ResponseBody::WithTrailers { trailers, .. } => (
-                        RecordedResponse::without_body(head.status, &head.headers, allowed),
-                        Some(trailers),
-                    ),
-                    ResponseBody::Full(_) | ResponseBody::Streaming(_) => (
-                        RecordedResponse::without_body(head.status, &head.headers, allowed),
-                        None,
-                    ),
-                };
-                let status = head.status;
-                let recordable = config.is_recordable_response(status, &head.headers, trailers);
-                *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                    Some(Response::from_parts(head, body));
-                if recordable {
-                    Ok(recorded)
-                } else {
-                    Err(NotRecorded(status))
-                }
+                            Some(trailers),
+                        ),
+                        ResponseBody::WithTrailers { trailers, .. } => (
+                            RecordedResponse::without_body(head.status, &head.headers, allowed),
+                            Some(trailers),
+                        ),
+                        ResponseBody::Full(_) | ResponseBody::Streaming(_) => (
+                            RecordedResponse::without_body(head.status, &head.headers, allowed),
+                            None,
+                        ),
+                    };
+                    let status = head.status;
+                    let recordable = config.is_recordable_response(status, &head.headers, trailers);
+                    *slot.lock().unwrap_or_else(PoisonError::into_inner) =
+                        Some(Response::from_parts(head, body));
+                    if recordable {
+                        Ok(recorded)
+                    } else {
+                        Err(NotRecorded(status))
+                    }
+                })
             },
         )
         .timeout(values.timeout)
