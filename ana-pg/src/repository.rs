@@ -203,8 +203,6 @@ impl PgRepository {
         })
     }
 
-    /// Why a finish changed no row: the record expired (it is marked Failed now, or was deleted
-    /// by the clean-up after its expiration), or another attempt owns it.
     /// The complete statement on `connection`: how many rows it changed (1 or 0).
     async fn complete_on(
         &self,
@@ -222,6 +220,8 @@ impl PgRepository {
             .map(|done| done.rows_affected())
     }
 
+    /// Why a finish changed no row: the record expired (it is marked Failed now, or was deleted
+    /// by the clean-up after its expiration), or another attempt owns it.
     async fn classify(&self, lease: Lease<'_>) -> Result<Completion, RepositoryError> {
         let row = sqlx::query(self.shared.sql.expire.get())
             .bind(lease.target)

@@ -11,7 +11,8 @@ use ana_core::{
     BoxError, EXPIRED_BEFORE_FINISH, Error, IdempotencyRepository, Manager, Outcome,
     RepositoryError, Status, operation,
 };
-use ana_pg::sqlx::{self, AssertSqlSafe};
+use ana_pg::sqlx::pool::PoolConnection;
+use ana_pg::sqlx::{self, AssertSqlSafe, Postgres};
 use ana_pg::{BEGIN_FAILED, COMMIT_FAILED, PgSession};
 use common::TestDb;
 use tokio::sync::oneshot;
@@ -395,6 +396,18 @@ async fn replays_from_the_replay_cache_need_no_database() {
     );
 }
 
+/// A database whose repository has a pool of one connection, and a connection of another pool
+/// to watch that one from.
+async fn one_connection_and_an_observer() -> (TestDb, PoolConnection<Postgres>) {
+    let db = TestDb::with_pool_size(1).await;
+    let observer = common::pool(&db.url, "observer", 1)
+        .await
+        .acquire()
+        .await
+        .unwrap();
+    (db, observer)
+}
+
 /// The state (`idle`, `idle in transaction`, ...) of the one connection of `db`'s pool, read
 /// from another connection.
 async fn pool_connection_state(db: &TestDb, other: &mut sqlx::PgConnection) -> Vec<String> {
@@ -411,12 +424,7 @@ async fn pool_connection_state(db: &TestDb, other: &mut sqlx::PgConnection) -> V
 /// transaction open, and its record turns Finished all the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operation_that_never_opens_its_transaction_finishes_without_one() {
-    let db = TestDb::with_pool_size(1).await;
-    let mut other = common::pool(&db.url, "observer", 1)
-        .await
-        .acquire()
-        .await
-        .unwrap();
+    let (db, mut other) = one_connection_and_an_observer().await;
     let manager = manager(&db);
     let (running_tx, running_rx) = oneshot::channel();
     let (release_tx, release_rx) = oneshot::channel::<()>();
@@ -460,12 +468,7 @@ async fn an_operation_that_never_opens_its_transaction_finishes_without_one() {
 /// record: the attempt is Failed and the next call runs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_begin_fails_the_attempt() {
-    let db = TestDb::with_pool_size(1).await;
-    let mut other = common::pool(&db.url, "observer", 1)
-        .await
-        .acquire()
-        .await
-        .unwrap();
+    let (db, mut other) = one_connection_and_an_observer().await;
     let manager = manager(&db);
     let (running_tx, running_rx) = oneshot::channel();
     let (killed_tx, killed_rx) = oneshot::channel::<()>();
