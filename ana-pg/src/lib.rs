@@ -7,10 +7,11 @@
 //! operation's writes are rolled back and the failure is recorded.
 //!
 //! ```text
-//!  claim (autocommit, one statement)      session = BEGIN … (the operation's SQL) …
-//!  read; if it may run again:            ──▶ complete: UPDATE record → Finished; COMMIT
-//!  INSERT … ON CONFLICT … DO UPDATE       └─▶ fail:     ROLLBACK; UPDATE record → Failed
-//!    WHERE <may run again> RETURNING
+//!  claim (autocommit, one statement)      session: the claim's connection; BEGIN at the
+//!  read; if it may run again:             operation's first transaction() … its SQL …
+//!  INSERT … ON CONFLICT … DO UPDATE       ──▶ complete: UPDATE record → Finished; COMMIT
+//!    WHERE <may run again> RETURNING      │   (no transaction opened: the UPDATE alone)
+//!                                         └─▶ fail:     ROLLBACK; UPDATE record → Failed
 //! ```
 //!
 //! ## Guide
@@ -124,9 +125,13 @@
 //!   call with [`RepositoryError::Unavailable`](ana_core::RepositoryError::Unavailable)). If
 //!   `BEGIN` fails, `transaction()` returns the error and the session is closed; an operation
 //!   that returns a result all the same has its attempt marked Failed ([`BEGIN_FAILED`]).
-//! - **Finish.** `complete` updates the record in the session's transaction (or alone, when
-//!   the operation opened none), conditional on the attempt token, Running status and
-//!   expiration, then commits. When no row matched it
+//!   `BEGIN` runs as a task of its own, so a `transaction()` call cancelled while it is in
+//!   flight never puts the connection back in the pool inside a transaction (sqlx 0.9 would).
+//! - **Finish.** `complete` updates the record in the session's transaction, conditional on
+//!   the attempt token, Running status and expiration, then commits. When the operation
+//!   opened no transaction the `UPDATE` runs alone, and once more on another pooled
+//!   connection if the claim's connection failed meanwhile (it held no transaction, and the
+//!   statement is a compare-and-set). When no row matched it
 //!   rolls back and tells an expired record (marked Failed with
 //!   [`EXPIRED_BEFORE_FINISH`](ana_core::EXPIRED_BEFORE_FINISH), answered
 //!   [`Completion::Expired`](ana_core::Completion::Expired)) from a record another attempt

@@ -10,7 +10,7 @@ use ana_core::{
     Lease, RepositoryError, Status, TrackedOperation,
 };
 use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgExecutor, PgPool, Row};
 
 use crate::error::{ClaimRace, map_sqlx};
 use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
@@ -48,10 +48,12 @@ const MAX_ERROR_LEN: usize = 8 * 1024;
 ///   statement on the database clock: a read of the record, and only when it may run again
 ///   an `INSERT … ON CONFLICT … DO UPDATE … WHERE <may run again> … RETURNING`; a held or
 ///   finished record is answered at once from the read, never waited for, never written.
-///   Then the session's transaction is opened (`BEGIN`) on the claim's connection.
+///   The session keeps the claim's connection; the operation's transaction opens (`BEGIN`)
+///   on it at its first [`PgSession::transaction`].
 /// - [`complete`](IdempotencyRepository::complete) marks the record Finished inside the
 ///   session's transaction and commits: the operation's writes and the record commit
-///   together. [`fail`](IdempotencyRepository::fail) rolls the transaction back and records
+///   together. An operation that opened no transaction has its record finished by that one
+///   statement, autocommitted. [`fail`](IdempotencyRepository::fail) rolls the transaction back and records
 ///   the failure. Both are compare-and-set on the attempt token.
 /// - [`fail_timed_out`](Self::fail_timed_out), [`delete_expired`](Self::delete_expired) and
 ///   [`spawn_cleanup`](Self::spawn_cleanup) keep the table small.
@@ -203,10 +205,10 @@ impl PgRepository {
         })
     }
 
-    /// The complete statement on `connection`: how many rows it changed (1 or 0).
+    /// The complete statement on `executor`: how many rows it changed (1 or 0).
     async fn complete_on(
         &self,
-        connection: &mut PgConnection,
+        executor: impl PgExecutor<'_>,
         lease: Lease<'_>,
         result: &[u8],
     ) -> Result<u64, sqlx::Error> {
@@ -215,7 +217,7 @@ impl PgRepository {
             .bind(lease.key)
             .bind(token(lease.attempt))
             .bind(result)
-            .execute(connection)
+            .execute(executor)
             .await
             .map(|done| done.rows_affected())
     }
@@ -299,8 +301,14 @@ impl IdempotencyRepository for PgRepository {
             Some(State::Open(tx)) => tx,
             // The operation never opened its transaction: one autocommitted statement.
             Some(State::Idle(mut connection)) => {
-                let updated = self.complete_on(&mut connection, lease, result).await;
+                let mut updated = self.complete_on(&mut *connection, lease, result).await;
                 drop(connection);
+                if updated.is_err() {
+                    // The claim's connection may have been dropped while the operation ran
+                    // (an idle timeout, a proxy). Nothing was in a transaction on it, and the
+                    // statement is a compare-and-set: it runs once more, on another connection.
+                    updated = self.complete_on(&self.pool, lease, result).await;
+                }
                 return match updated {
                     Ok(1) => Ok(Completion::Done),
                     Ok(_) => self.classify(lease).await,
@@ -318,7 +326,7 @@ impl IdempotencyRepository for PgRepository {
             }
             None => return Err(RepositoryError::SessionClosed),
         };
-        match self.complete_on(&mut tx, lease, result).await {
+        match self.complete_on(&mut *tx, lease, result).await {
             Ok(1) => match tx.commit().await {
                 Ok(()) => Ok(Completion::Done),
                 Err(error) => {

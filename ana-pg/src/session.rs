@@ -66,23 +66,18 @@ impl PgSession {
     /// # Errors
     ///
     /// [`RepositoryError::SessionClosed`] once the attempt was finished (committed or rolled
-    /// back) or after `BEGIN` failed; the store's error when `BEGIN` fails (the attempt is
-    /// then marked Failed at its finish, with [`BEGIN_FAILED`](crate::BEGIN_FAILED)).
+    /// back) or after `BEGIN` failed or was cancelled; the store's error when `BEGIN` fails.
+    /// In both cases the attempt is marked Failed at its finish
+    /// ([`BEGIN_FAILED`](crate::BEGIN_FAILED)).
     pub async fn transaction(&self) -> Result<PgTransaction, RepositoryError> {
         let mut guard = Arc::clone(&self.state).lock_owned().await;
         if matches!(*guard, Some(State::Idle(_))) {
-            let Some(State::Idle(connection)) = guard.take() else {
+            // Until `BEGIN` answers, the session counts as failed: if this call is cancelled
+            // meanwhile, the finish marks the attempt Failed (`BEGIN_FAILED`).
+            let Some(State::Idle(connection)) = guard.replace(State::BeginFailed) else {
                 return Err(RepositoryError::SessionClosed);
             };
-            // Cancelled mid-`BEGIN`, the connection goes back to the pool rolled back and the
-            // session stays closed (no state): the finish then fails the attempt.
-            match Transaction::begin(connection, None).await {
-                Ok(tx) => *guard = Some(State::Open(tx)),
-                Err(error) => {
-                    *guard = Some(State::BeginFailed);
-                    return Err(map_sqlx(error));
-                }
-            }
+            *guard = Some(State::Open(begin(connection).await?));
         }
         OwnedMutexGuard::try_map(guard, |state| match state {
             Some(State::Open(tx)) => Some(tx),
@@ -92,7 +87,8 @@ impl PgSession {
         .map_err(|_| RepositoryError::SessionClosed)
     }
 
-    /// Whether the attempt was finished (the transaction committed or rolled back).
+    /// Whether the session can no longer be used: the attempt was finished (the transaction
+    /// committed or rolled back), or `BEGIN` failed or was cancelled.
     pub async fn is_closed(&self) -> bool {
         !matches!(
             *self.state.lock().await,
@@ -104,6 +100,24 @@ impl PgSession {
     pub(crate) async fn take(&self) -> Option<State> {
         self.state.lock().await.take()
     }
+}
+
+/// `BEGIN` on `connection`, run to its end even if the caller stops waiting: sqlx 0.9 counts a
+/// transaction only once `BEGIN` has answered, so a `BEGIN` cancelled in flight would put the
+/// connection back in the pool inside a transaction nobody rolls back. Run as its own task, a
+/// transaction nobody waits for any more is dropped, which rolls it back before the
+/// connection is pooled again.
+async fn begin(connection: PoolConnection<Postgres>) -> Result<Tx, RepositoryError> {
+    let begin = Transaction::begin(connection, None);
+    let begun = match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => runtime
+            .spawn(begin)
+            .await
+            .map_err(|error| RepositoryError::Backend(Box::new(error)))?,
+        // No Tokio runtime to run it on (sqlx's own runtime is Tokio): waited for in place.
+        Err(_) => begin.await,
+    };
+    begun.map_err(map_sqlx)
 }
 
 impl fmt::Debug for PgSession {

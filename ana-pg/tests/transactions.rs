@@ -408,6 +408,19 @@ async fn one_connection_and_an_observer() -> (TestDb, PoolConnection<Postgres>) 
     (db, observer)
 }
 
+/// Terminates the connections of `db`'s pool from `other`, waiting (up to 10 s) until their
+/// backends are gone.
+async fn terminate_pool_connection(db: &TestDb, other: &mut sqlx::PgConnection) -> Vec<bool> {
+    sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
+         WHERE application_name = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&db.schema)
+    .fetch_all(other)
+    .await
+    .unwrap()
+}
+
 /// The state (`idle`, `idle in transaction`, ...) of the one connection of `db`'s pool, read
 /// from another connection.
 async fn pool_connection_state(db: &TestDb, other: &mut sqlx::PgConnection) -> Vec<String> {
@@ -491,16 +504,7 @@ async fn a_failed_begin_fails_the_attempt() {
         async move { manager.run(op).await }
     });
     running_rx.await.unwrap();
-    // Waits (up to 10 s) until the backend is gone.
-    let terminated: Vec<bool> = sqlx::query_scalar(
-        "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity \
-         WHERE application_name = $1 AND pid <> pg_backend_pid()",
-    )
-    .bind(&db.schema)
-    .fetch_all(&mut *other)
-    .await
-    .unwrap();
-    assert_eq!(terminated, [true]);
+    assert_eq!(terminate_pool_connection(&db, &mut other).await, [true]);
     killed_tx.send(()).unwrap();
     let outcome = call.await.unwrap();
     assert!(
@@ -528,4 +532,81 @@ async fn a_failed_begin_fails_the_attempt() {
         Ok::<_, BoxError>("second attempt".to_owned())
     });
     assert_eq!(manager.call(retried).await.unwrap(), "second attempt");
+}
+
+/// The claim's connection dropped by the server while an operation that opened no
+/// transaction ran (an idle timeout, a proxy): nothing was lost with it, so the record still
+/// turns Finished, through another connection, and the result replays.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finish_without_a_transaction_survives_a_dropped_connection() {
+    let (db, mut other) = one_connection_and_an_observer().await;
+    let manager = manager(&db);
+    let (running_tx, running_rx) = oneshot::channel();
+    let (killed_tx, killed_rx) = oneshot::channel::<()>();
+    let op = operation(TARGET, "k", "pay 10", move |_: PgSession| async move {
+        let _ = running_tx.send(());
+        let _ = killed_rx.await;
+        Ok::<_, BoxError>("charged".to_owned())
+    });
+    let call = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    running_rx.await.unwrap();
+    assert_eq!(terminate_pool_connection(&db, &mut other).await, [true]);
+    killed_tx.send(()).unwrap();
+    assert_eq!(
+        call.await.unwrap().unwrap(),
+        Outcome::Executed("charged".to_owned())
+    );
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Finished);
+    let again = operation(TARGET, "k", "pay 10", |_: PgSession| async {
+        Ok::<_, BoxError>("charged twice".to_owned())
+    });
+    assert_eq!(manager.call(again).await.unwrap(), "charged");
+}
+
+/// A `transaction()` call dropped while its `BEGIN` is in flight: the connection comes back
+/// to the pool outside any transaction, and the attempt is Failed (`BEGIN_FAILED`). On one
+/// thread, so nothing can answer `BEGIN` between the first poll and the drop.
+#[tokio::test]
+async fn a_cancelled_begin_leaves_no_transaction_behind() {
+    let db = TestDb::with_pool_size(1).await;
+    let manager = manager(&db);
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            {
+                let mut begin = std::pin::pin!(session.transaction());
+                let pending = std::future::poll_fn(|cx| {
+                    std::task::Poll::Ready(begin.as_mut().poll(cx).is_pending())
+                })
+                .await;
+                assert!(pending, "BEGIN answered at once");
+            }
+            assert!(session.is_closed().await);
+            Ok::<_, BoxError>("gave up on its transaction".to_owned())
+        },
+    );
+    let outcome = manager.run(op).await;
+    assert!(
+        matches!(
+            outcome,
+            Err(Error::Repository(RepositoryError::SessionClosed))
+        ),
+        "{outcome:?}"
+    );
+    let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some(BEGIN_FAILED));
+    // The pool's one connection: `SAVEPOINT` works only inside a transaction block.
+    let mut connection = db.pool.acquire().await.unwrap();
+    let stale = sqlx::query("SAVEPOINT ana_probe")
+        .execute(&mut *connection)
+        .await
+        .is_ok();
+    assert!(!stale, "the connection came back inside a transaction");
 }
