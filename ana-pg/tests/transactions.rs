@@ -421,6 +421,40 @@ async fn terminate_pool_connection(db: &TestDb, other: &mut sqlx::PgConnection) 
     .unwrap()
 }
 
+/// Runs an operation on key `k` whose body `then` starts once the server has terminated the
+/// pool's one connection: the claim's, which the attempt holds.
+async fn run_after_the_connection_is_killed<F, Fut>(
+    db: &TestDb,
+    other: &mut sqlx::PgConnection,
+    manager: &TestManager,
+    then: F,
+) -> Result<Outcome<String>, Error<BoxError>>
+where
+    F: FnOnce(PgSession) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, BoxError>> + Send,
+{
+    let (running_tx, running_rx) = oneshot::channel();
+    let (killed_tx, killed_rx) = oneshot::channel::<()>();
+    let op = operation(
+        TARGET,
+        "k",
+        "pay 10",
+        move |session: PgSession| async move {
+            let _ = running_tx.send(());
+            let _ = killed_rx.await;
+            then(session).await
+        },
+    );
+    let call = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    running_rx.await.unwrap();
+    assert_eq!(terminate_pool_connection(db, other).await, [true]);
+    killed_tx.send(()).unwrap();
+    call.await.unwrap()
+}
+
 /// The state (`idle`, `idle in transaction`, ...) of the one connection of `db`'s pool, read
 /// from another connection.
 async fn pool_connection_state(db: &TestDb, other: &mut sqlx::PgConnection) -> Vec<String> {
@@ -483,30 +517,15 @@ async fn an_operation_that_never_opens_its_transaction_finishes_without_one() {
 async fn a_failed_begin_fails_the_attempt() {
     let (db, mut other) = one_connection_and_an_observer().await;
     let manager = manager(&db);
-    let (running_tx, running_rx) = oneshot::channel();
-    let (killed_tx, killed_rx) = oneshot::channel::<()>();
     let (seen_tx, seen_rx) = oneshot::channel();
-    let op = operation(
-        TARGET,
-        "k",
-        "pay 10",
-        move |session: PgSession| async move {
-            let _ = running_tx.send(());
-            let _ = killed_rx.await;
+    let outcome =
+        run_after_the_connection_is_killed(&db, &mut other, &manager, |session| async move {
             let first = session.transaction().await.map(drop);
             let second = session.transaction().await.map(drop);
             let _ = seen_tx.send((first, second, session.is_closed().await));
-            Ok::<_, BoxError>("ignored the error".to_owned())
-        },
-    );
-    let call = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.run(op).await }
-    });
-    running_rx.await.unwrap();
-    assert_eq!(terminate_pool_connection(&db, &mut other).await, [true]);
-    killed_tx.send(()).unwrap();
-    let outcome = call.await.unwrap();
+            Ok("ignored the error".to_owned())
+        })
+        .await;
     assert!(
         matches!(
             outcome,
@@ -541,24 +560,11 @@ async fn a_failed_begin_fails_the_attempt() {
 async fn a_finish_without_a_transaction_survives_a_dropped_connection() {
     let (db, mut other) = one_connection_and_an_observer().await;
     let manager = manager(&db);
-    let (running_tx, running_rx) = oneshot::channel();
-    let (killed_tx, killed_rx) = oneshot::channel::<()>();
-    let op = operation(TARGET, "k", "pay 10", move |_: PgSession| async move {
-        let _ = running_tx.send(());
-        let _ = killed_rx.await;
-        Ok::<_, BoxError>("charged".to_owned())
-    });
-    let call = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.run(op).await }
-    });
-    running_rx.await.unwrap();
-    assert_eq!(terminate_pool_connection(&db, &mut other).await, [true]);
-    killed_tx.send(()).unwrap();
-    assert_eq!(
-        call.await.unwrap().unwrap(),
-        Outcome::Executed("charged".to_owned())
-    );
+    let outcome = run_after_the_connection_is_killed(&db, &mut other, &manager, |_| async {
+        Ok("charged".to_owned())
+    })
+    .await;
+    assert_eq!(outcome.unwrap(), Outcome::Executed("charged".to_owned()));
     let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
     assert_eq!(record.status, Status::Finished);
     let again = operation(TARGET, "k", "pay 10", |_: PgSession| async {
