@@ -118,29 +118,17 @@ fn run() -> Result<()> {
             match variant {
                 "postgres" => {
                     eprintln!("bench: pgbench (store limits)...");
-                    let connections = serve::pool_size();
-                    let claim_finish = &pg_scripts.claim_finish;
-                    let new = measure::pgbench(
-                        &settings.database_url,
-                        claim_finish,
-                        settings.seconds,
-                        connections,
-                    )?;
-                    pg_new = best(pg_new, new);
-                    let new_tx = measure::pgbench(
-                        &settings.database_url,
-                        &pg_scripts.claim_finish_in_transaction,
-                        settings.seconds,
-                        connections,
-                    )?;
-                    pg_new_tx = best(pg_new_tx, new_tx);
-                    let replay = measure::pgbench(
-                        &settings.database_url,
-                        &pg_scripts.replay,
-                        settings.seconds,
-                        connections,
-                    )?;
-                    pg_replay = best(pg_replay, replay);
+                    let pgbench = |script| {
+                        measure::pgbench(
+                            &settings.database_url,
+                            script,
+                            settings.seconds,
+                            serve::pool_size(),
+                        )
+                    };
+                    pg_new = best(pg_new, pgbench(&pg_scripts.claim_finish)?);
+                    pg_new_tx = best(pg_new_tx, pgbench(&pg_scripts.claim_finish_in_transaction)?);
+                    pg_replay = best(pg_replay, pgbench(&pg_scripts.replay)?);
                 }
                 "redis" => {
                     eprintln!("bench: redis-benchmark (store limit)...");
@@ -266,15 +254,10 @@ fn limits() -> Result<()> {
     // The Postgres server migrates the schema the scripts write to.
     drop(Server::start("postgres")?);
     let scripts = serve::pgbench_scripts()?;
-    let clients = serve::pool_size();
-    let new = measure::pgbench(&database_url, &scripts.claim_finish, seconds, clients)?;
-    let new_tx = measure::pgbench(
-        &database_url,
-        &scripts.claim_finish_in_transaction,
-        seconds,
-        clients,
-    )?;
-    let replay = measure::pgbench(&database_url, &scripts.replay, seconds, clients)?;
+    let pgbench = |script| measure::pgbench(&database_url, script, seconds, serve::pool_size());
+    let new = pgbench(&scripts.claim_finish)?;
+    let new_tx = pgbench(&scripts.claim_finish_in_transaction)?;
+    let replay = pgbench(&scripts.replay)?;
     let (host, port) = serve::redis_address(&redis_url)?;
     let claim = serve::redis_claim_command()?;
     let claim: Vec<&str> = claim.iter().map(String::as_str).collect();
