@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::clock;
+use crate::memory::IdHasher;
 use crate::record::Fingerprint;
 
 const SHARDS: usize = 16;
@@ -55,7 +56,7 @@ struct Shared {
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<u64, Entry, BuildHasherDefault<PassThrough>>,
+    entries: HashMap<u64, Entry, BuildHasherDefault<IdHasher>>,
     /// Insertion order, for eviction: a hash and the sequence number of its entry then.
     order: VecDeque<(u64, u64)>,
     bytes: usize,
@@ -249,26 +250,6 @@ impl fmt::Debug for ReplayCache {
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {
     shard.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// The map's keys are already SipHash values.
-#[derive(Default)]
-struct PassThrough(u64);
-
-impl Hasher for PassThrough {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
 }
 
 #[cfg(test)]

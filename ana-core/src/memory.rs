@@ -562,9 +562,10 @@ impl Borrow<Id> for Record {
     }
 }
 
-/// Hashes an [`Id`] by taking its first eight bytes: they are already uniformly distributed.
+/// For keys that are already uniformly distributed digests: an [`Id`] hashes to its first
+/// eight bytes, a `u64` (the replay cache's SipHash keys) to itself.
 #[derive(Default)]
-struct IdHasher(u64);
+pub(crate) struct IdHasher(u64);
 
 impl Hasher for IdHasher {
     fn finish(&self) -> u64 {
@@ -575,6 +576,10 @@ impl Hasher for IdHasher {
         for (index, byte) in bytes.iter().take(8).enumerate() {
             self.0 ^= u64::from(*byte) << (8 * index);
         }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 
     fn write_usize(&mut self, _length_prefix: usize) {}
