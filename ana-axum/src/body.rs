@@ -72,7 +72,8 @@ where
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
-    let mut body: BoxBody = Box::pin(body.map_err(Into::into));
+    // No allocation when it already is an axum body (a router's answer).
+    let mut body = Body::new(body);
     let mut read = Read::default();
     while let Some(frame) = body.frame().await {
         let data = match frame?.into_data() {
@@ -91,7 +92,7 @@ where
             return Ok(ResponseBody::Streaming(Body::new(Prefixed {
                 prefix: Some(read.into_bytes()),
                 trailers: None,
-                rest: Body::new(body),
+                rest: body,
             })));
         }
     }
@@ -106,8 +107,6 @@ pub(crate) fn with_trailers(data: Bytes, trailers: http::HeaderMap) -> Body {
         rest: Body::empty(),
     })
 }
-
-type BoxBody = Pin<Box<dyn HttpBody<Data = Bytes, Error = BoxError> + Send>>;
 
 /// The bytes read so far, the trailers read, then the rest of the body.
 struct Prefixed {

@@ -8,6 +8,7 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use bytes::Bytes;
+use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
 use http_body::Body as HttpBody;
 use tower_layer::Layer;
@@ -199,24 +200,28 @@ where
     // recorded Failed (the handler's response stands in as a 500).
     let failure: Arc<Mutex<Option<S::Error>>> = Arc::default();
     let failed = Arc::clone(&failure);
-    let next = move |parts, body: Bytes| async move {
-        match inner
+    let next = move |parts, body: Bytes| {
+        // `then`: the handler's future, and after it the reading of its body, in one place
+        // (an `async` block would keep the request beside the handler's future).
+        inner
             .call(Request::from_parts(parts, Body::from(body)))
-            .await
-        {
-            Ok(response) => {
-                let (head, body) = response.into_parts();
-                match read_response(body, limit).await {
-                    Ok(body) => Response::from_parts(head, body),
-                    // The handler's body failed mid-way: nothing usable to record or send.
-                    Err(_) => status_only(StatusCode::INTERNAL_SERVER_ERROR),
+            .then(move |result| async move {
+                match result {
+                    Ok(response) => {
+                        let (head, body) = response.into_parts();
+                        match read_response(body, limit).await {
+                            Ok(body) => Response::from_parts(head, body),
+                            // The handler's body failed mid-way: nothing usable to record or
+                            // send.
+                            Err(_) => status_only(StatusCode::INTERNAL_SERVER_ERROR),
+                        }
+                    }
+                    Err(error) => {
+                        *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
+                        status_only(StatusCode::INTERNAL_SERVER_ERROR)
+                    }
                 }
-            }
-            Err(error) => {
-                *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
-                status_only(StatusCode::INTERNAL_SERVER_ERROR)
-            }
-        }
+            })
     };
     let response = service.execute(prepared, parts, body, next).await;
     if let Some(error) = failure
@@ -266,8 +271,9 @@ mod tests {
     use axum::routing::post;
 
     /// The future of one request, as boxed by the layer: every byte of it is copied into the
-    /// heap per request (4,272 bytes with rustc 1.95; 6,216 before the handler's future was
-    /// boxed apart, in `IdempotencyService::execute`).
+    /// heap per request (2,880 bytes with rustc 1.95; 4,272 while `Manager::run` held its
+    /// operation twice and the handler's future was kept beside the request; 6,216 before
+    /// the handler's future was boxed apart, in `IdempotencyService::execute`).
     #[test]
     fn the_response_future_stays_small() {
         let mut service = IdempotencyLayer::new(MemoryRepository::new()).layer(
@@ -282,6 +288,6 @@ mod tests {
         let future = service.call(request);
         let size = std::mem::size_of_val(&*future.inner);
         eprintln!("response future: {size} bytes");
-        assert!(size <= 4608, "{size} bytes");
+        assert!(size <= 3072, "{size} bytes");
     }
 }

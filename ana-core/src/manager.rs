@@ -182,79 +182,94 @@ where
     }
 
     /// Like [`call`](Self::call), and says whether the result was replayed.
-    pub async fn run<O>(&self, operation: O) -> Result<Outcome<R>, Error<O::Error>>
+    #[expect(
+        clippy::manual_async_fn,
+        reason = "an `async fn` copies `operation` into a local beside the argument, and every \
+                  future above this one would carry both; the block holds it once"
+    )]
+    pub fn run<O>(
+        &self,
+        operation: O,
+    ) -> impl Future<Output = Result<Outcome<R>, Error<O::Error>>> + use<'_, O, P, R, Ctx>
     where
         O: Operation<Ctx, Payload = P, Output = R>,
     {
-        let now = self.clock.now();
-        let reference_time = operation.reference_time().unwrap_or(now);
-        let expiration = nonzero(operation.expiration()).map(|e| clock::add(reference_time, e));
-        if expiration.is_some_and(|expiration| now > expiration) {
-            return Err(Error::Expired {
-                target: operation.target().to_owned(),
-                key: operation.key().to_owned(),
-            });
-        }
-
-        let fingerprint = operation.payload().fingerprint();
-        if let Some(hit) = self
-            .replay_cache
-            .as_ref()
-            .and_then(|cache| cache.get(operation.target(), operation.key(), now))
-        {
-            // The same checks, in the same order, as on the Finished record in the store.
-            if hit.fingerprint != fingerprint {
-                return Err(Error::PayloadMismatch {
+        async move {
+            let now = self.clock.now();
+            let reference_time = operation.reference_time().unwrap_or(now);
+            let expiration = nonzero(operation.expiration()).map(|e| clock::add(reference_time, e));
+            if expiration.is_some_and(|expiration| now > expiration) {
+                return Err(Error::Expired {
                     target: operation.target().to_owned(),
                     key: operation.key().to_owned(),
                 });
             }
-            return self
-                .codec
-                .decode(&hit.result)
-                .map(Outcome::Replayed)
-                .map_err(Error::Codec);
-        }
-        let request = ClaimRequest {
-            target: operation.target(),
-            key: operation.key(),
-            fingerprint,
-            reference_time,
-            timeout: nonzero(operation.timeout()),
-            expiration,
-        };
-        match self.repository.claim(&request).await? {
-            Claim::Existing { record, now } => {
-                if let (Some(cache), Status::Finished, Some(result)) =
-                    (&self.replay_cache, record.status, &record.result)
-                {
-                    cache.insert(
-                        &record.target,
-                        &record.key,
-                        record.fingerprint,
-                        result,
-                        self.clock.now(),
-                        record.expiration,
-                    );
+
+            let fingerprint = operation.payload().fingerprint();
+            if let Some(hit) = self
+                .replay_cache
+                .as_ref()
+                .and_then(|cache| cache.get(operation.target(), operation.key(), now))
+            {
+                // The same checks, in the same order, as on the Finished record in the store.
+                if hit.fingerprint != fingerprint {
+                    return Err(Error::PayloadMismatch {
+                        target: operation.target().to_owned(),
+                        key: operation.key().to_owned(),
+                    });
                 }
-                self.verdict(record, fingerprint, now)
+                return self
+                    .codec
+                    .decode(&hit.result)
+                    .map(Outcome::Replayed)
+                    .map_err(Error::Codec);
             }
-            Claim::Acquired { attempt, session } => {
-                // Owned copies only now: the operation goes into its own call.
-                let target = operation.target().to_owned();
-                let key = operation.key().to_owned();
-                let lease = Lease {
-                    target: &target,
-                    key: &key,
-                    attempt,
-                };
-                // A record this claim created has this call's expiration; one taken over keeps
-                // its first call's, which only the store knows: only the first is cached.
-                // (Attempt 1 on a taken-over record happens only for a Ready record with
-                // attempt 0, which ana never writes; `restore` can.)
-                let cached = (attempt == 1).then_some((fingerprint, expiration));
-                self.execute(operation, lease, session, cached).await
-            }
+            // A statement of its own: the claim's answer is not kept while the operation
+            // runs.
+            let (attempt, session) = match self
+                .repository
+                .claim(&ClaimRequest {
+                    target: operation.target(),
+                    key: operation.key(),
+                    fingerprint,
+                    reference_time,
+                    timeout: nonzero(operation.timeout()),
+                    expiration,
+                })
+                .await?
+            {
+                Claim::Existing { record, now } => {
+                    if let (Some(cache), Status::Finished, Some(result)) =
+                        (&self.replay_cache, record.status, &record.result)
+                    {
+                        cache.insert(
+                            &record.target,
+                            &record.key,
+                            record.fingerprint,
+                            result,
+                            self.clock.now(),
+                            record.expiration,
+                        );
+                    }
+                    return self.verdict(record, fingerprint, now);
+                }
+                Claim::Acquired { attempt, session } => (attempt, session),
+            };
+            // Owned copies only now: the operation goes into its own call.
+            let target = operation.target().to_owned();
+            let key = operation.key().to_owned();
+            let lease = Lease {
+                target: &target,
+                key: &key,
+                attempt,
+            };
+            // A record this claim created has this call's expiration; one taken over keeps
+            // its first call's, which only the store knows: only the first is cached.
+            // (Attempt 1 on a taken-over record happens only for a Ready record with
+            // attempt 0, which ana never writes; `restore` can.)
+            let cached = (attempt == 1).then_some((fingerprint, expiration));
+            self.execute(operation.call(session.clone()), lease, session, cached)
+                .await
         }
     }
 
@@ -330,15 +345,16 @@ where
         }
     }
 
-    async fn execute<O>(
+    /// Runs the operation's future `call` and records its end.
+    async fn execute<E>(
         &self,
-        operation: O,
+        call: impl Future<Output = Result<R, E>>,
         lease: Lease<'_>,
         session: Ctx,
         cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
-    ) -> Result<Outcome<R>, Error<O::Error>>
+    ) -> Result<Outcome<R>, Error<E>>
     where
-        O: Operation<Ctx, Payload = P, Output = R>,
+        E: fmt::Display + Send,
     {
         // From here until the finish is acknowledged, dropping this future fails the attempt
         // in the background so the record does not stay Running.
@@ -347,7 +363,7 @@ where
             lease,
             session: Some(session.clone()),
         };
-        let outcome = catch_unwind(operation.call(session.clone())).await;
+        let outcome = catch_unwind(call).await;
         let finish = match outcome {
             Ok(Ok(value)) => match self.codec.encode(&value) {
                 Ok(bytes) => {

@@ -2,7 +2,9 @@
 
 use std::fmt;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -297,7 +299,7 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         let values = prepared.values;
         let grpc = is_grpc(&parts.headers);
         let fingerprint = self.inner.config.fingerprint(&parts, &body);
-        let handler_response: Arc<Mutex<Option<Response<ResponseBody<B>>>>> = Arc::default();
+        let handler_response: Slot<B> = Arc::default();
         let slot = Arc::clone(&handler_response);
         let config = self.inner.config.clone();
         let (key, target) = (values.key.clone(), values.target.clone());
@@ -305,57 +307,21 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
             values.target.clone(),
             values.scoped_key.clone(),
             fingerprint,
-            // Boxed: the handler's future lives on the heap only for the calls that run it,
-            // and every future above it (the manager's, this one, the adapter's) stays small.
             move |session: Ctx| {
-                Box::pin(async move {
-                    parts.extensions.insert(InsideAttempt);
-                    parts.extensions.insert(IdempotencyContext {
-                        session,
-                        key,
-                        target,
-                    });
-                    let (head, body) = next(parts, body).await.into_parts();
-                    let allowed = config.replay_headers();
-                    let limit = config.max_stored_response();
-                    let (recorded, trailers) = match &body {
-                        ResponseBody::Full(data) if data.len() <= limit => (
-                            RecordedResponse::new(
-                                head.status,
-                                &head.headers,
-                                allowed,
-                                data.clone(),
-                            ),
-                            None,
-                        ),
-                        ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => (
-                            RecordedResponse::new(
-                                head.status,
-                                &head.headers,
-                                allowed,
-                                data.clone(),
-                            )
-                            .with_trailers(trailers, allowed),
-                            Some(trailers),
-                        ),
-                        ResponseBody::WithTrailers { trailers, .. } => (
-                            RecordedResponse::without_body(head.status, &head.headers, allowed),
-                            Some(trailers),
-                        ),
-                        ResponseBody::Full(_) | ResponseBody::Streaming(_) => (
-                            RecordedResponse::without_body(head.status, &head.headers, allowed),
-                            None,
-                        ),
-                    };
-                    let status = head.status;
-                    let recordable = config.is_recordable_response(status, &head.headers, trailers);
-                    *slot.lock().unwrap_or_else(PoisonError::into_inner) =
-                        Some(Response::from_parts(head, body));
-                    if recordable {
-                        Ok(recorded)
-                    } else {
-                        Err(NotRecorded(status))
-                    }
+                parts.extensions.insert(InsideAttempt);
+                parts.extensions.insert(IdempotencyContext {
+                    session,
+                    key,
+                    target,
+                });
+                // Boxed: the handler's future lives on the heap only for the calls that run
+                // it, and every future above it (the manager's, this one, the adapter's)
+                // stays small. `next` is called first, so the box holds its future and the
+                // recording's two handles, nothing else.
+                Box::pin(Recording {
+                    handled: next(parts, body),
+                    config,
+                    slot,
                 })
             },
         )
@@ -448,6 +414,72 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                 internal(format!("unexpected unrecorded status {status}"))
             }
         }
+    }
+}
+
+/// Where the handler's own response waits while the manager records its stored form.
+type Slot<B> = Arc<Mutex<Option<Response<ResponseBody<B>>>>>;
+
+pin_project_lite::pin_project! {
+    /// The handler's future, then the recording of its response: what the manager runs as
+    /// the operation.
+    struct Recording<Fut, B> {
+        #[pin]
+        handled: Fut,
+        config: IdempotencyConfig,
+        slot: Slot<B>,
+    }
+}
+
+impl<Fut, B> Future for Recording<Fut, B>
+where
+    Fut: Future<Output = Response<ResponseBody<B>>>,
+{
+    type Output = Result<RecordedResponse, NotRecorded>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let response = ready!(this.handled.poll(cx));
+        Poll::Ready(record(response, this.config, this.slot))
+    }
+}
+
+/// The stored form of the handler's `response` (`Err` when its status is not recordable); the
+/// response itself goes to `slot`, for the caller.
+fn record<B>(
+    response: Response<ResponseBody<B>>,
+    config: &IdempotencyConfig,
+    slot: &Slot<B>,
+) -> Result<RecordedResponse, NotRecorded> {
+    let (head, body) = response.into_parts();
+    let allowed = config.replay_headers();
+    let limit = config.max_stored_response();
+    let (recorded, trailers) = match &body {
+        ResponseBody::Full(data) if data.len() <= limit => (
+            RecordedResponse::new(head.status, &head.headers, allowed, data.clone()),
+            None,
+        ),
+        ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => (
+            RecordedResponse::new(head.status, &head.headers, allowed, data.clone())
+                .with_trailers(trailers, allowed),
+            Some(trailers),
+        ),
+        ResponseBody::WithTrailers { trailers, .. } => (
+            RecordedResponse::without_body(head.status, &head.headers, allowed),
+            Some(trailers),
+        ),
+        ResponseBody::Full(_) | ResponseBody::Streaming(_) => (
+            RecordedResponse::without_body(head.status, &head.headers, allowed),
+            None,
+        ),
+    };
+    let status = head.status;
+    let recordable = config.is_recordable_response(status, &head.headers, trailers);
+    *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Response::from_parts(head, body));
+    if recordable {
+        Ok(recorded)
+    } else {
+        Err(NotRecorded(status))
     }
 }
 
