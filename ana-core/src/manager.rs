@@ -268,8 +268,63 @@ where
             // (Attempt 1 on a taken-over record happens only for a Ready record with
             // attempt 0, which ana never writes; `restore` can.)
             let cached = (attempt == 1).then_some((fingerprint, expiration));
-            self.execute(operation.call(session.clone()), lease, session, cached)
-                .await
+
+            // From here until the finish is acknowledged, dropping this future fails the
+            // attempt in the background so the record does not stay Running.
+            let mut guard = CancelGuard {
+                manager: self,
+                lease,
+                session: Some(session.clone()),
+            };
+            // Each step's answer is a statement of its own, so that no future above this one
+            // keeps it beside the next step's.
+            let ran = match catch_unwind(operation.call(session.clone())).await {
+                Ok(Ok(value)) => match self.codec.encode(&value) {
+                    Ok(bytes) => Ok((value, bytes)),
+                    Err(error) => {
+                        let message = format!("The result could not be encoded: {error}");
+                        Err((message, Error::Codec(error)))
+                    }
+                },
+                Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
+                Err(panic) => {
+                    let message = format!("Got panic \"{}\"", panic_message(&*panic));
+                    Err((message.clone(), Error::Panic { message }))
+                }
+            };
+            let (value, bytes) = match ran {
+                Ok(ran) => ran,
+                Err((message, error)) => {
+                    let done = self.repository.fail(session, lease, &message).await;
+                    guard.disarm();
+                    return match done {
+                        // A failed attempt reports its own error, even when it had lost the
+                        // record.
+                        Ok(_) => Err(error),
+                        Err(store) => match error {
+                            // The operation's own outcome matters most to the caller; the
+                            // record stays Running until its timeout.
+                            Error::Operation(_) | Error::Panic { .. } => Err(error),
+                            _ => Err(Error::Repository(store)),
+                        },
+                    };
+                }
+            };
+            let done = self.repository.complete(session, lease, &bytes).await?;
+            guard.disarm();
+            match done {
+                Completion::Done => {
+                    if let (Some(cache), Some((fingerprint, expiration))) =
+                        (&self.replay_cache, cached)
+                    {
+                        let now = self.clock.now();
+                        cache.insert(&target, &key, fingerprint, &bytes, now, expiration);
+                    }
+                    Ok(Outcome::Executed(value))
+                }
+                Completion::Superseded => Err(superseded(lease)),
+                Completion::Expired => Err(expired(lease)),
+            }
         }
     }
 
@@ -342,71 +397,6 @@ where
                     "the store returned the claimable record {target}/{key} ({status}) without claiming it"
                 ),
             })),
-        }
-    }
-
-    /// Runs the operation's future `call` and records its end.
-    async fn execute<E>(
-        &self,
-        call: impl Future<Output = Result<R, E>>,
-        lease: Lease<'_>,
-        session: Ctx,
-        cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
-    ) -> Result<Outcome<R>, Error<E>>
-    where
-        E: fmt::Display + Send,
-    {
-        // From here until the finish is acknowledged, dropping this future fails the attempt
-        // in the background so the record does not stay Running.
-        let mut guard = CancelGuard {
-            manager: self,
-            lease,
-            session: Some(session.clone()),
-        };
-        let outcome = catch_unwind(call).await;
-        let finish = match outcome {
-            Ok(Ok(value)) => match self.codec.encode(&value) {
-                Ok(bytes) => {
-                    let done = self.repository.complete(session, lease, &bytes).await?;
-                    guard.disarm();
-                    return match done {
-                        Completion::Done => {
-                            if let (Some(cache), Some((fingerprint, expiration))) =
-                                (&self.replay_cache, cached)
-                            {
-                                let now = self.clock.now();
-                                let (target, key) = (lease.target, lease.key);
-                                cache.insert(target, key, fingerprint, &bytes, now, expiration);
-                            }
-                            Ok(Outcome::Executed(value))
-                        }
-                        Completion::Superseded => Err(superseded(lease)),
-                        Completion::Expired => Err(expired(lease)),
-                    };
-                }
-                Err(error) => {
-                    let message = format!("The result could not be encoded: {error}");
-                    (message, Error::Codec(error))
-                }
-            },
-            Ok(Err(error)) => (error.to_string(), Error::Operation(error)),
-            Err(panic) => {
-                let message = format!("Got panic \"{}\"", panic_message(&*panic));
-                (message.clone(), Error::Panic { message })
-            }
-        };
-        let (message, error) = finish;
-        let done = self.repository.fail(session, lease, &message).await;
-        guard.disarm();
-        match done {
-            // A failed attempt reports its own error, even when it had lost the record.
-            Ok(_) => Err(error),
-            Err(store) => match error {
-                // The operation's own outcome matters most to the caller; the record stays
-                // Running until its timeout.
-                Error::Operation(_) | Error::Panic { .. } => Err(error),
-                _ => Err(Error::Repository(store)),
-            },
         }
     }
 }

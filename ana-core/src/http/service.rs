@@ -284,13 +284,15 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
     /// [`IdempotencyContext`] in their extensions) and return its response, the body read up
     /// to [`IdempotencyConfig::max_stored_response`] bytes. A panic in `next` is caught: the
     /// attempt is recorded Failed and the caller gets a 500 problem.
-    pub async fn execute<B, F, Fut>(
+    // Not an `async fn`: the request goes into the operation before the future is made; an
+    // `async fn` would keep a copy of it in the future too, and in the adapter's above it.
+    pub fn execute<B, F, Fut>(
         &self,
         prepared: Prepared,
         mut parts: Parts,
         body: Bytes,
         next: F,
-    ) -> Response<ResponseBody<B>>
+    ) -> impl Future<Output = Response<ResponseBody<B>>> + use<'_, B, F, Fut, Ctx>
     where
         B: Send + 'static,
         F: FnOnce(Parts, Bytes) -> Fut + Send,
@@ -331,29 +333,31 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
             Some(at) => op.reference_time(at),
             None => op,
         };
-        let take = || {
-            handler_response
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-        };
-        let rejection = match self.inner.manager.run(op).await {
-            Ok(Outcome::Executed(_)) | Err(Error::Operation(NotRecorded(_))) => match take() {
-                Some(response) => return response,
-                None => internal("the handler's response went missing"),
-            },
-            Ok(Outcome::Replayed(recorded)) if recorded.is_body_stored() => {
-                return match recorded.into_replay() {
-                    (replay, Some(trailers)) => {
-                        replay.map(|data| ResponseBody::WithTrailers { data, trailers })
-                    }
-                    (replay, None) => replay.map(ResponseBody::Full),
-                };
-            }
-            Ok(Outcome::Replayed(_)) => Rejection::ResponseNotStored { key: values.key },
-            Err(error) => self.rejection(error, values),
-        };
-        rejection.to_response_as(grpc).map(ResponseBody::Full)
+        async move {
+            let take = || {
+                handler_response
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take()
+            };
+            let rejection = match self.inner.manager.run(op).await {
+                Ok(Outcome::Executed(_)) | Err(Error::Operation(NotRecorded(_))) => match take() {
+                    Some(response) => return response,
+                    None => internal("the handler's response went missing"),
+                },
+                Ok(Outcome::Replayed(recorded)) if recorded.is_body_stored() => {
+                    return match recorded.into_replay() {
+                        (replay, Some(trailers)) => {
+                            replay.map(|data| ResponseBody::WithTrailers { data, trailers })
+                        }
+                        (replay, None) => replay.map(ResponseBody::Full),
+                    };
+                }
+                Ok(Outcome::Replayed(_)) => Rejection::ResponseNotStored { key: values.key },
+                Err(error) => self.rejection(error, values),
+            };
+            rejection.to_response_as(grpc).map(ResponseBody::Full)
+        }
     }
 
     /// [`plan`](Self::plan), the body limit and [`execute`](Self::execute) for a request whose
