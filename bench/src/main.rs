@@ -84,14 +84,21 @@ fn run() -> Result<()> {
     // Postgres commit's fsync time drifts on this machine: HTTP and pgbench must see the same).
     let rounds = settings.rounds;
     // `+cache`: replays only, answered by the replay cache in front of the store.
+    // `bare+1us`: the bare handler spending one microsecond more of CPU per request, new
+    // keys only: what a microsecond of server work costs in this harness (wrk shares the
+    // cores), the scale for the layer's ratios.
     let variants = [
         "bare",
+        "bare+1us",
         "memory",
         "postgres",
         "postgres+cache",
         "redis",
         "redis+cache",
     ];
+    // The Postgres server migrates the schema the pgbench scripts seed and write to (a fresh
+    // database has none yet).
+    drop(Server::start("postgres")?);
     let pg_scripts = serve::pgbench_scripts()?;
     let (redis_host, redis_port) = serve::redis_address(&settings.redis_url)?;
     let claim = serve::redis_claim_command()?;
@@ -101,13 +108,15 @@ fn run() -> Result<()> {
     for round in 0..rounds {
         for variant in variants {
             eprintln!("bench: HTTP {variant} (round {} of {rounds})...", round + 1);
-            let replay_only = variant.ends_with("+cache");
-            let (new_key, replay) = http_round(
-                &settings,
-                variant,
-                &format!("{run_id}-{round}"),
-                replay_only,
-            )?;
+            let only = if variant.ends_with("+cache") {
+                Only::Replays
+            } else if variant == "bare+1us" {
+                Only::NewKeys
+            } else {
+                Only::Both
+            };
+            let (new_key, replay) =
+                http_round(&settings, variant, &format!("{run_id}-{round}"), only)?;
             match http.iter_mut().find(|(v, _, _)| *v == variant) {
                 Some((_, best_new, best_replay)) => {
                     *best_new = best(*best_new, new_key);
@@ -156,7 +165,9 @@ fn run() -> Result<()> {
         if !variant.ends_with("+cache") {
             rows.push(Row::http(variant, "new key", new_key, &bare));
         }
-        rows.push(Row::http(variant, "replay", replay, &bare_replay));
+        if *variant != "bare+1us" {
+            rows.push(Row::http(variant, "replay", replay, &bare_replay));
+        }
     }
     rows.push(Row::limit("pgbench claim+finish (2 steps)", &pg_new));
     rows.push(Row::limit(
@@ -279,13 +290,20 @@ fn limits() -> Result<()> {
     Ok(())
 }
 
-/// One variant's server: a warm-up, then new keys (unless `replay_only`), then replays of
-/// one key.
+/// Which loads a variant's server gets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Both,
+    NewKeys,
+    Replays,
+}
+
+/// One variant's server: a warm-up, then new keys, then replays of one key (as `only` says).
 fn http_round(
     settings: &Settings,
     variant: &str,
     run: &str,
-    replay_only: bool,
+    only: Only,
 ) -> Result<(Figures, Figures)> {
     let server = Server::start(variant)?;
     let new_key_script = settings.scripts.join("new-key.lua");
@@ -296,26 +314,33 @@ fn http_round(
         2,
         settings.connections,
     )?;
-    let new_key = if replay_only {
+    let new_key = if only == Only::Replays {
         Figures::default()
     } else {
-        measure::wrk(
-            &server.url(),
-            &new_key_script,
-            &format!("new-{run}"),
-            settings.seconds,
-            settings.connections,
-        )?
+        server.measured(|| {
+            measure::wrk(
+                &server.url(),
+                &new_key_script,
+                &format!("new-{run}"),
+                settings.seconds,
+                settings.connections,
+            )
+        })?
     };
+    if only == Only::NewKeys {
+        return Ok((new_key, Figures::default()));
+    }
     let replay_key = format!("replayed-{run}");
     serve::post_once(server.port, &replay_key)?;
-    let replay = measure::wrk(
-        &server.url(),
-        &settings.scripts.join("replay.lua"),
-        &replay_key,
-        settings.seconds,
-        settings.connections,
-    )?;
+    let replay = server.measured(|| {
+        measure::wrk(
+            &server.url(),
+            &settings.scripts.join("replay.lua"),
+            &replay_key,
+            settings.seconds,
+            settings.connections,
+        )
+    })?;
     Ok((new_key, replay))
 }
 
@@ -449,21 +474,34 @@ fn print_report(settings: &Settings, rows: &[Row], targets: &[Target], uncached:
          same load script)\n",
         settings.connections, settings.seconds, settings.rounds
     );
-    let _ = writeln!(out, "| scenario | req/s | p50 | p99 | × bare | non-2xx |");
-    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(
+        out,
+        "| scenario | req/s | p50 | p99 | × bare | server CPU/req | non-2xx |"
+    );
+    let _ = writeln!(out, "|---|---:|---:|---:|---:|---:|---:|");
     for row in rows {
         let _ = writeln!(
             out,
-            "| {} | {:.0} | {} | {} | {} | {} |",
+            "| {} | {:.0} | {} | {} | {} | {} | {} |",
             row.name,
             row.figures.requests_per_second,
             format_latency(row.figures.p50),
             format_latency(row.figures.p99),
             row.ratio
                 .map_or_else(|| "-".to_owned(), |r| format!("{r:.2}")),
+            row.figures.server_cpu.map_or_else(
+                || "-".to_owned(),
+                |cpu| format!("{:.1} µs", cpu.as_secs_f64() * 1e6)
+            ),
             row.figures.errors,
         );
     }
+    let _ = writeln!(
+        out,
+        "\nserver CPU/req: user and system time of the server process per request (wrk and \
+         the stores not counted). bare+1us: the bare handler spending 1 µs more CPU per \
+         request, the scale of the × bare ratios on this machine."
+    );
     let _ = writeln!(out, "\n| target | measured | limit | met |");
     let _ = writeln!(out, "|---|---:|---:|---|");
     for target in targets {

@@ -14,6 +14,10 @@ pub(crate) struct Figures {
     pub(crate) p50: Option<Duration>,
     pub(crate) p99: Option<Duration>,
     pub(crate) errors: u64,
+    /// Requests answered (wrk's count).
+    pub(crate) requests: u64,
+    /// CPU time (user and system) the server process spent per request, when measured.
+    pub(crate) server_cpu: Option<Duration>,
 }
 
 /// A server child process, killed when dropped.
@@ -52,6 +56,31 @@ impl Server {
 
     pub(crate) fn url(&self) -> String {
         format!("http://127.0.0.1:{}/bench", self.port)
+    }
+
+    /// The CPU time (user and system, every thread) the server has used so far: fields 14
+    /// and 15 of `/proc/<pid>/stat`, in ticks of 1/100 s (Linux's `USER_HZ`). `None` off Linux.
+    pub(crate) fn cpu_time(&self) -> Option<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).ok()?;
+        // The command name (field 2) is in parentheses and may hold spaces.
+        let rest = &stat[stat.rfind(')')? + 1..];
+        let mut fields = rest.split_whitespace().skip(11);
+        let user: u64 = fields.next()?.parse().ok()?;
+        let system: u64 = fields.next()?.parse().ok()?;
+        Some(Duration::from_millis((user + system) * 10))
+    }
+
+    /// Runs `load` and adds to its figures the server's CPU time per request.
+    pub(crate) fn measured(&self, load: impl FnOnce() -> Result<Figures>) -> Result<Figures> {
+        let before = self.cpu_time();
+        let mut figures = load()?;
+        let after = self.cpu_time();
+        if let (Some(before), Some(after)) = (before, after)
+            && figures.requests > 0
+        {
+            figures.server_cpu = Some(after.saturating_sub(before) / figures.requests as u32);
+        }
+        Ok(figures)
     }
 }
 
@@ -93,6 +122,9 @@ fn parse_wrk(text: &str) -> Result<Figures> {
     for line in text.lines().map(str::trim) {
         let mut words = line.split_whitespace();
         match (words.next(), words.next()) {
+            (Some(count), Some("requests")) => {
+                figures.requests = count.parse().unwrap_or(0);
+            }
             (Some("Requests/sec:"), Some(value)) => {
                 figures.requests_per_second = value.parse().context("wrk's Requests/sec")?;
             }
@@ -172,7 +204,7 @@ pub(crate) fn pgbench(
         requests_per_second: tps,
         p50: latency,
         p99: None,
-        errors: 0,
+        ..Figures::default()
     })
 }
 
@@ -218,7 +250,7 @@ pub(crate) fn redis_benchmark(
         requests_per_second: fields.first().copied().context("redis-benchmark rps")?,
         p50: ms(3),
         p99: ms(5),
-        errors: 0,
+        ..Figures::default()
     })
 }
 
@@ -244,6 +276,7 @@ Transfer/sec:     10.00MB";
         assert_eq!(figures.p50, Some(Duration::from_micros(190)));
         assert_eq!(figures.p99, Some(Duration::from_micros(1210)));
         assert_eq!(figures.errors, 7);
+        assert_eq!(figures.requests, 99000);
     }
 
     #[test]

@@ -34,6 +34,15 @@ async fn handler(_body: Bytes) -> impl axum::response::IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], RESPONSE)
 }
 
+/// The bare handler, spending one more microsecond of CPU first: the scale of the ratios.
+async fn handler_1us(body: Bytes) -> impl axum::response::IntoResponse {
+    let start = std::time::Instant::now();
+    while start.elapsed() < Duration::from_micros(1) {
+        std::hint::spin_loop();
+    }
+    handler(body).await
+}
+
 /// The recorded form of the benchmark's response, as the layer stores it.
 pub(crate) fn recorded_response() -> Result<Vec<u8>> {
     let mut headers = HeaderMap::new();
@@ -116,6 +125,7 @@ pub(crate) fn run(variant: &str) -> Result<()> {
         let routes = Router::new().route("/bench", post(handler));
         let app = match store {
             "bare" => routes,
+            "bare+1us" => Router::new().route("/bench", post(handler_1us)),
             "memory" => routes.layer(IdempotencyLayer::new(
                 MemoryRepository::new().with_capacity(50_000_000),
             )),
