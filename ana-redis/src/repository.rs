@@ -183,7 +183,10 @@ impl Shared {
         if let Some(connection) = self.lock().as_ref() {
             return Ok(connection.clone());
         }
-        let connection = pool.take().await?;
+        // Boxed: taking a connection (and making one) is a future of about 7 KB, and only
+        // the first call and the one after a broken connection need it; inline, every claim
+        // and finish would carry it.
+        let connection = Box::pin(pool.take()).await?;
         // A concurrent call may have installed one meanwhile: keep that one.
         Ok(self.lock().get_or_insert(connection).clone())
     }
