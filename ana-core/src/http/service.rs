@@ -298,7 +298,7 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         F: FnOnce(Parts, Bytes) -> Fut + Send,
         Fut: Future<Output = Response<ResponseBody<B>>> + Send,
     {
-        let values = prepared.values;
+        let mut values = prepared.values;
         let grpc = is_grpc(&parts.headers);
         let fingerprint = self.inner.config.fingerprint(&parts, &body);
         let handler_response: Slot<B> = Arc::default();
@@ -307,7 +307,8 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
         let (key, target) = (values.key.clone(), values.target.clone());
         let op = operation(
             values.target.clone(),
-            values.scoped_key.clone(),
+            // Only the operation needs it.
+            std::mem::take(&mut values.scoped_key),
             fingerprint,
             move |session: Ctx| {
                 parts.extensions.insert(InsideAttempt);
