@@ -44,8 +44,8 @@ fn at_unix(since: Duration) -> DateTime<Utc> {
     let date = DAY.with(|cached| match cached.get() {
         Some((cached_day, date)) if cached_day == day => Some(date),
         _ => {
-            let date = DateTime::from_timestamp(i64::try_from(day * DAY_SECONDS).ok()?, 0)?
-                .date_naive();
+            let date =
+                DateTime::from_timestamp(i64::try_from(day * DAY_SECONDS).ok()?, 0)?.date_naive();
             cached.set(Some((day, date)));
             Some(date)
         }
@@ -150,10 +150,8 @@ mod tests {
             (253_402_300_799, 999_999_999), // 9999-12-31T23:59:59Z
         ];
         for (seconds, nanos) in instants {
-            let expected = DateTime::from_timestamp(
-                i64::try_from(seconds).unwrap_or(i64::MAX),
-                nanos,
-            );
+            let expected =
+                DateTime::from_timestamp(i64::try_from(seconds).unwrap_or(i64::MAX), nanos);
             assert_eq!(
                 Some(at_unix(Duration::new(seconds, nanos))),
                 expected,

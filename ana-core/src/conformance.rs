@@ -191,6 +191,7 @@ macro_rules! conformance_tests {
             timed_out_running_executes,
             operation_error_passes_unwrapped,
             panic_becomes_panic_error,
+            panic_before_the_future_becomes_panic_error,
             failed_is_retried_and_counts_errors,
             concurrent_calls_execute_once,
             payload_mismatch_is_detected_first,
@@ -519,6 +520,28 @@ pub async fn panic_becomes_panic_error<H: Harness>(harness: H) {
     let record = record(&harness, "k").await;
     assert_eq!(record.status, Status::Failed);
     assert_eq!(record.error.as_deref(), Some("Got panic \"boom\""));
+}
+
+/// A panic while the operation makes its future (before anything is polled) is caught the
+/// same way.
+pub async fn panic_before_the_future_becomes_panic_error<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let op = operation(
+        TARGET,
+        "k",
+        "payload",
+        |_ctx: Session<H>| -> std::future::Ready<Result<String, Declined>> {
+            panic!("no future");
+        },
+    );
+    let out = manager.run(op).await;
+    assert!(
+        matches!(&out, Err(Error::Panic { message }) if message == "Got panic \"no future\""),
+        "{out:?}"
+    );
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.error.as_deref(), Some("Got panic \"no future\""));
 }
 
 /// A Failed record is retried by the next call until one succeeds; failures are counted.

@@ -8,7 +8,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -278,18 +278,29 @@ where
             };
             // Each step's answer is a statement of its own, so that no future above this one
             // keeps it beside the next step's.
-            let ran = match catch_unwind(operation.call(session.clone())).await {
-                Ok(Ok(value)) => match self.codec.encode(&value) {
-                    Ok(bytes) => Ok((value, bytes)),
-                    Err(error) => {
-                        let message = format!("The result could not be encoded: {error}");
-                        Err((message, Error::Codec(error)))
+            let ran = {
+                // A panic is caught while the operation makes its future (a synchronous
+                // `call`) as well as while the future runs. In a block: the outcome is not
+                // kept while the record is finished.
+                let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    operation.call(session.clone())
+                })) {
+                    Ok(future) => CatchUnwind { future }.await,
+                    Err(panic) => Err(panic),
+                };
+                match outcome {
+                    Ok(Ok(value)) => match self.codec.encode(&value) {
+                        Ok(bytes) => Ok((value, bytes)),
+                        Err(error) => {
+                            let message = format!("The result could not be encoded: {error}");
+                            Err((message, Error::Codec(error)))
+                        }
+                    },
+                    Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
+                    Err(panic) => {
+                        let message = format!("Got panic \"{}\"", panic_message(&*panic));
+                        Err((message.clone(), Error::Panic { message }))
                     }
-                },
-                Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
-                Err(panic) => {
-                    let message = format!("Got panic \"{}\"", panic_message(&*panic));
-                    Err((message.clone(), Error::Panic { message }))
                 }
             };
             let (value, bytes) = match ran {
@@ -419,17 +430,25 @@ fn nonzero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
 
-/// Polls `future`, turning a panic into `Err` with its payload.
-async fn catch_unwind<F: Future>(future: F) -> Result<F::Output, Box<dyn Any + Send>> {
-    let mut future = pin!(future);
-    std::future::poll_fn(move |cx| {
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+pin_project_lite::pin_project! {
+    /// Polls `future`, turning a panic into `Err` with its payload.
+    struct CatchUnwind<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for CatchUnwind<F> {
+    type Output = Result<F::Output, Box<dyn Any + Send>>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let future = self.project().future;
+        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
             Ok(Poll::Pending) => Poll::Pending,
             Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
             Err(panic) => Poll::Ready(Err(panic)),
         }
-    })
-    .await
+    }
 }
 
 fn panic_message(panic: &(dyn Any + Send)) -> &str {

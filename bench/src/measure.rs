@@ -78,7 +78,8 @@ impl Server {
         if let (Some(before), Some(after)) = (before, after)
             && figures.requests > 0
         {
-            figures.server_cpu = Some(after.saturating_sub(before) / figures.requests as u32);
+            let used = after.saturating_sub(before).as_secs_f64();
+            figures.server_cpu = Some(Duration::from_secs_f64(used / figures.requests as f64));
         }
         Ok(figures)
     }

@@ -494,3 +494,45 @@ fn internal(message: impl Into<String>) -> Rejection {
         source: Arc::new(source),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed expectation is a panic.
+    #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::memory::MemoryRepository;
+    use crate::record::Status;
+
+    fn request(key: &str) -> Request<Bytes> {
+        Request::post("/pay")
+            .header("x-idempotency-key", key)
+            .body(Bytes::from_static(b"{}"))
+            .unwrap()
+    }
+
+    /// `next` panicking before it returns its future (a synchronous handler, a service whose
+    /// `call` panics) is caught like a panic inside the future: a 500 problem, the attempt
+    /// recorded Failed.
+    #[tokio::test]
+    async fn a_panic_before_the_handlers_future_is_a_500() {
+        let service = IdempotencyService::new(MemoryRepository::new());
+        let response = service
+            .handle(
+                request("k"),
+                |_parts, _body| -> std::future::Ready<Response<ResponseBody<()>>> {
+                    panic!("synchronous")
+                },
+            )
+            .await;
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let record = service
+            .manager()
+            .get("[POST]/pay", &super::super::config::scoped_key(None, "k"))
+            .await
+            .unwrap()
+            .expect("the record");
+        assert_eq!(record.status, Status::Failed);
+        assert_eq!(record.error.as_deref(), Some("Got panic \"synchronous\""));
+    }
+}
