@@ -513,13 +513,7 @@ pub async fn panic_becomes_panic_error<H: Harness>(harness: H) {
         Ok::<String, Declined>(String::new())
     });
     let out = manager.run(op).await;
-    assert!(
-        matches!(&out, Err(Error::Panic { message }) if message == "Got panic \"boom\""),
-        "{out:?}"
-    );
-    let record = record(&harness, "k").await;
-    assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some("Got panic \"boom\""));
+    assert_panicked(&harness, out, "Got panic \"boom\"").await;
 }
 
 /// A panic while the operation makes its future (before anything is polled) is caught the
@@ -535,13 +529,22 @@ pub async fn panic_before_the_future_becomes_panic_error<H: Harness>(harness: H)
         },
     );
     let out = manager.run(op).await;
+    assert_panicked(&harness, out, "Got panic \"no future\"").await;
+}
+
+/// `out` is `Error::Panic` with `expected`, and record `k` is Failed with it.
+async fn assert_panicked<H: Harness, R: fmt::Debug>(
+    harness: &H,
+    out: Result<R, Error<Declined>>,
+    expected: &str,
+) {
     assert!(
-        matches!(&out, Err(Error::Panic { message }) if message == "Got panic \"no future\""),
+        matches!(&out, Err(Error::Panic { message }) if message == expected),
         "{out:?}"
     );
-    let record = record(&harness, "k").await;
+    let record = record(harness, "k").await;
     assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some("Got panic \"no future\""));
+    assert_eq!(record.error.as_deref(), Some(expected));
 }
 
 /// A Failed record is retried by the next call until one succeeds; failures are counted.
