@@ -293,9 +293,10 @@ mod tests {
     }
 
     /// The future of one request, as boxed by the layer: every byte of it is copied into the
-    /// heap per request (2,520 bytes with rustc 1.95; 4,272 while `Manager::run` held its
-    /// operation twice and the handler's future was kept beside the request; 6,216 before
-    /// the handler's future was boxed apart, in `IdempotencyService::execute`).
+    /// heap per request (2,056 bytes with rustc 1.95; 2,520 while `execute` held its operation
+    /// beside the manager's future; 4,272 while `Manager::run` held its operation twice and
+    /// the handler's future was kept beside the request; 6,216 before the handler's future
+    /// was boxed apart, in `IdempotencyService::execute`).
     #[test]
     fn the_response_future_stays_small() {
         let mut service = IdempotencyLayer::new(MemoryRepository::new()).layer(
@@ -310,6 +311,6 @@ mod tests {
         let future = service.call(request);
         let size = std::mem::size_of_val(&*future.inner);
         eprintln!("response future: {size} bytes");
-        assert!(size <= 2688, "{size} bytes");
+        assert!(size <= 2304, "{size} bytes");
     }
 }

@@ -334,31 +334,45 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
             Some(at) => op.reference_time(at),
             None => op,
         };
-        async move {
-            let take = || {
-                handler_response
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .take()
-            };
-            let rejection = match self.inner.manager.run(op).await {
-                Ok(Outcome::Executed(_)) | Err(Error::Operation(NotRecorded(_))) => match take() {
-                    Some(response) => return response,
-                    None => internal("the handler's response went missing"),
-                },
-                Ok(Outcome::Replayed(recorded)) if recorded.is_body_stored() => {
-                    return match recorded.into_replay() {
-                        (replay, Some(trailers)) => {
-                            replay.map(|data| ResponseBody::WithTrailers { data, trailers })
-                        }
-                        (replay, None) => replay.map(ResponseBody::Full),
-                    };
-                }
-                Ok(Outcome::Replayed(_)) => Rejection::ResponseNotStored { key: values.key },
-                Err(error) => self.rejection(error, values),
-            };
-            rejection.to_response_as(grpc).map(ResponseBody::Full)
+        // `Then`, not an `async` block: the block would hold the operation beside the
+        // manager's future, which holds it too.
+        Then {
+            future: self.inner.manager.run(op),
+            then: Some(move |outcome| self.respond(outcome, values, grpc, &handler_response)),
         }
+    }
+
+    /// The answer to a request once the manager has run or replayed it.
+    fn respond<B>(
+        &self,
+        outcome: Result<Outcome<RecordedResponse>, Error<NotRecorded>>,
+        values: RequestValues,
+        grpc: bool,
+        handler_response: &Slot<B>,
+    ) -> Response<ResponseBody<B>> {
+        let take = || {
+            handler_response
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+        };
+        let rejection = match outcome {
+            Ok(Outcome::Executed(_)) | Err(Error::Operation(NotRecorded(_))) => match take() {
+                Some(response) => return response,
+                None => internal("the handler's response went missing"),
+            },
+            Ok(Outcome::Replayed(recorded)) if recorded.is_body_stored() => {
+                return match recorded.into_replay() {
+                    (replay, Some(trailers)) => {
+                        replay.map(|data| ResponseBody::WithTrailers { data, trailers })
+                    }
+                    (replay, None) => replay.map(ResponseBody::Full),
+                };
+            }
+            Ok(Outcome::Replayed(_)) => Rejection::ResponseNotStored { key: values.key },
+            Err(error) => self.rejection(error, values),
+        };
+        rejection.to_response_as(grpc).map(ResponseBody::Full)
     }
 
     /// [`plan`](Self::plan), the body limit and [`execute`](Self::execute) for a request whose
@@ -446,6 +460,37 @@ where
         let this = self.project();
         let response = ready!(this.handled.poll(cx));
         Poll::Ready(record(response, this.config, this.slot))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// `future`, then `then` applied to its output.
+    struct Then<Fut, F> {
+        #[pin]
+        future: Fut,
+        then: Option<F>,
+    }
+}
+
+impl<Fut, F, T> Future for Then<Fut, F>
+where
+    Fut: Future,
+    F: FnOnce(Fut::Output) -> T,
+{
+    type Output = T;
+
+    #[expect(
+        clippy::panic,
+        reason = "polled again after it answered: a caller's bug, which an `async fn` also \
+                  answers with a panic"
+    )]
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        let this = self.project();
+        let output = ready!(this.future.poll(cx));
+        match this.then.take() {
+            Some(then) => Poll::Ready(then(output)),
+            None => panic!("`Then` polled after completion"),
+        }
     }
 }
 
