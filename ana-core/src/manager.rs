@@ -288,20 +288,7 @@ where
                     Ok(future) => CatchUnwind { future }.await,
                     Err(panic) => Err(panic),
                 };
-                match outcome {
-                    Ok(Ok(value)) => match self.codec.encode(&value) {
-                        Ok(bytes) => Ok((value, bytes)),
-                        Err(error) => {
-                            let message = format!("The result could not be encoded: {error}");
-                            Err((message, Error::Codec(error)))
-                        }
-                    },
-                    Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
-                    Err(panic) => {
-                        let message = format!("Got panic \"{}\"", panic_message(&*panic));
-                        Err((message.clone(), Error::Panic { message }))
-                    }
-                }
+                self.settle(outcome)
             };
             let (value, bytes) = match ran {
                 Ok(ran) => ran,
@@ -335,6 +322,28 @@ where
                 }
                 Completion::Superseded => Err(superseded(lease)),
                 Completion::Expired => Err(expired(lease)),
+            }
+        }
+    }
+
+    /// What an attempt's outcome records: its value and the value's encoding, or the message
+    /// to store on the record and the error to return.
+    fn settle<E: fmt::Display>(
+        &self,
+        outcome: Result<Result<R, E>, Box<dyn Any + Send>>,
+    ) -> Result<(R, Vec<u8>), (String, Error<E>)> {
+        match outcome {
+            Ok(Ok(value)) => match self.codec.encode(&value) {
+                Ok(bytes) => Ok((value, bytes)),
+                Err(error) => {
+                    let message = format!("The result could not be encoded: {error}");
+                    Err((message, Error::Codec(error)))
+                }
+            },
+            Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
+            Err(panic) => {
+                let message = format!("Got panic \"{}\"", panic_message(&*panic));
+                Err((message.clone(), Error::Panic { message }))
             }
         }
     }

@@ -321,10 +321,9 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                 // it, and every future above it (the manager's, this one, the adapter's)
                 // stays small. `next` is called first, so the box holds its future and the
                 // recording's two handles, nothing else.
-                Box::pin(Recording {
-                    handled: next(parts, body),
-                    config,
-                    slot,
+                Box::pin(Then {
+                    future: next(parts, body),
+                    then: Some(move |response| record(response, &config, &slot)),
                 })
             },
         )
@@ -438,30 +437,6 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
 
 /// Where the handler's own response waits while the manager records its stored form.
 type Slot<B> = Arc<Mutex<Option<Response<ResponseBody<B>>>>>;
-
-pin_project_lite::pin_project! {
-    /// The handler's future, then the recording of its response: what the manager runs as
-    /// the operation.
-    struct Recording<Fut, B> {
-        #[pin]
-        handled: Fut,
-        config: IdempotencyConfig,
-        slot: Slot<B>,
-    }
-}
-
-impl<Fut, B> Future for Recording<Fut, B>
-where
-    Fut: Future<Output = Response<ResponseBody<B>>>,
-{
-    type Output = Result<RecordedResponse, NotRecorded>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = ready!(this.handled.poll(cx));
-        Poll::Ready(record(response, this.config, this.slot))
-    }
-}
 
 pin_project_lite::pin_project! {
     /// `future`, then `then` applied to its output.
