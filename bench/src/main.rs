@@ -93,13 +93,13 @@ fn run() -> Result<()> {
     // keys only: what a microsecond of server work costs in this harness (wrk shares the
     // cores), the scale for the layer's ratios.
     let variants = [
-        "bare",
-        "bare+1us",
-        "memory",
-        "postgres",
-        "postgres+cache",
-        "redis",
-        "redis+cache",
+        ("bare", Only::Both),
+        ("bare+1us", Only::NewKeys),
+        ("memory", Only::Both),
+        ("postgres", Only::Both),
+        ("postgres+cache", Only::Replays),
+        ("redis", Only::Both),
+        ("redis+cache", Only::Replays),
     ];
     // The Postgres server migrates the schema the pgbench scripts seed and write to (a fresh
     // database has none yet).
@@ -108,26 +108,19 @@ fn run() -> Result<()> {
     let (redis_host, redis_port) = serve::redis_address(&settings.redis_url)?;
     let claim = serve::redis_claim_command()?;
     let claim: Vec<&str> = claim.iter().map(String::as_str).collect();
-    let mut http: Vec<(&str, Figures, Figures)> = Vec::new();
+    let mut http: Vec<(&str, Only, Figures, Figures)> = Vec::new();
     let (mut pg_new, mut pg_new_tx, mut pg_replay, mut redis_new) = Default::default();
     for round in 0..rounds {
-        for variant in variants {
+        for (variant, only) in variants {
             eprintln!("bench: HTTP {variant} (round {} of {rounds})...", round + 1);
-            let only = if variant.ends_with("+cache") {
-                Only::Replays
-            } else if variant == "bare+1us" {
-                Only::NewKeys
-            } else {
-                Only::Both
-            };
             let (new_key, replay) =
                 http_round(&settings, variant, &format!("{run_id}-{round}"), only)?;
-            match http.iter_mut().find(|(v, _, _)| *v == variant) {
-                Some((_, best_new, best_replay)) => {
+            match http.iter_mut().find(|(v, ..)| *v == variant) {
+                Some((_, _, best_new, best_replay)) => {
                     *best_new = best(*best_new, new_key);
                     *best_replay = best(*best_replay, replay);
                 }
-                None => http.push((variant, new_key, replay)),
+                None => http.push((variant, only, new_key, replay)),
             }
             match variant {
                 "postgres" => {
@@ -164,13 +157,13 @@ fn run() -> Result<()> {
     // Each scenario is compared with the bare handler under the same load script.
     let (bare, bare_replay) = http
         .first()
-        .map(|(_, new, replay)| (*new, *replay))
+        .map(|(_, _, new, replay)| (*new, *replay))
         .unwrap_or_default();
-    for (variant, new_key, replay) in &http {
-        if !variant.ends_with("+cache") {
+    for &(variant, only, ref new_key, ref replay) in &http {
+        if only != Only::Replays {
             rows.push(Row::http(variant, "new key", new_key, &bare));
         }
-        if *variant != "bare+1us" {
+        if only != Only::NewKeys {
             rows.push(Row::http(variant, "replay", replay, &bare_replay));
         }
     }
@@ -184,8 +177,8 @@ fn run() -> Result<()> {
 
     let find = |variant: &str, replay: bool| {
         http.iter()
-            .find(|(v, _, _)| *v == variant)
-            .map(|(_, new, rep)| if replay { *rep } else { *new })
+            .find(|(v, ..)| *v == variant)
+            .map(|(_, _, new, rep)| if replay { *rep } else { *new })
             .unwrap_or_default()
     };
     let ratio = |a: Figures, b: Figures| a.requests_per_second / b.requests_per_second;
