@@ -101,10 +101,7 @@ fn run() -> Result<()> {
         ("redis", Only::Both),
         ("redis+cache", Only::Replays),
     ];
-    // The Postgres server migrates the schema the pgbench scripts seed and write to (a fresh
-    // database has none yet).
-    drop(Server::start("postgres")?);
-    let pg_scripts = serve::pgbench_scripts()?;
+    let pg_scripts = pgbench_scripts()?;
     let (redis_host, redis_port) = serve::redis_address(&settings.redis_url)?;
     let claim = serve::redis_claim_command()?;
     let claim: Vec<&str> = claim.iter().map(String::as_str).collect();
@@ -260,9 +257,7 @@ fn limits() -> Result<()> {
     let database_url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let redis_url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
-    // The Postgres server migrates the schema the scripts write to.
-    drop(Server::start("postgres")?);
-    let scripts = serve::pgbench_scripts()?;
+    let scripts = pgbench_scripts()?;
     let pgbench = |script| measure::pgbench(&database_url, script, seconds, serve::pool_size());
     let new = pgbench(&scripts.claim_finish)?;
     let new_tx = pgbench(&scripts.claim_finish_in_transaction)?;
@@ -286,6 +281,13 @@ fn limits() -> Result<()> {
         redis.requests_per_second
     );
     Ok(())
+}
+
+/// The pgbench scripts, on a migrated schema: the Postgres server migrates the schema they
+/// seed and write to (a fresh database has none yet).
+fn pgbench_scripts() -> Result<serve::PgbenchScripts> {
+    drop(Server::start("postgres")?);
+    serve::pgbench_scripts()
 }
 
 /// Which loads a variant's server gets.
