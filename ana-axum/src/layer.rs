@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
+use axum::extract::OriginalUri;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
@@ -180,10 +181,15 @@ where
     ResBody: HttpBody<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    // Under `Router::nest` the route sees its URI without the nesting prefix, and every nested
+    // router's routes would share targets and payloads: the record is made on the URI the
+    // client sent (axum's `OriginalUri`), and the route is called with its own.
+    let routed = original_uri(&mut parts);
     let prepared = match service.plan(&parts) {
         Err(rejection) => return Ok(rejection.to_response_for(&parts.headers).map(Body::from)),
         Ok(Plan::PassThrough) => {
+            restore_uri(&mut parts, routed);
             let response = inner
                 .call(Request::from_parts(parts, Body::new(body)))
                 .await?;
@@ -200,7 +206,8 @@ where
     // recorded Failed (the handler's response stands in as a 500).
     let failure: Arc<Mutex<Option<S::Error>>> = Arc::default();
     let failed = Arc::clone(&failure);
-    let next = move |parts, body: Bytes| {
+    let next = move |mut parts, body: Bytes| {
+        restore_uri(&mut parts, routed);
         // `then`: the handler's future, and after it the reading of its body, in one place
         // (an `async` block would keep the request beside the handler's future).
         inner
@@ -236,6 +243,24 @@ where
         ResponseBody::WithTrailers { data, trailers } => with_trailers(data, trailers),
         ResponseBody::Streaming(body) => body,
     }))
+}
+
+/// Puts the URI the client sent (axum's [`OriginalUri`], when a router set one that differs)
+/// in `parts`; returns the routed URI it replaced.
+fn original_uri(parts: &mut http::request::Parts) -> Option<http::Uri> {
+    let original = parts.extensions.get::<OriginalUri>()?;
+    if original.0 == parts.uri {
+        return None;
+    }
+    let original = original.0.clone();
+    Some(std::mem::replace(&mut parts.uri, original))
+}
+
+/// Gives the route back the URI it was routed with.
+fn restore_uri(parts: &mut http::request::Parts, routed: Option<http::Uri>) {
+    if let Some(routed) = routed {
+        parts.uri = routed;
+    }
 }
 
 fn status_only(status: StatusCode) -> Response<ResponseBody<Body>> {

@@ -400,3 +400,67 @@ async fn the_replay_cache_answers_repeated_replays() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!((runs.load(Ordering::SeqCst), cache.hits()), (1, 3));
 }
+
+/// A layer inside `Router::nest` sees the route's URI without the nesting prefix; the record is
+/// still made on the URI the client sent: two nested paths are two operations, and the route
+/// is called with the URI it was routed by.
+#[tokio::test]
+async fn nested_routes_are_told_apart_by_their_full_path() {
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&runs);
+    let layer = IdempotencyLayer::new(MemoryRepository::new());
+    let accounts = Router::new()
+        .route(
+            "/transfer",
+            post(move |uri: http::Uri| {
+                let runs = Arc::clone(&counter);
+                async move {
+                    let run = runs.fetch_add(1, Ordering::SeqCst) + 1;
+                    format!("run {run} at {}", uri.path())
+                }
+            }),
+        )
+        .layer(layer.clone());
+    let app = Router::new().nest("/accounts/{id}", accounts);
+    let send = |path: &'static str| {
+        let app = app.clone();
+        async move { read(app.oneshot(request(path, Some("k1"))).await.unwrap()).await }
+    };
+
+    let (status, _, body) = send("/accounts/1/transfer").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "run 1 at /transfer")
+    );
+    let (status, headers, body) = send("/accounts/2/transfer").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "run 2 at /transfer")
+    );
+    assert!(headers.get("idempotent-replayed").is_none());
+    let (status, headers, body) = send("/accounts/1/transfer").await;
+    assert_eq!(
+        (status, body.as_str()),
+        (StatusCode::OK, "run 1 at /transfer")
+    );
+    assert_eq!(headers["idempotent-replayed"], "true");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+
+    let key = ana_core::http::scoped_key(None, "k1");
+    let manager = layer.service().manager();
+    for target in ["[POST]/accounts/1/transfer", "[POST]/accounts/2/transfer"] {
+        let record = manager.get(target, &key).await.unwrap();
+        assert_eq!(
+            record.map(|record| record.status),
+            Some(Status::Finished),
+            "{target}"
+        );
+    }
+    assert!(
+        manager
+            .get("[POST]/transfer", &key)
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
