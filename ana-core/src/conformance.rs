@@ -196,6 +196,7 @@ macro_rules! conformance_tests {
             concurrent_calls_execute_once,
             payload_mismatch_is_detected_first,
             takeover_after_timeout_supersedes_stale_holder,
+            recreated_record_rejects_the_earlier_holder,
             expiry_during_execution_returns_expired,
             cancellation_frees_the_record,
             targets_scope_keys,
@@ -682,6 +683,59 @@ pub async fn takeover_after_timeout_supersedes_stale_holder<H: Harness>(harness:
     let record = record(&harness, "k").await;
     assert_eq!(record.status, Status::Finished);
     assert_eq!(record.result.as_deref(), Some(&b"\"fresh\""[..]));
+    assert_eq!(count(&runs), 2);
+}
+
+/// A record created again under its identity while a holder still runs (deleted once expired
+/// and claimed anew, restored from elsewhere) counts its attempts from 1 again: the earlier
+/// holder's finish, with the same attempt number, must not land on the new holder's record.
+pub async fn recreated_record_rejects_the_earlier_holder<H: Harness>(harness: H) {
+    let manager = manager(&harness);
+    let runs = counter();
+    let (earlier_started, earlier_started_rx) = oneshot::channel();
+    let (earlier_release, earlier_release_rx) = oneshot::channel();
+    let earlier = gated(&runs, "k", "earlier", earlier_started, earlier_release_rx);
+    let earlier = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(earlier).await }
+    });
+    let _ = earlier_started_rx.await;
+
+    // The record as a store holds it once created again: Ready, no attempt yet.
+    let mut recreated = seeded("k", Status::Ready, harness.clock().now());
+    recreated.attempt = 0;
+    recreated.started_at = None;
+    harness.seed(recreated).await;
+    let (later_started, later_started_rx) = oneshot::channel();
+    let (later_release, later_release_rx) = oneshot::channel();
+    let later = gated(&runs, "k", "later", later_started, later_release_rx);
+    let later = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(later).await }
+    });
+    let _ = later_started_rx.await;
+    let held = record(&harness, "k").await;
+    assert_eq!((held.status, held.attempt), (Status::Running, 1));
+
+    let _ = earlier_release.send(());
+    let earlier = earlier.await.map_err(|error| error.to_string());
+    assert!(
+        matches!(earlier, Ok(Err(Error::Superseded { .. }))),
+        "{earlier:?}"
+    );
+    let held = record(&harness, "k").await;
+    assert_eq!((held.status, held.attempt), (Status::Running, 1));
+    assert_eq!(held.result, None);
+
+    let _ = later_release.send(());
+    let later = later.await.map_err(|error| error.to_string());
+    assert!(
+        matches!(&later, Ok(Ok(Outcome::Executed(value))) if value == "later"),
+        "{later:?}"
+    );
+    let finished = record(&harness, "k").await;
+    assert_eq!(finished.status, Status::Finished);
+    assert_eq!(finished.result.as_deref(), Some(&b"\"later\""[..]));
     assert_eq!(count(&runs), 2);
 }
 

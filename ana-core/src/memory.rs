@@ -4,7 +4,7 @@ use std::borrow::Borrow;
 use std::collections::HashSet;
 use std::fmt;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ const NONE: i64 = i64::MIN;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MemorySession {
     attempt: u64,
+    /// The claim's own number in the store, never given twice: a record created again under
+    /// its identity (swept after it expired, restored) starts its attempts at 1 again.
+    claim: u64,
     /// The record's identity, computed once by the claim for the finish.
     id: Id,
 }
@@ -57,6 +60,12 @@ impl MemorySession {
 ///   [`with_clock`](Self::with_clock) says otherwise).
 /// - Expired records are swept from a shard at most once per sweep interval (default one
 ///   second), on the first claim that reaches it, and by [`evict_expired`](Self::evict_expired).
+///   A Running record stays past its expiration until its holder finishes it or its timeout
+///   passes: removed under a holder still at work, it would let a new call run beside it.
+/// - Every claim gets a number of its own in the store, which its finish checks besides the
+///   attempt: a record created again under an identity (after a sweep, by
+///   [`restore`](Self::restore)) counts its attempts from 1 again, and an earlier holder's late
+///   finish must not land on it.
 /// - At capacity, expired records are swept at once; when every record is still live, a new
 ///   key gets [`RepositoryError::CapacityExceeded`]. Live records are never evicted: that
 ///   would let a retried request run twice.
@@ -78,6 +87,8 @@ pub struct MemoryRepository {
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
     len: AtomicUsize,
+    /// The last claim number given (see [`MemorySession`]).
+    claims: AtomicU64,
 }
 
 struct Shard {
@@ -140,6 +151,7 @@ impl MemoryRepository {
             shared: Arc::new(Shared {
                 shards: (0..shards).map(|_| Mutex::default()).collect(),
                 len: AtomicUsize::new(0),
+                claims: AtomicU64::new(0),
             }),
             capacity: DEFAULT_CAPACITY,
             clock: Arc::new(SystemClock),
@@ -203,6 +215,8 @@ impl MemoryRepository {
                 status: record.status,
                 error_count: record.error_count,
                 attempt: record.attempt,
+                // No claim of this store made it: no session of this store finishes it.
+                claim: 0,
                 reference_time: micros(record.reference_time),
                 started_at: record.started_at.map_or(NONE, micros),
                 timeout: record.timeout.map_or(NONE, micros),
@@ -229,7 +243,7 @@ impl MemoryRepository {
         let mut earliest = i64::MAX;
         shard.records.retain(|record| {
             let header = record.header();
-            let keep = !header.is_expired_at(now);
+            let keep = !header.is_expired_at(now) || header.is_held_at(now);
             if keep {
                 earliest = earlier(earliest, header.expiration);
             }
@@ -268,12 +282,14 @@ impl MemoryRepository {
                     now: time(now).unwrap_or_default(),
                 }));
             }
-            let attempt = header.attempt + 1;
+            let attempt = header.attempt.saturating_add(1);
+            let claim = self.next_claim();
             let record = Record::new(
                 id,
                 Header {
                     status: Status::Running,
                     attempt,
+                    claim,
                     started_at: now,
                     timeout,
                     ..header
@@ -281,7 +297,7 @@ impl MemoryRepository {
                 record.data(),
             );
             shard.records.replace(record);
-            return Ok(Some(acquired(attempt, id)));
+            return Ok(Some(acquired(attempt, claim, id)));
         }
         if self.len() >= self.capacity {
             if may_sweep_all {
@@ -293,11 +309,13 @@ impl MemoryRepository {
                 capacity: self.capacity,
             });
         }
+        let claim = self.next_claim();
         let header = Header {
             fingerprint: request.fingerprint,
             status: Status::Running,
             error_count: 0,
             attempt: 1,
+            claim,
             reference_time: micros(request.reference_time),
             started_at: now,
             timeout,
@@ -307,7 +325,11 @@ impl MemoryRepository {
         shard.note_expiration(header.expiration);
         shard.records.insert(Record::new(id, header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(acquired(1, id)))
+        Ok(Some(acquired(1, claim, id)))
+    }
+
+    fn next_claim(&self) -> u64 {
+        self.shared.claims.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// Replaces the record with `finish`'s header and data while `lease` still owns it.
@@ -323,11 +345,14 @@ impl MemoryRepository {
         let now = micros(self.clock.now());
         let mut shard = self.shard(&id);
         let Some(record) = shard.records.get(&id) else {
-            // Only the sweeper removes records, and only expired ones.
+            // Only the sweeper removes records, and only expired ones no holder works on.
             return missing;
         };
         let header = record.header();
-        if header.attempt != lease.attempt || header.status != Status::Running {
+        if header.attempt != lease.attempt
+            || header.claim != session.claim
+            || header.status != Status::Running
+        {
             return Completion::Superseded;
         }
         let (header, data, completion) = finish(header, now);
@@ -428,6 +453,8 @@ struct Header {
     status: Status,
     error_count: u32,
     attempt: u64,
+    /// The claim that made this attempt (0: restored).
+    claim: u64,
     reference_time: i64,
     started_at: i64,
     timeout: i64,
@@ -438,6 +465,12 @@ struct Header {
 impl Header {
     fn is_expired_at(&self, now: i64) -> bool {
         self.expiration != NONE && now > self.expiration
+    }
+
+    /// Running, and its holder's lock not yet timed out: the holder may still be at work, so
+    /// the record stays, expired or not (a new record would let a second call run).
+    fn is_held_at(&self, now: i64) -> bool {
+        self.status == Status::Running && (self.timeout == NONE || now < self.timeout)
     }
 
     /// [`TrackedOperation::is_claimable_at`] on the compact form.
@@ -458,7 +491,8 @@ const FINGERPRINT: usize = ID + 16;
 const STATUS: usize = FINGERPRINT + Fingerprint::LEN;
 const ERROR_COUNT: usize = STATUS + 1;
 const ATTEMPT: usize = ERROR_COUNT + 4;
-const TIMES: usize = ATTEMPT + 8;
+const CLAIM: usize = ATTEMPT + 8;
+const TIMES: usize = CLAIM + 8;
 const DATA: usize = TIMES + 5 * 8;
 
 /// One stored record in one allocation: identity, header, then the result (Finished) or the
@@ -478,6 +512,7 @@ impl Record {
         });
         bytes.extend_from_slice(&header.error_count.to_le_bytes());
         bytes.extend_from_slice(&header.attempt.to_le_bytes());
+        bytes.extend_from_slice(&header.claim.to_le_bytes());
         for time in [
             header.reference_time,
             header.started_at,
@@ -512,6 +547,7 @@ impl Record {
             },
             error_count: u32::from_le_bytes(array(bytes, ERROR_COUNT)),
             attempt: u64::from_le_bytes(half(bytes, ATTEMPT)),
+            claim: u64::from_le_bytes(half(bytes, CLAIM)),
             reference_time: time(0),
             started_at: time(1),
             timeout: time(2),
@@ -598,10 +634,14 @@ fn half(bytes: &[u8], at: usize) -> [u8; 8] {
     array(bytes, at)
 }
 
-fn acquired(attempt: u64, id: &Id) -> Claim<MemorySession> {
+fn acquired(attempt: u64, claim: u64, id: &Id) -> Claim<MemorySession> {
     Claim::Acquired {
         attempt,
-        session: MemorySession { attempt, id: *id },
+        session: MemorySession {
+            attempt,
+            claim,
+            id: *id,
+        },
     }
 }
 
@@ -649,7 +689,8 @@ mod tests {
             key,
             fingerprint: "p".fingerprint(),
             reference_time: now,
-            timeout: None,
+            // Shorter than every expiration below: an expired record's holder has timed out.
+            timeout: Some(MINUTE / 2),
             expiration: expiration.map(|e| crate::clock::add(now, e)),
         }
     }
@@ -739,6 +780,44 @@ mod tests {
         assert_eq!(repo.len(), 2);
         assert!(repo.get("t", "a").await.expect("get").is_none());
         assert!(repo.get("t", "b").await.expect("get").is_some());
+    }
+
+    /// A Running record outlives its expiration while its holder may still be at work (no
+    /// timeout, or one still ahead): removed, it would let a new call run beside the holder.
+    /// It goes once the holder has finished it, or once its timeout has passed.
+    #[tokio::test]
+    async fn a_held_record_outlives_its_expiration() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new().with_clock(clock.clone());
+        let mut untimed = request("untimed", clock.now(), Some(MINUTE));
+        untimed.timeout = None;
+        let mut timed = request("timed", clock.now(), Some(MINUTE));
+        timed.timeout = Some(10 * MINUTE);
+        let Claim::Acquired { session, .. } = claim(&repo, &untimed).await else {
+            panic!("the first claim acquires");
+        };
+        claim(&repo, &timed).await;
+        clock.advance(2 * MINUTE);
+        assert_eq!(repo.evict_expired(), 0);
+        untimed.reference_time = clock.now();
+        assert!(matches!(
+            claim(&repo, &untimed).await,
+            Claim::Existing { record, .. } if record.status == Status::Running
+        ));
+        let lease = Lease {
+            target: "t",
+            key: "untimed",
+            attempt: 1,
+        };
+        let done = repo
+            .complete(session, lease, b"late")
+            .await
+            .expect("complete");
+        assert_eq!(done, Completion::Expired);
+        assert_eq!(repo.evict_expired(), 1, "finished by its holder, it goes");
+        clock.advance(9 * MINUTE);
+        assert_eq!(repo.evict_expired(), 1, "its timeout passed, it goes");
+        assert!(repo.is_empty());
     }
 
     #[tokio::test]
