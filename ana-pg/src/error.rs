@@ -36,10 +36,10 @@ fn is_unavailable(code: Option<&str>) -> bool {
     })
 }
 
-/// A claim statement kept answering nothing: the record was inserted and deleted again by
-/// others between each try.
+/// A claim statement kept losing races: each try, a concurrent claim created the record after
+/// its snapshot (no row), or took over the record it read (a stale answer).
 #[derive(Debug, thiserror::Error)]
-#[error("the claim of {target}/{key} found no record after {tries} tries")]
+#[error("the claim of {target}/{key} lost to concurrent claims {tries} times")]
 pub(crate) struct ClaimRace {
     pub(crate) target: String,
     pub(crate) key: String,

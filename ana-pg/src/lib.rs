@@ -113,7 +113,8 @@
 //!   record goes through the insert, whose conflict arm re-checks the condition on the latest
 //!   row version. The holder's transaction locks its record only for its final `UPDATE` and
 //!   `COMMIT`. If the statement answers no row (a concurrent first claim committed after its
-//!   snapshot), it is run again, three times at most.
+//!   snapshot), or answers a record it could have taken but did not (a concurrent claim took
+//!   it over after its snapshot: the read is stale), it is run again, three times at most.
 //! - **The session's transaction** opens with `BEGIN` at the operation's first
 //!   [`PgSession::transaction`], on the connection the claim used, so a call holds one
 //!   connection at a time (a full pool cannot deadlock) and goes through the pool once. An
@@ -154,7 +155,10 @@
 //!   whatever their status, after an optional [retention](PgRepository::with_retention); a
 //!   Finished record replays until then.
 //! - **Fencing.** [`PgSession::attempt`] is the attempt token, increasing with every takeover;
-//!   pass it to systems outside the transaction that can reject a stale writer.
+//!   pass it to systems outside the transaction that can reject a stale writer. Every claim
+//!   also gets a number of its own from a sequence (the `claim` column), which the finish
+//!   checks besides the attempt: a record deleted after it expired and created again counts
+//!   its attempts from 1 again, and an earlier holder's late finish must not land on it.
 
 mod cleanup;
 mod error;

@@ -160,11 +160,14 @@ impl PgRepository {
             .map_err(map_sqlx)
     }
 
-    /// Deletes up to `limit` records whose expiration passed more than the retention ago
-    /// (whatever their status), skipping rows other transactions hold. Returns how many went.
+    /// Deletes up to `limit` records whose expiration passed more than the retention ago,
+    /// skipping rows other transactions hold. Returns how many went.
     ///
-    /// A deleted key is forgotten: a later call with a fresh reference time runs again. A
-    /// holder whose record was deleted finishes with [`Completion::Expired`] and rolls back.
+    /// A deleted key is forgotten: a later call with a fresh reference time runs again. So a
+    /// Running record whose holder may still be at work (no timeout, or its timeout ahead)
+    /// stays: deleted, it would let a new call run beside the holder. It goes once finished or
+    /// failed, or once its timeout has passed; a holder whose record was deleted then finishes
+    /// with [`Completion::Expired`] and rolls back.
     ///
     /// # Errors
     ///
@@ -181,13 +184,14 @@ impl PgRepository {
 
     /// Marks the attempt Failed with `message`, ignoring a failure to do so: the record's
     /// timeout frees it then.
-    async fn fail_quietly(&self, lease: Lease<'_>, message: &str) {
-        let _ = self.fail_attempt(lease, message).await;
+    async fn fail_quietly(&self, lease: Lease<'_>, claim: i64, message: &str) {
+        let _ = self.fail_attempt(lease, claim, message).await;
     }
 
     async fn fail_attempt(
         &self,
         lease: Lease<'_>,
+        claim: i64,
         message: &str,
     ) -> Result<Completion, RepositoryError> {
         let done = sqlx::query(self.shared.sql.fail.get())
@@ -195,6 +199,7 @@ impl PgRepository {
             .bind(lease.key)
             .bind(token(lease.attempt))
             .bind(storable(message))
+            .bind(claim)
             .execute(&self.pool)
             .await
             .map_err(map_sqlx)?;
@@ -210,6 +215,7 @@ impl PgRepository {
         &self,
         executor: impl PgExecutor<'_>,
         lease: Lease<'_>,
+        claim: i64,
         result: &[u8],
     ) -> Result<u64, sqlx::Error> {
         sqlx::query(self.shared.sql.complete.get())
@@ -217,6 +223,7 @@ impl PgRepository {
             .bind(lease.key)
             .bind(token(lease.attempt))
             .bind(result)
+            .bind(claim)
             .execute(executor)
             .await
             .map(|done| done.rows_affected())
@@ -224,12 +231,13 @@ impl PgRepository {
 
     /// Why a finish changed no row: the record expired (it is marked Failed now, or was deleted
     /// by the clean-up after its expiration), or another attempt owns it.
-    async fn classify(&self, lease: Lease<'_>) -> Result<Completion, RepositoryError> {
+    async fn classify(&self, lease: Lease<'_>, claim: i64) -> Result<Completion, RepositoryError> {
         let row = sqlx::query(self.shared.sql.expire.get())
             .bind(lease.target)
             .bind(lease.key)
             .bind(token(lease.attempt))
             .bind(EXPIRED_BEFORE_FINISH)
+            .bind(claim)
             .fetch_one(&self.pool)
             .await
             .map_err(map_sqlx)?;
@@ -249,7 +257,7 @@ impl IdempotencyRepository for PgRepository {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim<PgSession>, RepositoryError> {
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
         let mut tries = 0;
-        let row = loop {
+        let (row, record) = loop {
             tries += 1;
             let row = sqlx::query(self.shared.sql.claim.get())
                 .bind(request.target)
@@ -263,31 +271,37 @@ impl IdempotencyRepository for PgRepository {
                 .map_err(map_sqlx)?;
             // No row: the record was committed by a concurrent claim after this statement's
             // snapshot (the upsert saw it, the SELECT of the same statement did not). Again.
-            match row {
-                Some(row) => break row,
-                None if tries < CLAIM_TRIES => {}
-                None => {
-                    return Err(RepositoryError::Backend(Box::new(ClaimRace {
-                        target: request.target.to_owned(),
-                        key: request.key.to_owned(),
-                        tries,
-                    })));
+            if let Some(row) = row {
+                let acquired: bool = row.try_get("acquired").map_err(map_sqlx)?;
+                let now: DateTime<Utc> = row.try_get("now").map_err(map_sqlx)?;
+                let record = decode(&row)?;
+                if acquired {
+                    break (row, record);
+                }
+                // Not taken, though the record read was one to take: a concurrent claim took
+                // it over after this statement's snapshot (the conflict arm re-checked the
+                // latest version and left it). The read is stale: again, to answer the record
+                // as it stands now.
+                if !record.is_claimable_at(request.fingerprint, now) {
+                    return Ok(Claim::Existing { record, now });
                 }
             }
+            if tries >= CLAIM_TRIES {
+                return Err(RepositoryError::Backend(Box::new(ClaimRace {
+                    target: request.target.to_owned(),
+                    key: request.key.to_owned(),
+                    tries,
+                })));
+            }
         };
-        let acquired: bool = row.try_get("acquired").map_err(map_sqlx)?;
-        let now: DateTime<Utc> = row.try_get("now").map_err(map_sqlx)?;
-        let record = decode(&row)?;
-        if !acquired {
-            return Ok(Claim::Existing { record, now });
-        }
         // The claim is committed. The session keeps this connection: the operation's
         // transaction opens on it when first asked for, so a call holds one connection at a
         // time and goes through the pool once.
         let attempt = record.attempt;
+        let claim: i64 = row.try_get("claim").map_err(map_sqlx)?;
         Ok(Claim::Acquired {
             attempt,
-            session: PgSession::new(conn, attempt),
+            session: PgSession::new(conn, attempt, claim),
         })
     }
 
@@ -297,42 +311,45 @@ impl IdempotencyRepository for PgRepository {
         lease: Lease<'_>,
         result: &[u8],
     ) -> Result<Completion, RepositoryError> {
+        let claim = session.claim();
         let mut tx = match session.take().await {
             Some(State::Open(tx)) => tx,
             // The operation never opened its transaction: one autocommitted statement.
             Some(State::Idle(mut connection)) => {
-                let mut updated = self.complete_on(&mut *connection, lease, result).await;
+                let mut updated = self
+                    .complete_on(&mut *connection, lease, claim, result)
+                    .await;
                 drop(connection);
                 if updated.is_err() {
                     // The claim's connection may have been dropped while the operation ran
                     // (an idle timeout, a proxy). Nothing was in a transaction on it, and the
                     // statement is a compare-and-set: it runs once more, on another connection.
-                    updated = self.complete_on(&self.pool, lease, result).await;
+                    updated = self.complete_on(&self.pool, lease, claim, result).await;
                 }
                 return match updated {
                     Ok(1) => Ok(Completion::Done),
-                    Ok(_) => self.classify(lease).await,
+                    Ok(_) => self.classify(lease, claim).await,
                     Err(error) => {
                         // Not applied, or applied and the answer lost: the compare-and-set
                         // leaves a committed Finished record alone.
-                        self.fail_quietly(lease, COMMIT_FAILED).await;
+                        self.fail_quietly(lease, claim, COMMIT_FAILED).await;
                         Err(map_sqlx(error))
                     }
                 };
             }
             Some(State::BeginFailed) => {
-                self.fail_quietly(lease, BEGIN_FAILED).await;
+                self.fail_quietly(lease, claim, BEGIN_FAILED).await;
                 return Err(RepositoryError::SessionClosed);
             }
             None => return Err(RepositoryError::SessionClosed),
         };
-        match self.complete_on(&mut *tx, lease, result).await {
+        match self.complete_on(&mut *tx, lease, claim, result).await {
             Ok(1) => match tx.commit().await {
                 Ok(()) => Ok(Completion::Done),
                 Err(error) => {
                     // The server rolled back (or the outcome is unknown, and the
                     // compare-and-set leaves a committed Finished record alone).
-                    self.fail_quietly(lease, COMMIT_FAILED).await;
+                    self.fail_quietly(lease, claim, COMMIT_FAILED).await;
                     Err(map_sqlx(error))
                 }
             },
@@ -340,11 +357,11 @@ impl IdempotencyRepository for PgRepository {
                 // Rolled back on the server even if this fails (the connection is then
                 // closed instead of pooled).
                 let _ = tx.rollback().await;
-                self.classify(lease).await
+                self.classify(lease, claim).await
             }
             Err(error) => {
                 let _ = tx.rollback().await;
-                self.fail_quietly(lease, COMMIT_FAILED).await;
+                self.fail_quietly(lease, claim, COMMIT_FAILED).await;
                 Err(map_sqlx(error))
             }
         }
@@ -356,11 +373,12 @@ impl IdempotencyRepository for PgRepository {
         lease: Lease<'_>,
         error: &str,
     ) -> Result<Completion, RepositoryError> {
+        let claim = session.claim();
         if let Some(State::Open(tx)) = session.take().await {
             // A failed rollback closes the connection, which rolls back on the server too.
             let _ = tx.rollback().await;
         }
-        self.fail_attempt(lease, error).await
+        self.fail_attempt(lease, claim, error).await
     }
 
     async fn get(

@@ -66,20 +66,27 @@ struct Migration {
     sql: &'static str,
 }
 
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "tracked_operations",
-    sql: include_str!("../migrations/0001_tracked_operations.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "tracked_operations",
+        sql: include_str!("../migrations/0001_tracked_operations.sql"),
+    },
+    Migration {
+        version: 2,
+        description: "claims",
+        sql: include_str!("../migrations/0002_claims.sql"),
+    },
+];
 
 /// The columns of a record, in the order [`crate::repository`] decodes them.
 const COLUMNS: &str = "t.target, t.key, t.status::text AS status, t.fingerprint, \
      t.reference_time, t.started_at, t.timeout, t.expiration, t.result, t.error, \
-     t.finished_at, t.error_count, t.attempt";
+     t.finished_at, t.error_count, t.attempt, t.claim";
 
 /// The names of [`COLUMNS`], to select them again from a CTE.
 const COLUMN_NAMES: &str = "target, key, status, fingerprint, reference_time, started_at, \
-     timeout, expiration, result, error, finished_at, error_count, attempt";
+     timeout, expiration, result, error, finished_at, error_count, attempt, claim";
 
 /// Every statement of a repository, built once for its schema.
 #[derive(Debug)]
@@ -132,15 +139,16 @@ impl Statements {
             claimed AS (
                 INSERT INTO {table} AS t
                     (target, key, status, fingerprint, reference_time, started_at, timeout,
-                     expiration, error_count, attempt)
+                     expiration, error_count, attempt, claim)
                 SELECT $1::text, $2::text, 'running'::{schema_quoted}.operation_status,
                        $3::bytea, $4::timestamptz, statement_timestamp(),
                        statement_timestamp() + $5::bigint * interval '1 microsecond',
-                       $6::timestamptz, 0, 1
+                       $6::timestamptz, 0, 1, nextval('{schema_quoted}.claims')
                 WHERE NOT EXISTS (SELECT 1 FROM existing WHERE NOT existing.claimable)
                 ON CONFLICT (target, key) DO UPDATE SET
                     status = 'running',
                     attempt = t.attempt + 1,
+                    claim = excluded.claim,
                     started_at = statement_timestamp(),
                     timeout = statement_timestamp() + $5::bigint * interval '1 microsecond',
                     finished_at = NULL,
@@ -157,15 +165,16 @@ impl Statements {
         let complete = format!(
             "UPDATE {table}
              SET status = 'finished', result = $4, error = NULL, finished_at = clock_timestamp()
-             WHERE target = $1 AND key = $2 AND attempt = $3 AND status = 'running'
+             WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
+               AND status = 'running'
                AND (expiration IS NULL OR expiration >= clock_timestamp())"
         );
         let expire = format!(
             "WITH expired AS (
                 UPDATE {table}
                 SET status = 'failed', error = $4, error_count = error_count + 1
-                WHERE target = $1 AND key = $2 AND attempt = $3 AND status = 'running'
-                  AND expiration < clock_timestamp()
+                WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
+                  AND status = 'running' AND expiration < clock_timestamp()
                 RETURNING 1
             )
             SELECT EXISTS (SELECT 1 FROM expired) AS expired,
@@ -174,7 +183,8 @@ impl Statements {
         let fail = format!(
             "UPDATE {table}
              SET status = 'failed', error = $4, error_count = error_count + 1
-             WHERE target = $1 AND key = $2 AND attempt = $3 AND status = 'running'"
+             WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
+               AND status = 'running'"
         );
         let get = format!("SELECT {COLUMNS} FROM {table} t WHERE t.target = $1 AND t.key = $2");
         let fail_timed_out = format!(
@@ -195,6 +205,9 @@ impl Statements {
                 SELECT target, key FROM {table}
                 WHERE expiration IS NOT NULL
                   AND expiration < clock_timestamp() - $2::bigint * interval '1 microsecond'
+                  /* A holder that may still be at work keeps its record. */
+                  AND NOT (status = 'running'
+                           AND (timeout IS NULL OR timeout > clock_timestamp()))
                 ORDER BY expiration
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED)"

@@ -40,14 +40,22 @@ pub(crate) enum State {
 pub struct PgSession {
     state: Arc<Mutex<Option<State>>>,
     attempt: u64,
+    /// The claim's own number (the `claim` column), which the finish checks besides the
+    /// attempt: a record deleted and created again counts its attempts from 1 again.
+    claim: i64,
 }
 
 impl PgSession {
-    pub(crate) fn new(connection: PoolConnection<Postgres>, attempt: u64) -> Self {
+    pub(crate) fn new(connection: PoolConnection<Postgres>, attempt: u64, claim: i64) -> Self {
         Self {
             state: Arc::new(Mutex::new(Some(State::Idle(connection)))),
             attempt,
+            claim,
         }
+    }
+
+    pub(crate) fn claim(&self) -> i64 {
+        self.claim
     }
 
     /// The fencing token of this attempt (1 for the first, +1 for each attempt that took the

@@ -119,6 +119,29 @@ async fn delete_expired_deletes_exactly_the_expired_rows() {
     assert_eq!(db.repository.delete_expired(100).await.unwrap(), 0);
 }
 
+/// A Running record past its expiration stays while its holder may still be at work (no
+/// timeout, or its timeout ahead): deleted, it would let a new call run beside the holder.
+#[tokio::test]
+async fn delete_expired_keeps_running_rows_a_holder_may_still_work_on() {
+    let db = TestDb::new().await;
+    let now = db.now().await;
+    let hour = TimeDelta::hours(1);
+    for (key, timeout) in [
+        ("held", Some(now + hour)),
+        ("no-timeout", None),
+        ("timed-out", Some(now - hour)),
+    ] {
+        let mut r = record(key, Status::Running, now - hour * 3);
+        r.expiration = Some(now - hour * 2);
+        r.timeout = timeout;
+        db.seed(&r).await;
+    }
+    assert_eq!(db.repository.delete_expired(100).await.unwrap(), 1);
+    assert_eq!(status(&db, "timed-out").await, None);
+    assert!(status(&db, "held").await.is_some());
+    assert!(status(&db, "no-timeout").await.is_some());
+}
+
 #[tokio::test]
 async fn retention_keeps_recently_expired_rows() {
     let db = TestDb::new().await;
@@ -264,6 +287,68 @@ async fn the_background_task_counts_store_errors_and_goes_on() {
     handle.shutdown().await;
 }
 
+/// A schema made by an earlier release (migration 1 only, records in it) is brought up to
+/// date: its records stay readable, and claims and finishes work on old and new keys.
+#[tokio::test]
+async fn an_earlier_schema_is_migrated_with_its_records() {
+    use ana_core::{Claim, ClaimRequest, Completion, Lease};
+
+    let db = TestDb::new().await;
+    let schema = common::unique_schema();
+    let quoted = format!("\"{schema}\"");
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA {quoted};
+         CREATE TABLE {quoted}.schema_migrations (
+            version bigint PRIMARY KEY,
+            description text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO {quoted}.schema_migrations (version, description)
+            VALUES (1, 'tracked_operations');
+         {}
+         INSERT INTO {quoted}.tracked_operations
+            (target, key, status, fingerprint, reference_time, result, finished_at, attempt)
+            VALUES ('{TARGET}', 'old', 'finished', '\\x70617966696e6765727072696e743136'::bytea,
+                    now(), 'paid'::bytea, now(), 1);",
+        include_str!("../migrations/0001_tracked_operations.sql").replace("{schema}", &quoted)
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    drop(conn);
+
+    let repository = PgRepository::with_schema(db.pool.clone(), &schema).unwrap();
+    repository.migrate().await.unwrap();
+    let old = repository.get(TARGET, "old").await.unwrap().unwrap();
+    assert_eq!(
+        (old.status, old.result.as_deref()),
+        (Status::Finished, Some(&b"paid"[..]))
+    );
+    let now = db.now().await;
+    let request = ClaimRequest {
+        target: TARGET,
+        key: "new",
+        fingerprint: "payload".fingerprint(),
+        reference_time: now,
+        timeout: None,
+        expiration: None,
+    };
+    let Claim::Acquired { attempt, session } = repository.claim(&request).await.unwrap() else {
+        panic!("a new key is claimed");
+    };
+    let lease = Lease {
+        target: TARGET,
+        key: "new",
+        attempt,
+    };
+    let done = repository.complete(session, lease, b"ok").await.unwrap();
+    assert_eq!(done, Completion::Done);
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {quoted} CASCADE")))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn migrations_run_twice_and_concurrently() {
     let db = TestDb::new().await;
@@ -279,12 +364,12 @@ async fn migrations_run_twice_and_concurrently() {
     }
     repository.migrate().await.unwrap();
     let versions: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT version FROM \"{schema}\".schema_migrations"
+        "SELECT version FROM \"{schema}\".schema_migrations ORDER BY version"
     )))
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(versions, [1]);
+    assert_eq!(versions, [1, 2]);
     // The schema works.
     assert_eq!(repository.get(TARGET, "k").await.unwrap(), None);
     sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))

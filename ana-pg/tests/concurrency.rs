@@ -204,3 +204,79 @@ async fn replays_and_duplicates_neither_write_nor_lock_the_record() {
     release_tx.send(()).unwrap();
     assert!(matches!(holder.await.unwrap(), Ok(Outcome::Executed(_))));
 }
+
+/// A claim that reads a record it may take (Failed) while a concurrent claim is taking it
+/// over answers the record as it stands once that claim has committed (Running, held), not
+/// its stale read: the manager would take a claimable record answered as not taken for a
+/// corrupt store, and the client would get a 500 where a 409 is due.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_racing_a_takeover_answers_the_record_as_it_stands() {
+    use ana_core::{Claim, ClaimRequest, Payload, TrackedOperation};
+    use ana_pg::sqlx::Connection;
+
+    let db = TestDb::new().await;
+    let now = db.now().await;
+    let mut failed =
+        TrackedOperation::new("[POST]/race", "k", Status::Failed, "p".fingerprint(), now);
+    failed.attempt = 1;
+    failed.error = Some("declined".into());
+    db.seed(&failed).await;
+
+    // Another claim's takeover, in flight: the row is locked until it commits.
+    let mut other = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    let other_pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
+        .fetch_one(&mut other)
+        .await
+        .unwrap();
+    sqlx::query("BEGIN").execute(&mut other).await.unwrap();
+    sqlx::query(AssertSqlSafe(db.sql(
+        "UPDATE {s}.tracked_operations
+         SET status = 'running', attempt = attempt + 1, claim = nextval('{s}.claims'),
+             started_at = now(), timeout = now() + interval '1 hour'
+         WHERE key = 'k'",
+    )))
+    .execute(&mut other)
+    .await
+    .unwrap();
+
+    let claim = tokio::spawn({
+        let repository = db.repository.clone();
+        async move {
+            repository
+                .claim(&ClaimRequest {
+                    target: "[POST]/race",
+                    key: "k",
+                    fingerprint: "p".fingerprint(),
+                    reference_time: now,
+                    timeout: Some(Duration::from_secs(60)),
+                    expiration: None,
+                })
+                .await
+        }
+    });
+    // Its snapshot saw the Failed record; it waits on the row lock to take it over.
+    let mut polls = 0;
+    loop {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE $1 = ANY(pg_blocking_pids(pid))",
+        )
+        .bind(other_pid)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        if waiting > 0 {
+            break;
+        }
+        polls += 1;
+        assert!(polls < 100_000, "the claim never waited on the row lock");
+        tokio::task::yield_now().await;
+    }
+    sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+
+    match claim.await.unwrap() {
+        Ok(Claim::Existing { record, .. }) => {
+            assert_eq!((record.status, record.attempt), (Status::Running, 2));
+        }
+        other => panic!("expected the record held by the other claim, got {other:?}"),
+    }
+}

@@ -224,15 +224,17 @@ pub(crate) fn pgbench_scripts() -> Result<PgbenchScripts> {
             "('k' || :n)",
             "1",
             "convert_to(repeat('x', 230), 'UTF8')",
+            // The claim's number, which the claim's answer set (`\gset`).
+            ":claim",
         ],
     );
     let claim_finish = format!(
-        "\\set n random(1, 1000000000000)\n{};\n{};\n",
+        "\\set n random(1, 1000000000000)\n{} \\gset\n{};\n",
         one_line(&claim),
         one_line(&complete)
     );
     let claim_finish_in_transaction = format!(
-        "\\set n random(1, 1000000000000)\n{};\nBEGIN;\n{};\nCOMMIT;\n",
+        "\\set n random(1, 1000000000000)\n{} \\gset\nBEGIN;\n{};\nCOMMIT;\n",
         one_line(&claim),
         one_line(&complete)
     );
