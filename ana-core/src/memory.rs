@@ -22,6 +22,9 @@ pub const EXPIRED_BEFORE_FINISH: &str = "Operation expired before it finished.";
 const DEFAULT_CAPACITY: usize = 1_000_000;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const NONE: i64 = i64::MIN;
+/// The highest attempt number kept; later takeovers keep it (the claim number still fences
+/// each of them).
+const MAX_ATTEMPT: u64 = u32::MAX as u64;
 
 /// The session of a [`MemoryRepository`] attempt: it carries the fencing token.
 ///
@@ -71,7 +74,7 @@ impl MemorySession {
 ///   would let a retried request run twice.
 /// - Compact: a record is one allocation (a fixed header, then its result or error), and its
 ///   identity is kept as a 128-bit digest of `(target, key)` rather than the strings: about
-///   330 bytes for a record with a 200-byte HTTP response. Two identities sharing a digest
+///   340 bytes for a record with a 200-byte HTTP response. Two identities sharing a digest
 ///   would need a SHA-256 collision on 128 bits; even then the payload fingerprint is
 ///   checked before anything is replayed.
 ///
@@ -201,7 +204,8 @@ impl MemoryRepository {
     }
 
     /// Stores `record` as it is, replacing any record with its identity: for tests that need
-    /// a record in a given state, and for loading records kept elsewhere.
+    /// a record in a given state, and for loading records kept elsewhere. Attempt numbers
+    /// above `u32::MAX` are kept as `u32::MAX`.
     pub fn restore(&self, record: TrackedOperation) {
         let id = identity(&record.target, &record.key);
         let data = match record.status {
@@ -214,7 +218,7 @@ impl MemoryRepository {
                 fingerprint: record.fingerprint,
                 status: record.status,
                 error_count: record.error_count,
-                attempt: record.attempt,
+                attempt: record.attempt.min(MAX_ATTEMPT),
                 // No claim of this store made it: no session of this store finishes it.
                 claim: 0,
                 reference_time: micros(record.reference_time),
@@ -282,7 +286,7 @@ impl MemoryRepository {
                     now: time(now).unwrap_or_default(),
                 }));
             }
-            let attempt = header.attempt.saturating_add(1);
+            let attempt = header.attempt.saturating_add(1).min(MAX_ATTEMPT);
             let claim = self.next_claim();
             let record = Record::new(
                 id,
@@ -490,8 +494,10 @@ const ID: usize = 0;
 const FINGERPRINT: usize = ID + 16;
 const STATUS: usize = FINGERPRINT + Fingerprint::LEN;
 const ERROR_COUNT: usize = STATUS + 1;
+// The attempt takes four bytes: with the claim's eight, a record with a 200-byte HTTP response
+// stays in the allocator's 352-byte size class.
 const ATTEMPT: usize = ERROR_COUNT + 4;
-const CLAIM: usize = ATTEMPT + 8;
+const CLAIM: usize = ATTEMPT + 4;
 const TIMES: usize = CLAIM + 8;
 const DATA: usize = TIMES + 5 * 8;
 
@@ -511,7 +517,8 @@ impl Record {
             Status::Failed => 3,
         });
         bytes.extend_from_slice(&header.error_count.to_le_bytes());
-        bytes.extend_from_slice(&header.attempt.to_le_bytes());
+        let attempt = u32::try_from(header.attempt).unwrap_or(u32::MAX);
+        bytes.extend_from_slice(&attempt.to_le_bytes());
         bytes.extend_from_slice(&header.claim.to_le_bytes());
         for time in [
             header.reference_time,
@@ -546,7 +553,7 @@ impl Record {
                 _ => Status::Failed,
             },
             error_count: u32::from_le_bytes(array(bytes, ERROR_COUNT)),
-            attempt: u64::from_le_bytes(half(bytes, ATTEMPT)),
+            attempt: u64::from(u32::from_le_bytes(array(bytes, ATTEMPT))),
             claim: u64::from_le_bytes(half(bytes, CLAIM)),
             reference_time: time(0),
             started_at: time(1),
@@ -846,6 +853,50 @@ mod tests {
         ));
         assert_eq!(repo.len(), 2);
         assert!(repo.get("t", "b").await.expect("get").is_some());
+    }
+
+    /// The attempt number stops at its highest; each takeover still gets a claim of its own,
+    /// so the holder finishes and an earlier one cannot.
+    #[tokio::test]
+    async fn attempts_stop_at_their_highest_number_and_still_fence() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new().with_clock(clock.clone());
+        let mut record =
+            TrackedOperation::new("t", "k", Status::Failed, "p".fingerprint(), clock.now());
+        record.attempt = u64::MAX;
+        repo.restore(record);
+        let Claim::Acquired {
+            attempt,
+            session: first,
+        } = claim(&repo, &request("k", clock.now(), None)).await
+        else {
+            panic!("a failed record is taken over");
+        };
+        assert_eq!(attempt, MAX_ATTEMPT);
+        clock.advance(MINUTE);
+        let Claim::Acquired {
+            attempt,
+            session: second,
+        } = claim(&repo, &request("k", clock.now(), None)).await
+        else {
+            panic!("a timed-out record is taken over");
+        };
+        assert_eq!(attempt, MAX_ATTEMPT);
+        let lease = Lease {
+            target: "t",
+            key: "k",
+            attempt,
+        };
+        assert_eq!(
+            repo.complete(first, lease, b"stale")
+                .await
+                .expect("complete"),
+            Completion::Superseded
+        );
+        assert_eq!(
+            repo.complete(second, lease, b"ok").await.expect("complete"),
+            Completion::Done
+        );
     }
 
     #[tokio::test]
