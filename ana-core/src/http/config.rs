@@ -380,16 +380,14 @@ impl IdempotencyConfig {
     /// answer recorded as done by its status is replayed with it).
     #[must_use]
     pub fn with_replay_headers(mut self, names: impl IntoIterator<Item = HeaderName>) -> Self {
-        let mut names: Vec<HeaderName> = names
-            .into_iter()
-            .filter(|name| !NEVER_REPLAYED.contains(name))
-            .collect();
-        for kept in [GRPC_STATUS, GRPC_MESSAGE] {
-            if !names.contains(&kept) {
-                names.push(kept);
+        // Each name once: a name listed twice would copy its values twice into a replay.
+        let mut kept: Vec<HeaderName> = Vec::new();
+        for name in names.into_iter().chain([GRPC_STATUS, GRPC_MESSAGE]) {
+            if !NEVER_REPLAYED.contains(&name) && !kept.contains(&name) {
+                kept.push(name);
             }
         }
-        self.inner().replay_headers = names;
+        self.inner().replay_headers = kept;
         self
     }
 
@@ -501,7 +499,9 @@ impl IdempotencyConfig {
 
     /// Whose key it is (default: the `Authorization` header): requests with different scopes
     /// never share a record, so one client's key never replays another's response. Return the
-    /// caller's identity (a user id, a tenant); only its hash is stored.
+    /// caller's identity (a user id, a tenant); only its hash is stored. Set it when clients
+    /// authenticate otherwise (a session cookie, an API-key header, mutual TLS): requests
+    /// without `Authorization` all share one scope by default.
     #[must_use]
     pub fn with_scope<F, S>(mut self, scope: F) -> Self
     where
@@ -708,7 +708,28 @@ fn scope_hash(scope: Option<&[u8]>) -> Fingerprint {
 
 #[cfg(test)]
 mod tests {
-    use super::{default_target, scoped_key};
+    use super::{IdempotencyConfig, default_target, scoped_key};
+    use http::header::{CONTENT_TYPE, ETAG, SET_COOKIE};
+
+    /// A name listed twice, or one never replayed, is kept once or not at all.
+    #[test]
+    fn replay_headers_are_listed_once() {
+        let config = IdempotencyConfig::default().with_replay_headers([
+            CONTENT_TYPE,
+            ETAG,
+            CONTENT_TYPE,
+            SET_COOKIE,
+        ]);
+        let names: Vec<&str> = config
+            .replay_headers()
+            .iter()
+            .map(|name| name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["content-type", "etag", "grpc-status", "grpc-message"]
+        );
+    }
 
     /// Stored keys depend on this format: it must never change between releases.
     #[test]

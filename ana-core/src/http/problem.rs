@@ -341,13 +341,23 @@ struct ProblemDocument {
 
 /// Whole seconds, rounded up, at least 1.
 pub(crate) fn retry_after_seconds(delay: Duration) -> u64 {
-    let seconds = delay.as_secs() + u64::from(delay.subsec_nanos() > 0);
+    let seconds = delay
+        .as_secs()
+        .saturating_add(u64::from(delay.subsec_nanos() > 0));
     seconds.max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retry_after_rounds_up_without_overflow() {
+        assert_eq!(retry_after_seconds(Duration::ZERO), 1);
+        assert_eq!(retry_after_seconds(Duration::from_millis(1500)), 2);
+        assert_eq!(retry_after_seconds(Duration::from_secs(7)), 7);
+        assert_eq!(retry_after_seconds(Duration::MAX), u64::MAX);
+    }
 
     #[test]
     fn retry_after_rounds_up_to_at_least_one_second() {
