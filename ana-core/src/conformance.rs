@@ -34,12 +34,13 @@ use tokio::sync::{Barrier, mpsc, oneshot};
 
 use crate::cache::ReplayCache;
 use crate::clock::{Clock, ManualClock};
+use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
 use crate::manager::{CANCELLED, Manager, Outcome};
 use crate::memory::MemoryRepository;
 use crate::operation::{FnOperation, operation};
 use crate::record::{Payload, Status, TrackedOperation};
-use crate::repository::IdempotencyRepository;
+use crate::repository::{BoxError, IdempotencyRepository};
 
 /// An isolated instance of a store under test, with control over its time.
 pub trait Harness: Send + Sync + Sized + 'static {
@@ -197,6 +198,7 @@ macro_rules! conformance_tests {
             payload_mismatch_is_detected_first,
             takeover_after_timeout_supersedes_stale_holder,
             recreated_record_rejects_the_earlier_holder,
+            unencodable_result_is_recorded_and_never_runs_again,
             expiry_during_execution_returns_expired,
             cancellation_frees_the_record,
             targets_scope_keys,
@@ -737,6 +739,42 @@ pub async fn recreated_record_rejects_the_earlier_holder<H: Harness>(harness: H)
     assert_eq!(finished.status, Status::Finished);
     assert_eq!(finished.result.as_deref(), Some(&b"\"later\""[..]));
     assert_eq!(count(&runs), 2);
+}
+
+/// JSON, refusing to encode the result `"unencodable"`.
+struct Refusing;
+
+impl Codec<String> for Refusing {
+    fn encode(&self, value: &String) -> Result<Vec<u8>, BoxError> {
+        if value == "unencodable" {
+            return Err("refused".into());
+        }
+        JsonCodec.encode(value)
+    }
+
+    fn decode(&self, bytes: &[u8]) -> Result<String, BoxError> {
+        JsonCodec.decode(bytes)
+    }
+}
+
+/// A result the codec refuses is recorded as done all the same: the call and every later one
+/// for the key answer a codec error, and the operation never runs again (a Failed record
+/// would let every retry do the work again).
+pub async fn unencodable_result_is_recorded_and_never_runs_again<H: Harness>(harness: H) {
+    let manager = Manager::with_codec(harness.repository(), Refusing).with_clock(harness.clock());
+    let manager = match harness.replay_cache() {
+        Some(cache) => manager.with_replay_cache(cache),
+        None => manager,
+    };
+    let runs = counter();
+    for _ in 0..2 {
+        let out = manager
+            .run(counting(&runs, "k", "payload", "unencodable"))
+            .await;
+        assert!(matches!(out, Err(Error::Codec(_))), "{out:?}");
+    }
+    assert_eq!(count(&runs), 1);
+    assert_eq!(record(&harness, "k").await.status, Status::Finished);
 }
 
 /// When the expiration passes while the operation runs, the call returns Expired (never a

@@ -63,6 +63,9 @@
 //!   those); without a Tokio runtime, the record's timeout frees it.
 //! - The memory store never evicts a live record to make room: at capacity a new key is refused
 //!   with [`RepositoryError::CapacityExceeded`].
+//! - A result the codec cannot encode is recorded Finished all the same (with [`UNENCODABLE`]),
+//!   and the key answers [`Error::Codec`] from then on: the work is done, and recording it
+//!   Failed would let every retry do it again.
 
 mod cache;
 mod clock;
@@ -82,7 +85,7 @@ pub use cache::ReplayCache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
-pub use manager::{CANCELLED, Manager, Outcome};
+pub use manager::{CANCELLED, Manager, Outcome, UNENCODABLE};
 pub use memory::{EXPIRED_BEFORE_FINISH, MemoryRepository, MemorySession};
 pub use operation::{FnOperation, Operation, operation};
 pub use record::{

@@ -21,11 +21,21 @@ use crate::error::Error;
 use crate::operation::Operation;
 use crate::record::{Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+    BoxError, Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
 };
 
 /// Error text stored on a record whose attempt was cancelled (its future dropped).
 pub const CANCELLED: &str = "Operation cancelled before it finished.";
+
+/// The result stored for a run whose value the codec refused (see [`Manager::call`]): the
+/// record is Finished, so the work is never done again, and every call for the key is answered
+/// [`Error::Codec`]. Bytes no JSON text and no recorded HTTP response can be.
+pub const UNENCODABLE: &[u8] = b"\xffana: the result could not be encoded\xff";
+
+/// Why a key whose result could not be encoded is answered [`Error::Codec`].
+#[derive(Debug, thiserror::Error)]
+#[error("the operation ran, but its result could not be encoded for storage; it is not replayed")]
+struct Unencodable;
 
 /// The result of a managed call, saying whether the operation ran now or was replayed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -174,6 +184,10 @@ where
 
     /// Runs `operation` at most once for its `(target, key)` and returns its result, or the
     /// result recorded by an earlier call.
+    ///
+    /// A result the codec cannot encode still counts as done: the record turns Finished (with
+    /// [`UNENCODABLE`] for a result), this call and every later one for the key get
+    /// [`Error::Codec`], and the operation never runs again.
     pub async fn call<O>(&self, operation: O) -> Result<R, Error<O::Error>>
     where
         O: Operation<Ctx, Payload = P, Output = R>,
@@ -218,11 +232,7 @@ where
                         key: operation.key().to_owned(),
                     });
                 }
-                return self
-                    .codec
-                    .decode(&hit.result)
-                    .map(Outcome::Replayed)
-                    .map_err(Error::Codec);
+                return self.replay(&hit.result);
             }
             // A statement of its own: the claim's answer is not kept while the operation
             // runs.
@@ -312,13 +322,13 @@ where
             guard.disarm();
             match done {
                 Completion::Done => {
-                    if let (Some(cache), Some((fingerprint, expiration))) =
-                        (&self.replay_cache, cached)
+                    if let (Some(cache), Some((fingerprint, expiration)), Ok(_)) =
+                        (&self.replay_cache, cached, &value)
                     {
                         let now = self.clock.now();
                         cache.insert(&target, &key, fingerprint, &bytes, now, expiration);
                     }
-                    Ok(Outcome::Executed(value))
+                    value.map(Outcome::Executed).map_err(Error::Codec)
                 }
                 Completion::Superseded => Err(superseded(lease)),
                 Completion::Expired => Err(expired(lease)),
@@ -326,19 +336,24 @@ where
         }
     }
 
-    /// What an attempt's outcome records: its value and the value's encoding, or the message
-    /// to store on the record and the error to return.
+    /// What an attempt's outcome records: its value (or why it could not be encoded) and the
+    /// bytes to store, or the message to store on the record and the error to return.
+    ///
+    /// A value the codec refuses is still a success: the work is done, and a retry must not do
+    /// it again. Its record turns Finished with [`UNENCODABLE`] for a result, and every call for
+    /// the key is answered [`Error::Codec`].
+    #[expect(
+        clippy::type_complexity,
+        reason = "one private step's three outcomes, spelled out"
+    )]
     fn settle<E: fmt::Display>(
         &self,
         outcome: Result<Result<R, E>, Box<dyn Any + Send>>,
-    ) -> Result<(R, Vec<u8>), (String, Error<E>)> {
+    ) -> Result<(Result<R, BoxError>, Vec<u8>), (String, Error<E>)> {
         match outcome {
             Ok(Ok(value)) => match self.codec.encode(&value) {
-                Ok(bytes) => Ok((value, bytes)),
-                Err(error) => {
-                    let message = format!("The result could not be encoded: {error}");
-                    Err((message, Error::Codec(error)))
-                }
+                Ok(bytes) => Ok((Ok(value), bytes)),
+                Err(error) => Ok((Err(error), UNENCODABLE.to_vec())),
             },
             Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
             Err(panic) => {
@@ -346,6 +361,17 @@ where
                 Err((message.clone(), Error::Panic { message }))
             }
         }
+    }
+
+    /// A stored result, decoded for a replay.
+    fn replay<E>(&self, bytes: &[u8]) -> Result<Outcome<R>, Error<E>> {
+        if bytes == UNENCODABLE {
+            return Err(Error::Codec(Unencodable.into()));
+        }
+        self.codec
+            .decode(bytes)
+            .map(Outcome::Replayed)
+            .map_err(Error::Codec)
     }
 
     /// Reads the stored record of `(target, key)`.
@@ -389,11 +415,7 @@ where
                 .ok_or_else(|| RepositoryError::Corrupt {
                     detail: format!("finished record {target}/{key} has no result"),
                 })?;
-            return self
-                .codec
-                .decode(bytes)
-                .map(Outcome::Replayed)
-                .map_err(Error::Codec);
+            return self.replay(bytes);
         }
         if record.is_expired_at(now) {
             return Err(Error::Expired {
