@@ -522,8 +522,11 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for CancelGuard<'_, 
             self.lease.key.to_owned(),
             self.lease.attempt,
         );
-        cleanups.start();
+        // Counted done however the task ends: run to its end, panicked, or dropped unrun by a
+        // runtime shutting down (then the record's timeout frees it).
+        let cleanup = Cleanup::start(cleanups);
         runtime.spawn(async move {
+            let _cleanup = cleanup;
             let lease = Lease {
                 target: &target,
                 key: &key,
@@ -531,8 +534,23 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for CancelGuard<'_, 
             };
             // A store fault here leaves the record to its timeout.
             let _ = repository.fail(session, lease, CANCELLED).await;
-            cleanups.finish();
         });
+    }
+}
+
+/// One background clean-up, counted from its start until it is dropped.
+struct Cleanup(Arc<Cleanups>);
+
+impl Cleanup {
+    fn start(cleanups: Arc<Cleanups>) -> Self {
+        cleanups.start();
+        Self(cleanups)
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        self.0.finish();
     }
 }
 
