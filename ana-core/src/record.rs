@@ -1,7 +1,9 @@
 //! The stored record: [`TrackedOperation`], its [`Status`] and the payload [`Fingerprint`].
 
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
 use sha2::{Digest, Sha256};
@@ -205,7 +207,13 @@ impl<T: Payload + ?Sized> Payload for &T {
 
 /// A payload fingerprinted through its JSON form (`serde_json`), for structured requests.
 ///
+/// The form is canonical: object keys in sorted order, whatever order the value gave them in
+/// (a `HashMap` gives a new order to every map), so equal payloads give equal fingerprints.
+/// A payload that cannot be serialized gets a fingerprint no other call shares: a retry of it
+/// is refused as another payload rather than answered with someone else's result.
+///
 /// ```
+/// use std::collections::HashMap;
 /// use ana_core::{Json, Payload};
 ///
 /// #[derive(serde::Serialize)]
@@ -214,6 +222,13 @@ impl<T: Payload + ?Sized> Payload for &T {
 /// let a = Json(Charge { cents: 100, currency: "EUR" });
 /// let b = Json(Charge { cents: 200, currency: "EUR" });
 /// assert_ne!(a.fingerprint(), b.fingerprint());
+///
+/// fn tags(pairs: &[(&'static str, u32)]) -> Json<HashMap<&'static str, u32>> {
+///     Json(pairs.iter().copied().collect())
+/// }
+/// let one = tags(&[("a", 1), ("b", 2), ("c", 3), ("d", 4)]);
+/// let other = tags(&[("d", 4), ("c", 3), ("b", 2), ("a", 1)]);
+/// assert_eq!(one.fingerprint(), other.fingerprint());
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Json<T>(pub T);
@@ -221,11 +236,55 @@ pub struct Json<T>(pub T);
 impl<T: serde::Serialize> Payload for Json<T> {
     fn fingerprint(&self) -> Fingerprint {
         let mut hasher = FingerprintHasher::default();
-        // Writing JSON into a hasher cannot fail for serializable data; a type whose
-        // `Serialize` reports an error is fingerprinted by what it wrote before the error.
-        let _ = serde_json::to_writer(HashWriter(&mut hasher), &self.0);
+        match serde_json::to_value(&self.0) {
+            Ok(value) => canonical(&value, &mut hasher),
+            Err(_) => {
+                // Never equal to another call's: a process-wide count, keyed at random.
+                static CALLS: AtomicU64 = AtomicU64::new(0);
+                let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+                random.write_u64(CALLS.fetch_add(1, Ordering::Relaxed));
+                hasher.update(b"\xffunserializable");
+                hasher.update(&random.finish().to_le_bytes());
+            }
+        }
         hasher.finish()
     }
+}
+
+/// Compact JSON text of `value` into `hasher`, object keys sorted.
+fn canonical(value: &serde_json::Value, hasher: &mut FingerprintHasher) {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            hasher.update(b"{");
+            for (index, (key, value)) in entries.into_iter().enumerate() {
+                if index > 0 {
+                    hasher.update(b",");
+                }
+                json(key, hasher);
+                hasher.update(b":");
+                canonical(value, hasher);
+            }
+            hasher.update(b"}");
+        }
+        serde_json::Value::Array(items) => {
+            hasher.update(b"[");
+            for (index, item) in items.iter().enumerate() {
+                if index > 0 {
+                    hasher.update(b",");
+                }
+                canonical(item, hasher);
+            }
+            hasher.update(b"]");
+        }
+        scalar => json(scalar, hasher),
+    }
+}
+
+/// A string or scalar as JSON text into `hasher` (which cannot fail).
+fn json(value: &impl serde::Serialize, hasher: &mut FingerprintHasher) {
+    let _ = serde_json::to_writer(HashWriter(hasher), value);
 }
 
 struct HashWriter<'a>(&'a mut FingerprintHasher);
@@ -319,5 +378,46 @@ impl TrackedOperation {
                 Status::Running => self.timeout.is_some_and(|timeout| now >= timeout),
                 Status::Finished => false,
             }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+
+    use super::*;
+
+    /// The canonical form is compact JSON with every object's keys in order.
+    #[test]
+    fn the_canonical_form_is_compact_json_with_sorted_keys() {
+        let value: BTreeMap<&str, serde_json::Value> = [
+            ("b\"q", serde_json::Value::from("é\n")),
+            (
+                "a",
+                serde_json::Value::Array(vec![
+                    1.into(),
+                    "two".into(),
+                    serde_json::Value::Null,
+                    [("y", serde_json::Value::from(true)), ("x", 1.5.into())]
+                        .into_iter()
+                        .map(|(key, value)| (key.to_owned(), value))
+                        .collect(),
+                ]),
+            ),
+        ]
+        .into();
+        let text = r#"{"a":[1,"two",null,{"x":1.5,"y":true}],"b\"q":"é\n"}"#;
+        assert_eq!(Json(value).fingerprint(), Fingerprint::of(text));
+    }
+
+    /// A payload serde_json refuses (a map with non-string keys) never shares a fingerprint.
+    #[test]
+    fn unserializable_payloads_share_no_fingerprint() {
+        let payload: HashMap<(u8, u8), u8> = [((1, 2), 3)].into();
+        assert!(serde_json::to_value(&payload).is_err());
+        assert_ne!(
+            Json(payload.clone()).fingerprint(),
+            Json(payload).fingerprint()
+        );
     }
 }
