@@ -229,8 +229,9 @@ impl PgRepository {
             .map(|done| done.rows_affected())
     }
 
-    /// Why a finish changed no row: the record expired (it is marked Failed now, or was deleted
-    /// by the clean-up after its expiration), or another attempt owns it.
+    /// Why a finish changed no row: this claim finished it already (an earlier try whose answer
+    /// was lost), the record expired (it is marked Failed now, or was deleted by the clean-up
+    /// after its expiration), or another attempt owns it.
     async fn classify(&self, lease: Lease<'_>, claim: i64) -> Result<Completion, RepositoryError> {
         let row = sqlx::query(self.shared.sql.expire.get())
             .bind(lease.target)
@@ -243,7 +244,12 @@ impl PgRepository {
             .map_err(map_sqlx)?;
         let expired: bool = row.try_get("expired").map_err(map_sqlx)?;
         let present: bool = row.try_get("present").map_err(map_sqlx)?;
-        Ok(if expired || !present {
+        let finished: bool = row.try_get("finished").map_err(map_sqlx)?;
+        Ok(if finished {
+            // This claim's own finish was applied, its answer lost (the statement then ran
+            // again and found nothing to change).
+            Completion::Done
+        } else if expired || !present {
             Completion::Expired
         } else {
             Completion::Superseded

@@ -178,7 +178,9 @@ impl Statements {
                 RETURNING 1
             )
             SELECT EXISTS (SELECT 1 FROM expired) AS expired,
-                   EXISTS (SELECT 1 FROM {table} WHERE target = $1 AND key = $2) AS present"
+                   EXISTS (SELECT 1 FROM {table} WHERE target = $1 AND key = $2) AS present,
+                   EXISTS (SELECT 1 FROM {table} WHERE target = $1 AND key = $2
+                           AND claim = $5 AND status = 'finished') AS finished"
         );
         let fail = format!(
             "UPDATE {table}

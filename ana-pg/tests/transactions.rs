@@ -616,3 +616,54 @@ async fn a_cancelled_begin_leaves_no_transaction_behind() {
         .is_ok();
     assert!(!stale, "the connection came back inside a transaction");
 }
+
+/// A finish whose statement was applied but whose answer was lost runs again and changes
+/// nothing: the record is this claim's own, finished, so the answer is Done (not Superseded,
+/// which would fail a call whose work is recorded). Another claim's finished record stays
+/// Superseded.
+#[tokio::test]
+async fn a_finish_already_applied_by_the_same_claim_is_done() {
+    use ana_core::{Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, Payload};
+
+    let db = TestDb::new().await;
+    let now = db.now().await;
+    let mut sessions = Vec::new();
+    for key in ["mine", "theirs"] {
+        let request = ClaimRequest {
+            target: TARGET,
+            key,
+            fingerprint: "pay 10".fingerprint(),
+            reference_time: now,
+            timeout: Some(MINUTE),
+            expiration: None,
+        };
+        let Claim::Acquired { attempt, session } = db.repository.claim(&request).await.unwrap()
+        else {
+            panic!("a new key is claimed");
+        };
+        sessions.push((key, attempt, session));
+    }
+    // The lost try's effect on "mine"; "theirs" finished by another claim of the same attempt.
+    sqlx::query(AssertSqlSafe(db.sql(
+        "UPDATE {s}.tracked_operations
+         SET status = 'finished', result = 'ok', finished_at = now(),
+             claim = CASE WHEN key = 'theirs' THEN claim + 1000 ELSE claim END",
+    )))
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    for (key, attempt, session) in sessions {
+        let lease = Lease {
+            target: TARGET,
+            key,
+            attempt,
+        };
+        let done = db.repository.complete(session, lease, b"ok").await.unwrap();
+        let expected = if key == "mine" {
+            Completion::Done
+        } else {
+            Completion::Superseded
+        };
+        assert_eq!(done, expected, "{key}");
+    }
+}

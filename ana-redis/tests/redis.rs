@@ -494,3 +494,32 @@ async fn a_dropped_connection_is_replaced() {
     assert_eq!(second.into_inner(), "ran");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
 }
+
+/// A complete run twice by the same claim (redis-rs sends a script again when the connection
+/// dropped before its answer came back) is Done both times: the record is this claim's own,
+/// finished. A stale claim's complete stays Superseded.
+#[tokio::test]
+async fn a_complete_sent_again_by_its_claim_is_done() {
+    let repository = repository();
+    let request = request("twice", Fingerprint::of("body"));
+    let session = acquire(&repository, &request).await;
+    for _ in 0..2 {
+        assert_eq!(
+            repository
+                .complete(session.clone(), lease("twice", 1), b"\"paid\"")
+                .await
+                .unwrap(),
+            Completion::Done
+        );
+    }
+    let record = repository.get(TARGET, "twice").await.unwrap().unwrap();
+    assert_eq!(record.result.as_deref(), Some(&b"\"paid\""[..]));
+    assert_eq!(
+        repository
+            .fail(session, lease("twice", 1), "late")
+            .await
+            .unwrap(),
+        Completion::Superseded,
+        "a finished record is not failed"
+    );
+}

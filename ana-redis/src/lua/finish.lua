@@ -4,6 +4,11 @@
 -- Returns 0 done, 1 superseded, 2 expired (complete only), 3 record gone, 4 record corrupt.
 local f = redis.call('HMGET', key, 'status', 'att', 'tok', 'exp')
 if f[1] ~= 'running' or f[2] ~= ARGV[4] or f[3] ~= ARGV[5] then
+  -- This claim's own complete, run again (sent again after a connection dropped before its
+  -- answer came back): done, not superseded.
+  if ARGV[3] == 'complete' and f[1] == 'finished' and f[2] == ARGV[4] and f[3] == ARGV[5] then
+    return 0
+  end
   -- Only now tell a record that is gone (its retention ran out) from one another attempt
   -- owns: the common path costs one call fewer.
   if not f[1] and redis.call('EXISTS', key) == 0 then
