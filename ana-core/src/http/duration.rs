@@ -12,7 +12,8 @@ pub enum DurationError {
     /// The value starts with `-`.
     #[error("is negative")]
     Negative,
-    /// The value does not fit (Go's limit: about 292 years).
+    /// The value does not fit: Go's limit (about 292 years) for a Go duration, `Duration`'s
+    /// for a humantime one.
     #[error("is too large")]
     Overflow,
 }
