@@ -688,34 +688,39 @@ pub async fn takeover_after_timeout_supersedes_stale_holder<H: Harness>(harness:
     assert_eq!(count(&runs), 2);
 }
 
+/// A call of key `k` whose operation has started and returns `result` when told to.
+async fn running<Ctx: Clone + Send + Sync + 'static>(
+    manager: &Manager<&'static str, String, Ctx>,
+    runs: &Arc<AtomicUsize>,
+    result: &'static str,
+) -> (
+    tokio::task::JoinHandle<Result<Outcome<String>, Error<Declined>>>,
+    oneshot::Sender<()>,
+) {
+    let (started, started_rx) = oneshot::channel();
+    let (release, release_rx) = oneshot::channel();
+    let op = gated(runs, "k", result, started, release_rx);
+    let call = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    let _ = started_rx.await;
+    (call, release)
+}
+
 /// A record created again under its identity while a holder still runs (deleted once expired
 /// and claimed anew, restored from elsewhere) counts its attempts from 1 again: the earlier
 /// holder's finish, with the same attempt number, must not land on the new holder's record.
 pub async fn recreated_record_rejects_the_earlier_holder<H: Harness>(harness: H) {
     let manager = manager(&harness);
     let runs = counter();
-    let (earlier_started, earlier_started_rx) = oneshot::channel();
-    let (earlier_release, earlier_release_rx) = oneshot::channel();
-    let earlier = gated(&runs, "k", "earlier", earlier_started, earlier_release_rx);
-    let earlier = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.run(earlier).await }
-    });
-    let _ = earlier_started_rx.await;
-
+    let (earlier, earlier_release) = running(&manager, &runs, "earlier").await;
     // The record as a store holds it once created again: Ready, no attempt yet.
     let mut recreated = seeded("k", Status::Ready, harness.clock().now());
     recreated.attempt = 0;
     recreated.started_at = None;
     harness.seed(recreated).await;
-    let (later_started, later_started_rx) = oneshot::channel();
-    let (later_release, later_release_rx) = oneshot::channel();
-    let later = gated(&runs, "k", "later", later_started, later_release_rx);
-    let later = tokio::spawn({
-        let manager = manager.clone();
-        async move { manager.run(later).await }
-    });
-    let _ = later_started_rx.await;
+    let (later, later_release) = running(&manager, &runs, "later").await;
     let held = record(&harness, "k").await;
     assert_eq!((held.status, held.attempt), (Status::Running, 1));
 

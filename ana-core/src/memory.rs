@@ -706,6 +706,13 @@ mod tests {
         repo.claim(request).await.expect("claim")
     }
 
+    async fn acquired(repo: &MemoryRepository, request: &ClaimRequest<'_>) -> (u64, MemorySession) {
+        match claim(repo, request).await {
+            Claim::Acquired { attempt, session } => (attempt, session),
+            Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
+        }
+    }
+
     #[tokio::test]
     async fn expired_records_are_evicted_by_claims_on_other_keys() {
         let clock = ManualClock::default();
@@ -800,9 +807,7 @@ mod tests {
         untimed.timeout = None;
         let mut timed = request("timed", clock.now(), Some(MINUTE));
         timed.timeout = Some(10 * MINUTE);
-        let Claim::Acquired { session, .. } = claim(&repo, &untimed).await else {
-            panic!("the first claim acquires");
-        };
+        let (_, session) = acquired(&repo, &untimed).await;
         claim(&repo, &timed).await;
         clock.advance(2 * MINUTE);
         assert_eq!(repo.evict_expired(), 0);
@@ -865,22 +870,10 @@ mod tests {
             TrackedOperation::new("t", "k", Status::Failed, "p".fingerprint(), clock.now());
         record.attempt = u64::MAX;
         repo.restore(record);
-        let Claim::Acquired {
-            attempt,
-            session: first,
-        } = claim(&repo, &request("k", clock.now(), None)).await
-        else {
-            panic!("a failed record is taken over");
-        };
+        let (attempt, first) = acquired(&repo, &request("k", clock.now(), None)).await;
         assert_eq!(attempt, MAX_ATTEMPT);
         clock.advance(MINUTE);
-        let Claim::Acquired {
-            attempt,
-            session: second,
-        } = claim(&repo, &request("k", clock.now(), None)).await
-        else {
-            panic!("a timed-out record is taken over");
-        };
+        let (attempt, second) = acquired(&repo, &request("k", clock.now(), None)).await;
         assert_eq!(attempt, MAX_ATTEMPT);
         let lease = Lease {
             target: "t",
