@@ -29,7 +29,9 @@ pub const CANCELLED: &str = "Operation cancelled before it finished.";
 
 /// The result stored for a run whose value the codec refused (see [`Manager::call`]): the
 /// record is Finished, so the work is never done again, and every call for the key is answered
-/// [`Error::Codec`]. Bytes no JSON text and no recorded HTTP response can be.
+/// [`Error::Codec`]. No JSON text and no recorded HTTP response can be these bytes; a codec
+/// storing raw bytes ([`BytesCodec`](crate::BytesCodec)) would read a result of exactly these
+/// bytes as unencodable.
 pub const UNENCODABLE: &[u8] = b"\xffana: the result could not be encoded\xff";
 
 /// Why a key whose result could not be encoded is answered [`Error::Codec`].

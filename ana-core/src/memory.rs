@@ -97,8 +97,9 @@ struct Shared {
 struct Shard {
     records: HashSet<Record, BuildHasherDefault<IdHasher>>,
     next_sweep: i64,
-    /// The earliest expiration among the shard's records (`i64::MAX` when none expires):
-    /// a sweep before it would find nothing to evict, so none is made.
+    /// The earliest time a record of the shard may be evicted from (its expiration, or for a
+    /// held record the end of its timeout; `i64::MAX` when none ever is): a sweep before it
+    /// would find nothing to evict, so none is made.
     earliest_expiration: i64,
 }
 
@@ -230,7 +231,7 @@ impl MemoryRepository {
             &data,
         );
         let mut shard = self.shard(&id);
-        shard.note_expiration(record.expiration.map_or(NONE, micros));
+        shard.note_expiration(stored.header().evictable_from());
         if shard.records.replace(stored).is_none() {
             self.shared.len.fetch_add(1, Ordering::Relaxed);
         }
@@ -249,7 +250,7 @@ impl MemoryRepository {
             let header = record.header();
             let keep = !header.is_expired_at(now) || header.is_held_at(now);
             if keep {
-                earliest = earlier(earliest, header.expiration);
+                earliest = earlier(earliest, header.evictable_from());
             }
             keep
         });
@@ -326,7 +327,7 @@ impl MemoryRepository {
             expiration: request.expiration.map_or(NONE, micros),
             finished_at: NONE,
         };
-        shard.note_expiration(header.expiration);
+        shard.note_expiration(header.evictable_from());
         shard.records.insert(Record::new(id, header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
         Ok(Some(acquired(1, claim, id)))
@@ -360,6 +361,8 @@ impl MemoryRepository {
             return Completion::Superseded;
         }
         let (header, data, completion) = finish(header, now);
+        // No longer held: evictable from its expiration.
+        shard.note_expiration(header.evictable_from());
         shard.records.replace(Record::new(&id, header, data));
         completion
     }
@@ -475,6 +478,17 @@ impl Header {
     /// the record stays, expired or not (a new record would let a second call run).
     fn is_held_at(&self, now: i64) -> bool {
         self.status == Status::Running && (self.timeout == NONE || now < self.timeout)
+    }
+
+    /// From when a sweep may evict the record ([`NONE`]: never as it stands): its expiration,
+    /// and for a Running record not before its timeout (never without one, until its holder
+    /// is done with it).
+    fn evictable_from(&self) -> i64 {
+        match (self.status, self.expiration, self.timeout) {
+            (_, NONE, _) | (Status::Running, _, NONE) => NONE,
+            (Status::Running, expiration, timeout) => expiration.max(timeout),
+            (_, expiration, _) => expiration,
+        }
     }
 
     /// [`TrackedOperation::is_claimable_at`] on the compact form.
@@ -830,6 +844,45 @@ mod tests {
         clock.advance(9 * MINUTE);
         assert_eq!(repo.evict_expired(), 1, "its timeout passed, it goes");
         assert!(repo.is_empty());
+    }
+
+    /// A held record does not bring its shard's sweeps forward while its holder works; once
+    /// the holder is done with it, claims reaching its shard sweep it like any expired record.
+    #[tokio::test]
+    async fn a_record_its_holder_is_done_with_is_swept_by_later_claims() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new()
+            .with_clock(clock.clone())
+            .with_sweep_interval(MINUTE);
+        let mut held = request("held", clock.now(), Some(MINUTE));
+        held.timeout = None;
+        let (attempt, session) = acquired(&repo, &held).await;
+        let touch = |round: &'static str| {
+            let repo = repo.clone();
+            let now = clock.now();
+            async move {
+                for i in 0..2048 {
+                    let key = format!("{round}-{i}");
+                    claim(&repo, &request(&key, now, None)).await;
+                }
+            }
+        };
+        clock.advance(2 * MINUTE);
+        touch("a").await;
+        assert!(repo.get("t", "held").await.expect("get").is_some());
+        let lease = Lease {
+            target: "t",
+            key: "held",
+            attempt,
+        };
+        let done = repo
+            .complete(session, lease, b"late")
+            .await
+            .expect("complete");
+        assert_eq!(done, Completion::Expired);
+        clock.advance(2 * MINUTE);
+        touch("b").await;
+        assert_eq!(repo.get("t", "held").await.expect("get"), None);
     }
 
     #[tokio::test]

@@ -238,6 +238,12 @@ impl<T: serde::Serialize> Payload for Json<T> {
         let mut hasher = FingerprintHasher::default();
         match serde_json::to_value(&self.0) {
             Ok(value) => canonical(&value, &mut hasher),
+            // serde_json's `Value` holds no number past 64 bits (a `u128` id): the JSON text
+            // as written, marked apart from every canonical form.
+            Err(_) if let Ok(text) = serde_json::to_vec(&self.0) => {
+                hasher.update(b"\xfftext");
+                hasher.update(&text);
+            }
             Err(_) => {
                 // Never equal to another call's: a process-wide count, keyed at random.
                 static CALLS: AtomicU64 = AtomicU64::new(0);
@@ -408,6 +414,16 @@ mod tests {
         .into();
         let text = r#"{"a":[1,"two",null,{"x":1.5,"y":true}],"b\"q":"é\n"}"#;
         assert_eq!(Json(value).fingerprint(), Fingerprint::of(text));
+    }
+
+    /// Numbers past 64 bits, which serde_json's `Value` cannot hold, are fingerprinted by
+    /// their text: the same payload gives the same fingerprint.
+    #[test]
+    fn wide_numbers_keep_a_stable_fingerprint() {
+        assert!(serde_json::to_value(u128::MAX).is_err());
+        let wide = |n: u128| Json(BTreeMap::from([("id", n)])).fingerprint();
+        assert_eq!(wide(u128::MAX), wide(u128::MAX));
+        assert_ne!(wide(u128::MAX), wide(u128::MAX - 1));
     }
 
     /// A payload serde_json refuses (a map with non-string keys) never shares a fingerprint.

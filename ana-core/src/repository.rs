@@ -118,8 +118,13 @@ impl RepositoryError {
 /// - [`claim`](Self::claim) creates the record, or takes over a record that may run again
 ///   (exactly when [`TrackedOperation::is_claimable_at`] holds on the store's clock), or returns
 ///   it untouched. Never check-then-insert, never wait on another holder.
-/// - [`complete`](Self::complete) and [`fail`](Self::fail) are compare-and-set on the attempt
-///   token: they change the record only while it is Running with that attempt.
+/// - [`complete`](Self::complete) and [`fail`](Self::fail) are compare-and-set on the attempt:
+///   they change the record only while it is Running with that attempt, made by that claim.
+///   The attempt number alone is not enough: a record deleted (expired, evicted) and created
+///   again, or restored, counts its attempts from 1 again, so the session must carry a token of
+///   its own claim that no other claim gets (a sequence, the store's time with a random part, a
+///   transaction id) and the finish must check it. The conformance suite's
+///   `recreated_record_rejects_the_earlier_holder` checks exactly that.
 ///
 /// Run the conformance suite (`ana_core::conformance`, feature `test-utils`) against any new
 /// store.

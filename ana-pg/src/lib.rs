@@ -88,6 +88,7 @@
 //! | `error` | `text` | the last failure's message |
 //! | `error_count` | `integer` | failed attempts |
 //! | `attempt` | `bigint` | the fencing token |
+//! | `claim` | `bigint` | the id of the transaction that made the attempt (migration 2) |
 //!
 //! Indexes: `(timeout) WHERE status = 'running'` for [`PgRepository::fail_timed_out`],
 //! `(expiration)` for [`PgRepository::delete_expired`]. Applied migrations are listed in
@@ -129,11 +130,13 @@
 //!   `BEGIN` runs as a task of its own, so a `transaction()` call cancelled while it is in
 //!   flight never puts the connection back in the pool inside a transaction (sqlx 0.9 would).
 //! - **Finish.** `complete` updates the record in the session's transaction, conditional on
-//!   the attempt token, Running status and expiration, then commits. When the operation
+//!   the attempt token, the claim number, Running status and expiration, then commits. When the operation
 //!   opened no transaction the `UPDATE` runs alone, and once more on another pooled
 //!   connection if the claim's connection failed meanwhile (it held no transaction, and the
 //!   statement is a compare-and-set). When no row matched it
-//!   rolls back and tells an expired record (marked Failed with
+//!   rolls back and tells this claim's own earlier finish (the `UPDATE` applied on the claim's
+//!   connection, its answer lost: [`Completion::Done`](ana_core::Completion::Done)) and an
+//!   expired record (marked Failed with
 //!   [`EXPIRED_BEFORE_FINISH`](ana_core::EXPIRED_BEFORE_FINISH), answered
 //!   [`Completion::Expired`](ana_core::Completion::Expired)) from a record another attempt
 //!   owns ([`Completion::Superseded`](ana_core::Completion::Superseded)). When the transaction
@@ -152,11 +155,14 @@
 //! - **Clean-up.** [`fail_timed_out`](PgRepository::fail_timed_out) and
 //!   [`delete_expired`](PgRepository::delete_expired) each change at most `limit` rows per
 //!   call, picked with `FOR UPDATE SKIP LOCKED`, and return counts. Expired records are deleted
-//!   whatever their status, after an optional [retention](PgRepository::with_retention); a
-//!   Finished record replays until then.
+//!   after an optional [retention](PgRepository::with_retention), except a Running record
+//!   whose holder may still be at work (no timeout, or its timeout ahead): deleted, it would
+//!   let a new call run beside the holder. A Finished record replays until deleted. A record
+//!   without a timeout whose holder crashed is never deleted (and its key answers Expired once
+//!   it expired): give operations a timeout.
 //! - **Fencing.** [`PgSession::attempt`] is the attempt token, increasing with every takeover;
 //!   pass it to systems outside the transaction that can reject a stale writer. Every claim
-//!   also gets a number of its own from a sequence (the `claim` column), which the finish
+//!   also gets a number of its own, its transaction's id (the `claim` column), which the finish
 //!   checks besides the attempt: a record deleted after it expired and created again counts
 //!   its attempts from 1 again, and an earlier holder's late finish must not land on it.
 

@@ -29,7 +29,8 @@ pub const BEGIN_FAILED: &str = "The operation's transaction could not be opened.
 /// dropped).
 pub const COMMIT_FAILED: &str = "The operation's transaction could not be committed.";
 
-/// How many times a claim statement is run when it answers no row (see [`PgRepository`]).
+/// How many times a claim statement is run when a concurrent claim makes its answer useless
+/// (no row, or a stale read of a record it could have taken; see [`PgRepository`]).
 const CLAIM_TRIES: u32 = 3;
 
 /// A timeout is capped at 100 years, well inside Postgres' interval and timestamp range.
@@ -54,7 +55,7 @@ const MAX_ERROR_LEN: usize = 8 * 1024;
 ///   session's transaction and commits: the operation's writes and the record commit
 ///   together. An operation that opened no transaction has its record finished by that one
 ///   statement, autocommitted. [`fail`](IdempotencyRepository::fail) rolls the transaction back and records
-///   the failure. Both are compare-and-set on the attempt token.
+///   the failure. Both are compare-and-set on the attempt token and the claim number.
 /// - [`fail_timed_out`](Self::fail_timed_out), [`delete_expired`](Self::delete_expired) and
 ///   [`spawn_cleanup`](Self::spawn_cleanup) keep the table small.
 ///

@@ -143,7 +143,7 @@ impl Statements {
                 SELECT $1::text, $2::text, 'running'::{schema_quoted}.operation_status,
                        $3::bytea, $4::timestamptz, statement_timestamp(),
                        statement_timestamp() + $5::bigint * interval '1 microsecond',
-                       $6::timestamptz, 0, 1, nextval('{schema_quoted}.claims')
+                       $6::timestamptz, 0, 1, txid_current()
                 WHERE NOT EXISTS (SELECT 1 FROM existing WHERE NOT existing.claimable)
                 ON CONFLICT (target, key) DO UPDATE SET
                     status = 'running',

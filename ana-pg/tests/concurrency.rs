@@ -231,7 +231,7 @@ async fn a_claim_racing_a_takeover_answers_the_record_as_it_stands() {
     sqlx::query("BEGIN").execute(&mut other).await.unwrap();
     sqlx::query(AssertSqlSafe(db.sql(
         "UPDATE {s}.tracked_operations
-         SET status = 'running', attempt = attempt + 1, claim = nextval('{s}.claims'),
+         SET status = 'running', attempt = attempt + 1, claim = txid_current(),
              started_at = now(), timeout = now() + interval '1 hour'
          WHERE key = 'k'",
     )))
