@@ -97,10 +97,10 @@ struct Shared {
 struct Shard {
     records: HashSet<Record, BuildHasherDefault<IdHasher>>,
     next_sweep: i64,
-    /// The earliest time a record of the shard may be evicted from (its expiration, or for a
-    /// held record the end of its timeout; `i64::MAX` when none ever is): a sweep before it
-    /// would find nothing to evict, so none is made.
-    earliest_expiration: i64,
+    /// The first instant a record of the shard may be evicted ([`Header::evictable_from`];
+    /// `i64::MAX` when none may be): a sweep before it would find nothing to evict, so none is
+    /// made.
+    earliest_eviction: i64,
 }
 
 impl Default for Shard {
@@ -108,23 +108,23 @@ impl Default for Shard {
         Self {
             records: HashSet::default(),
             next_sweep: 0,
-            earliest_expiration: i64::MAX,
+            earliest_eviction: i64::MAX,
         }
     }
 }
 
 impl Shard {
-    fn note_expiration(&mut self, expiration: i64) {
-        self.earliest_expiration = earlier(self.earliest_expiration, expiration);
+    fn note_evictable(&mut self, from: i64) {
+        self.earliest_eviction = earlier(self.earliest_eviction, from);
     }
 }
 
-/// The earlier of an earliest expiration and a record's expiration (`NONE` never expires).
-fn earlier(earliest: i64, expiration: i64) -> i64 {
-    if expiration == NONE {
+/// The earlier of two instants, [`NONE`] standing for "never".
+fn earlier(earliest: i64, from: i64) -> i64 {
+    if from == NONE {
         earliest
     } else {
-        earliest.min(expiration)
+        earliest.min(from)
     }
 }
 
@@ -213,26 +213,26 @@ impl MemoryRepository {
             Status::Finished => record.result.unwrap_or_default(),
             _ => record.error.map(String::into_bytes).unwrap_or_default(),
         };
-        let stored = Record::new(
-            &id,
-            Header {
-                fingerprint: record.fingerprint,
-                status: record.status,
-                error_count: record.error_count,
-                attempt: record.attempt.min(MAX_ATTEMPT),
-                // No claim of this store made it: no session of this store finishes it.
-                claim: 0,
-                reference_time: micros(record.reference_time),
-                started_at: record.started_at.map_or(NONE, micros),
-                timeout: record.timeout.map_or(NONE, micros),
-                expiration: record.expiration.map_or(NONE, micros),
-                finished_at: record.finished_at.map_or(NONE, micros),
-            },
-            &data,
-        );
+        let header = Header {
+            fingerprint: record.fingerprint,
+            status: record.status,
+            error_count: record.error_count,
+            attempt: record.attempt.min(MAX_ATTEMPT),
+            // No claim of this store made it: no session of this store finishes it.
+            claim: 0,
+            reference_time: micros(record.reference_time),
+            started_at: record.started_at.map_or(NONE, micros),
+            timeout: record.timeout.map_or(NONE, micros),
+            expiration: record.expiration.map_or(NONE, micros),
+            finished_at: record.finished_at.map_or(NONE, micros),
+        };
         let mut shard = self.shard(&id);
-        shard.note_expiration(stored.header().evictable_from());
-        if shard.records.replace(stored).is_none() {
+        shard.note_evictable(header.evictable_from());
+        if shard
+            .records
+            .replace(Record::new(&id, header, &data))
+            .is_none()
+        {
             self.shared.len.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -248,13 +248,13 @@ impl MemoryRepository {
         let mut earliest = i64::MAX;
         shard.records.retain(|record| {
             let header = record.header();
-            let keep = !header.is_expired_at(now) || header.is_held_at(now);
+            let keep = !header.is_evictable_at(now);
             if keep {
                 earliest = earlier(earliest, header.evictable_from());
             }
             keep
         });
-        shard.earliest_expiration = earliest;
+        shard.earliest_eviction = earliest;
         shard.next_sweep = now.saturating_add(micros_of(self.sweep_interval));
         let removed = before - shard.records.len();
         self.shared.len.fetch_sub(removed, Ordering::Relaxed);
@@ -273,7 +273,7 @@ impl MemoryRepository {
         if shard.next_sweep == 0 {
             // First use: the first sweep comes one interval from now.
             shard.next_sweep = now.saturating_add(micros_of(self.sweep_interval));
-        } else if now >= shard.next_sweep && now > shard.earliest_expiration {
+        } else if now >= shard.next_sweep && now >= shard.earliest_eviction {
             self.sweep(&mut shard, now);
         }
         let timeout = request
@@ -327,7 +327,7 @@ impl MemoryRepository {
             expiration: request.expiration.map_or(NONE, micros),
             finished_at: NONE,
         };
-        shard.note_expiration(header.evictable_from());
+        shard.note_evictable(header.evictable_from());
         shard.records.insert(Record::new(id, header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
         Ok(Some(acquired(1, claim, id)))
@@ -362,7 +362,7 @@ impl MemoryRepository {
         }
         let (header, data, completion) = finish(header, now);
         // No longer held: evictable from its expiration.
-        shard.note_expiration(header.evictable_from());
+        shard.note_evictable(header.evictable_from());
         shard.records.replace(Record::new(&id, header, data));
         completion
     }
@@ -474,21 +474,21 @@ impl Header {
         self.expiration != NONE && now > self.expiration
     }
 
-    /// Running, and its holder's lock not yet timed out: the holder may still be at work, so
-    /// the record stays, expired or not (a new record would let a second call run).
-    fn is_held_at(&self, now: i64) -> bool {
-        self.status == Status::Running && (self.timeout == NONE || now < self.timeout)
-    }
-
-    /// From when a sweep may evict the record ([`NONE`]: never as it stands): its expiration,
-    /// and for a Running record not before its timeout (never without one, until its holder
-    /// is done with it).
+    /// The first instant a sweep may evict the record ([`NONE`]: not as it stands): once it
+    /// has expired, and for a Running record not before its timeout, when its holder may be
+    /// at work no more (never without a timeout, until the holder is done with it: a new
+    /// record would let a second call run beside it).
     fn evictable_from(&self) -> i64 {
         match (self.status, self.expiration, self.timeout) {
             (_, NONE, _) | (Status::Running, _, NONE) => NONE,
-            (Status::Running, expiration, timeout) => expiration.max(timeout),
-            (_, expiration, _) => expiration,
+            (Status::Running, expiration, timeout) => expiration.saturating_add(1).max(timeout),
+            (_, expiration, _) => expiration.saturating_add(1),
         }
+    }
+
+    fn is_evictable_at(&self, now: i64) -> bool {
+        let from = self.evictable_from();
+        from != NONE && now >= from
     }
 
     /// [`TrackedOperation::is_claimable_at`] on the compact form.
@@ -754,7 +754,7 @@ mod tests {
     /// A shard is only swept once its earliest expiration has passed; the sweep finds the
     /// next earliest among the records it keeps, so later expirations are evicted in turn.
     #[tokio::test]
-    async fn sweeps_follow_the_earliest_expiration() {
+    async fn sweeps_follow_the_earliest_eviction() {
         let clock = ManualClock::default();
         let repo = MemoryRepository::new()
             .with_clock(clock.clone())

@@ -264,7 +264,7 @@ impl IdempotencyRepository for PgRepository {
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim<PgSession>, RepositoryError> {
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
         let mut tries = 0;
-        let (row, record) = loop {
+        let (attempt, claim) = loop {
             tries += 1;
             let row = sqlx::query(self.shared.sql.claim.get())
                 .bind(request.target)
@@ -283,7 +283,8 @@ impl IdempotencyRepository for PgRepository {
                 let now: DateTime<Utc> = row.try_get("now").map_err(map_sqlx)?;
                 let record = decode(&row)?;
                 if acquired {
-                    break (row, record);
+                    let claim: i64 = row.try_get("claim").map_err(map_sqlx)?;
+                    break (record.attempt, claim);
                 }
                 // Not taken, though the record read was one to take: a concurrent claim took
                 // it over after this statement's snapshot (the conflict arm re-checked the
@@ -304,8 +305,6 @@ impl IdempotencyRepository for PgRepository {
         // The claim is committed. The session keeps this connection: the operation's
         // transaction opens on it when first asked for, so a call holds one connection at a
         // time and goes through the pool once.
-        let attempt = record.attempt;
-        let claim: i64 = row.try_get("claim").map_err(map_sqlx)?;
         Ok(Claim::Acquired {
             attempt,
             session: PgSession::new(conn, attempt, claim),
