@@ -11,7 +11,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 
 use ana_core::BoxError;
-use ana_core::http::Rejection;
+use ana_http::Rejection;
 
 /// Reads a request payload of at most `limit` bytes: 413 above it (nothing more is read),
 /// 400 when the payload fails (the client went away mid-body).

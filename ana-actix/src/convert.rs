@@ -1,4 +1,4 @@
-//! Between actix-web's `http` 0.2 types and the `http` 1 types of `ana_core::http`.
+//! Between actix-web's `http` 0.2 types and the `http` 1 types of `ana_http`.
 //!
 //! Both crates validate methods, URIs, header names and header values with the same grammar,
 //! so a value that one accepted the other accepts too; the conversions are still fallible and
@@ -16,7 +16,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode, Uri, Version};
 
 use ana_core::BoxError;
-use ana_core::http::Rejection;
+use ana_http::Rejection;
 
 /// The head of an actix request as `http` 1 [`Parts`] (method, URI, version, headers; the
 /// actix extensions stay with the actix request).

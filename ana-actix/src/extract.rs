@@ -6,7 +6,7 @@ use std::ops::{Deref, DerefMut};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use ana_core::http::{IdempotencyContext, Rejection};
+use ana_http::{IdempotencyContext, Rejection};
 
 use crate::convert::to_actix;
 

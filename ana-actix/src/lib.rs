@@ -4,7 +4,7 @@
 //! every retry with the same `X-Idempotency-Key` gets the first response back, marked
 //! `Idempotent-Replayed: true`.
 //!
-//! [`Idempotency`] is thin glue over [`ana_core::http`], where the rules live (the same ones
+//! [`Idempotency`] is thin glue over [`ana_http`], where the rules live (the same ones
 //! `ana-axum` uses, checked by the same conformance suite): the headers, the status table, the
 //! configuration, the problem responses. Read that module's docs for the full contract.
 //!
@@ -106,7 +106,7 @@ pub use middleware::{Idempotency, IdempotencyMiddleware, Rejected};
 
 /// The core crate, re-exported so users get a matching version.
 pub use ana_core;
-pub use ana_core::http::{
+pub use ana_http::{
     IdempotencyConfig, IdempotencyContext, IdempotencyService, Rejection, value,
 };
 pub use ana_core::{IdempotencyRepository, MemoryRepository, MemorySession};

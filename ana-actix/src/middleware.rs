@@ -16,7 +16,7 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use tokio::sync::oneshot;
 
-use ana_core::http::{
+use ana_http::{
     IdempotencyConfig, IdempotencyContext, IdempotencyService, Plan, Prepared, Rejection,
     ResponseBody, is_grpc, is_grpc_content_type,
 };

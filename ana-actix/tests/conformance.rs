@@ -14,8 +14,8 @@ use actix_web::dev::Payload;
 use actix_web::http::header as actix_header;
 use actix_web::{App as ActixApp, HttpRequest, HttpResponse, test, web};
 use ana_actix::{Idempotency, Session};
-use ana_core::http::IdempotencyService;
-use ana_core::http::conformance::{Adapter, App, Routes};
+use ana_http::IdempotencyService;
+use ana_http::conformance::{Adapter, App, Routes};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use tokio::sync::{mpsc, oneshot};
@@ -156,4 +156,4 @@ async fn handle<Ctx: Clone + Send + Sync + 'static>(
     actix.body(response.into_body())
 }
 
-ana_core::http_conformance_tests!(Actix);
+ana_http::http_conformance_tests!(Actix);

@@ -150,7 +150,7 @@ async fn a_dropped_request_fails_its_attempt() {
         futures_util::future::Either::Left(_) => panic!("the first run cannot finish"),
     }
     idempotency.service().manager().flush().await;
-    let key = ana_core::http::scoped_key(None, "c");
+    let key = ana_http::scoped_key(None, "c");
     let record = idempotency
         .service()
         .manager()

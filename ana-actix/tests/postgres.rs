@@ -14,7 +14,7 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, test, web};
 use ana_actix::{Idempotency, Session};
-use ana_core::http::scoped_key;
+use ana_http::scoped_key;
 use ana_core::{IdempotencyRepository, Status};
 use ana_pg::sqlx::postgres::{PgPool, PgPoolOptions};
 use ana_pg::sqlx::{self, AssertSqlSafe, Connection, PgConnection};

@@ -9,7 +9,7 @@ use http_body::{Body as HttpBody, Frame, SizeHint};
 use http_body_util::BodyExt;
 
 use ana_core::BoxError;
-use ana_core::http::{Rejection, ResponseBody};
+use ana_http::{Rejection, ResponseBody};
 
 /// The data frames read so far. A body of one frame (the usual case) is kept as it came,
 /// without a copy.

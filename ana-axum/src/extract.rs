@@ -6,7 +6,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use ana_core::http::{IdempotencyContext, Rejection};
+use ana_http::{IdempotencyContext, Rejection};
 
 /// The idempotency context of the request: the store's session (for `ana-pg`, the transaction
 /// that records the response, so the handler's own SQL commits with it), the client's key and

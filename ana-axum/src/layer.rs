@@ -15,7 +15,7 @@ use http_body::Body as HttpBody;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use ana_core::http::{IdempotencyConfig, IdempotencyService, Plan, ResponseBody};
+use ana_http::{IdempotencyConfig, IdempotencyService, Plan, ResponseBody};
 use ana_core::{BoxError, IdempotencyRepository, MemorySession};
 
 use crate::body::{read_request, read_response, with_trailers};
@@ -93,7 +93,7 @@ impl<S, Ctx> Layer<S> for IdempotencyLayer<Ctx> {
 ///
 /// The inner service receives `Request<axum::body::Body>` and may answer any body with
 /// `Bytes` data. Every rejection is a response (`application/problem+json`, the typed
-/// [`Rejection`](ana_core::http::Rejection) in its extensions); an error of the inner service
+/// [`Rejection`](ana_http::Rejection) in its extensions); an error of the inner service
 /// is returned as is (and its attempt recorded Failed).
 pub struct Idempotency<S, Ctx = MemorySession> {
     inner: S,

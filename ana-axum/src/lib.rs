@@ -4,7 +4,7 @@
 //! the handler once, and every retry with the same `X-Idempotency-Key` gets the first response
 //! back, marked `Idempotent-Replayed: true`.
 //!
-//! [`IdempotencyLayer`] is thin glue over [`ana_core::http`], where the rules live (the same
+//! [`IdempotencyLayer`] is thin glue over [`ana_http`], where the rules live (the same
 //! ones `ana-actix` uses): the headers, the status table, the configuration, the problem
 //! responses. Read that module's docs for the full contract.
 //!
@@ -55,7 +55,7 @@
 //! server-streaming calls that change state. For a gRPC call (`Content-Type:
 //! application/grpc`):
 //! - the answer is recorded as done when its `grpc-status` is `OK` or a final error
-//!   ([`default_grpc_recordable`](ana_core::http::default_grpc_recordable)), and replayed with
+//!   ([`default_grpc_recordable`](ana_http::default_grpc_recordable)), and replayed with
 //!   its message and trailers;
 //! - rejections are gRPC statuses ([`Rejection::grpc_code`]): `INVALID_ARGUMENT` for a missing
 //!   key or a reused one, `ABORTED` (with `grpc-retry-pushback-ms`) while the first call runs,
@@ -74,7 +74,7 @@ pub use layer::{Idempotency, IdempotencyLayer, ResponseFuture};
 
 /// The core crate, re-exported so users get a matching version.
 pub use ana_core;
-pub use ana_core::http::{
+pub use ana_http::{
     IdempotencyConfig, IdempotencyContext, IdempotencyService, Rejection, value,
 };
 pub use ana_core::{IdempotencyRepository, MemoryRepository, MemorySession};

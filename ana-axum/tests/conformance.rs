@@ -3,8 +3,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ana_axum::IdempotencyLayer;
-use ana_core::http::IdempotencyService;
-use ana_core::http::conformance::{Adapter, App, Routes};
+use ana_http::IdempotencyService;
+use ana_http::conformance::{Adapter, App, Routes};
 use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
@@ -52,4 +52,4 @@ impl App for AxumApp {
     }
 }
 
-ana_core::http_conformance_tests!(Axum);
+ana_http::http_conformance_tests!(Axum);

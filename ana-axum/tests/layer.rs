@@ -116,7 +116,7 @@ async fn nested_layers_make_one_attempt_under_the_outermost() {
     let record = layer
         .service()
         .manager()
-        .get("[POST]/", &ana_core::http::scoped_key(None, "k"))
+        .get("[POST]/", &ana_http::scoped_key(None, "k"))
         .await
         .unwrap();
     assert_eq!(record.map(|record| record.status), Some(Status::Finished));
@@ -350,7 +350,7 @@ async fn a_plain_tower_service_is_polled_ready_and_its_errors_pass_through() {
         let record = layer
             .service()
             .manager()
-            .get("[POST]/error", &ana_core::http::scoped_key(None, "e"))
+            .get("[POST]/error", &ana_http::scoped_key(None, "e"))
             .await
             .unwrap()
             .unwrap();
@@ -363,7 +363,7 @@ async fn a_plain_tower_service_is_polled_ready_and_its_errors_pass_through() {
 #[tokio::test]
 async fn the_replay_cache_answers_repeated_replays() {
     let cache = ana_core::ReplayCache::new(1 << 20);
-    let service = ana_core::http::IdempotencyService::new(MemoryRepository::new())
+    let service = ana_http::IdempotencyService::new(MemoryRepository::new())
         .with_replay_cache(cache.clone());
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&runs);
@@ -446,7 +446,7 @@ async fn nested_routes_are_told_apart_by_their_full_path() {
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 
-    let key = ana_core::http::scoped_key(None, "k1");
+    let key = ana_http::scoped_key(None, "k1");
     let manager = layer.service().manager();
     for target in ["[POST]/accounts/1/transfer", "[POST]/accounts/2/transfer"] {
         let record = manager.get(target, &key).await.unwrap();

@@ -73,8 +73,6 @@ mod codec;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 mod error;
-#[cfg(feature = "http")]
-pub mod http;
 mod manager;
 mod memory;
 mod operation;

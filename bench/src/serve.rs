@@ -12,7 +12,7 @@ use axum::routing::post;
 use bytes::Bytes;
 
 use ana_axum::IdempotencyLayer;
-use ana_core::http::{
+use ana_http::{
     IdempotencyService, RecordedResponse, RecordedResponseCodec, default_replay_headers,
 };
 use ana_core::{Codec, IdempotencyRepository, MemoryRepository, ReplayCache};

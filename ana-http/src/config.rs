@@ -15,7 +15,7 @@ use super::grpc::{
 };
 use super::headers::{self as parse, HeaderProblem};
 use super::problem::Rejection;
-use crate::record::{Fingerprint, FingerprintHasher};
+use ana_core::{Fingerprint, FingerprintHasher};
 
 /// Default name of the key header.
 pub const KEY_HEADER: HeaderName = HeaderName::from_static("x-idempotency-key");
@@ -121,7 +121,7 @@ request_value!(DateTime<Utc>: DateTime<Utc> => |t| t);
 ///
 /// ```
 /// use std::time::Duration;
-/// use ana_core::http::{value, IdempotencyConfig};
+/// use ana_http::{value, IdempotencyConfig};
 ///
 /// let config = IdempotencyConfig::default()
 ///     .with_target(value("payments"))

@@ -1,4 +1,6 @@
-//! The HTTP rules of idempotency, written once for every web framework (feature `http`).
+//! # ana-http
+//!
+//! The HTTP rules of idempotency, written once for every web framework.
 //!
 //! `ana-axum` (a tower layer) and `ana-actix` are thin adapters over [`IdempotencyService`];
 //! this module holds everything they share: reading the headers, the configuration, the

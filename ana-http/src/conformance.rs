@@ -1,4 +1,4 @@
-//! The HTTP conformance suite: every web adapter must pass it (features `http` + `test-utils`).
+//! The HTTP conformance suite: every web adapter must pass it (feature `test-utils`).
 //!
 //! The suite is framework-neutral. An adapter's test implements [`Adapter`]: given an
 //! [`IdempotencyService`] and the suite's [`Routes`], build an app where every request goes
@@ -9,8 +9,8 @@
 //!
 //! ```
 //! use bytes::Bytes;
-//! use ana_core::http::{IdempotencyService, ResponseBody};
-//! use ana_core::http::conformance::{Adapter, App, Routes};
+//! use ana_http::{IdempotencyService, ResponseBody};
+//! use ana_http::conformance::{Adapter, App, Routes};
 //!
 //! /// The framework-neutral driver itself, as an "adapter".
 //! struct Direct;
@@ -44,7 +44,7 @@
 //!     }
 //! }
 //!
-//! ana_core::http_conformance_tests!(Direct);
+//! ana_http::http_conformance_tests!(Direct);
 //! # fn main() {}
 //! ```
 //!
@@ -75,11 +75,11 @@ use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS};
 use super::problem::PROBLEM_TYPE_HEADER;
 use super::recorded::{IDEMPOTENT_REPLAYED, RecordedResponseCodec};
 use super::service::{IdempotencyContext, IdempotencyService};
-use crate::clock::{Clock, ManualClock};
-use crate::manager::Manager;
-use crate::memory::{MemoryRepository, MemorySession};
-use crate::record::{Status, TrackedOperation};
-use crate::repository::{
+use ana_core::{Clock, ManualClock};
+use ana_core::Manager;
+use ana_core::{MemoryRepository, MemorySession};
+use ana_core::{Status, TrackedOperation};
+use ana_core::{
     Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
 };
 
@@ -147,7 +147,7 @@ macro_rules! http_conformance_tests {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 4)]
             async fn $case() {
-                $crate::http::conformance::$case($adapter).await;
+                $crate::conformance::$case($adapter).await;
             }
         )*
     };
@@ -737,11 +737,11 @@ pub async fn reference_time_header_is_read<Ad: Adapter>(adapter: Ad) {
             post("/hello")
                 .key("k")
                 .header(
-                    crate::http::REFERENCE_TIME_HEADER,
+                    crate::REFERENCE_TIME_HEADER,
                     &at.with_timezone(&chrono::FixedOffset::east_opt(7200).unwrap())
                         .to_rfc3339(),
                 )
-                .header(crate::http::EXPIRATION_HEADER, "1h")
+                .header(crate::EXPIRATION_HEADER, "1h")
                 .build(),
         )
         .await;
@@ -767,7 +767,7 @@ pub async fn malformed_reference_times_are_400<Ad: Adapter>(adapter: Ad) {
             .send(
                 post("/hello")
                     .key("k")
-                    .header(crate::http::REFERENCE_TIME_HEADER, value)
+                    .header(crate::REFERENCE_TIME_HEADER, value)
                     .build(),
             )
             .await;
@@ -794,8 +794,8 @@ pub async fn duration_headers_accept_go_and_humantime<Ad: Adapter>(adapter: Ad) 
             .send(
                 post("/hello")
                     .key(&key)
-                    .header(crate::http::TIMEOUT_HEADER, timeout)
-                    .header(crate::http::EXPIRATION_HEADER, expiration)
+                    .header(crate::TIMEOUT_HEADER, timeout)
+                    .header(crate::EXPIRATION_HEADER, expiration)
                     .build(),
             )
             .await;
@@ -812,7 +812,7 @@ pub async fn duration_headers_accept_go_and_humantime<Ad: Adapter>(adapter: Ad) 
     let slow = world.spawn(
         post("/slow")
             .key("t")
-            .header(crate::http::TIMEOUT_HEADER, "1m30s")
+            .header(crate::TIMEOUT_HEADER, "1m30s")
             .build(),
     );
     world.routes.started().await;
@@ -838,9 +838,9 @@ pub async fn malformed_or_excessive_durations_are_400<Ad: Adapter>(adapter: Ad) 
         "0",
     ];
     for (header, name, over) in [
-        (crate::http::TIMEOUT_HEADER, "X-Idempotency-Timeout", "2h"),
+        (crate::TIMEOUT_HEADER, "X-Idempotency-Timeout", "2h"),
         (
-            crate::http::EXPIRATION_HEADER,
+            crate::EXPIRATION_HEADER,
             "X-Idempotency-Expiration",
             "8days",
         ),
@@ -900,7 +900,7 @@ pub async fn still_running_is_409_with_retry_after<Ad: Adapter>(adapter: Ad) {
     let first = world.spawn(
         post("/slow")
             .key("k")
-            .header(crate::http::TIMEOUT_HEADER, "30s")
+            .header(crate::TIMEOUT_HEADER, "30s")
             .build(),
     );
     world.routes.started().await;
@@ -930,7 +930,7 @@ pub async fn still_running_retry_after_is_the_time_left<Ad: Adapter>(adapter: Ad
     let first = world.spawn(
         post("/slow")
             .key("k")
-            .header(crate::http::TIMEOUT_HEADER, "30s")
+            .header(crate::TIMEOUT_HEADER, "30s")
             .build(),
     );
     world.routes.started().await;
@@ -1007,10 +1007,10 @@ pub async fn expired_request_is_422_and_does_not_run<Ad: Adapter>(adapter: Ad) {
             post("/hello")
                 .key("k")
                 .header(
-                    crate::http::REFERENCE_TIME_HEADER,
+                    crate::REFERENCE_TIME_HEADER,
                     &rfc3339(world.clock.now() - chrono::TimeDelta::hours(2)),
                 )
-                .header(crate::http::EXPIRATION_HEADER, "1h")
+                .header(crate::EXPIRATION_HEADER, "1h")
                 .build(),
         )
         .await;
@@ -1029,7 +1029,7 @@ pub async fn expired_failed_record_does_not_run<Ad: Adapter>(adapter: Ad) {
     let call = || {
         post("/fail")
             .key("k")
-            .header(crate::http::EXPIRATION_HEADER, "1h")
+            .header(crate::EXPIRATION_HEADER, "1h")
             .build()
     };
     assert_eq!(
@@ -1051,7 +1051,7 @@ pub async fn finished_record_replays_after_expiration<Ad: Adapter>(adapter: Ad) 
     let call = || {
         post("/hello")
             .key("k")
-            .header(crate::http::EXPIRATION_HEADER, "1h")
+            .header(crate::EXPIRATION_HEADER, "1h")
             .build()
     };
     world.send(call()).await;
@@ -1334,7 +1334,7 @@ pub async fn timed_out_attempt_is_superseded<Ad: Adapter>(adapter: Ad) {
     let call = || {
         post("/slow")
             .key("k")
-            .header(crate::http::TIMEOUT_HEADER, "10s")
+            .header(crate::TIMEOUT_HEADER, "10s")
             .build()
     };
     let stale = world.spawn(call());
@@ -1439,7 +1439,7 @@ pub async fn grpc_calls_are_rejected_with_grpc_statuses<Ad: Adapter>(adapter: Ad
     let first = world.spawn(
         grpc("/slow")
             .key("s")
-            .header(crate::http::TIMEOUT_HEADER, "30s")
+            .header(crate::TIMEOUT_HEADER, "30s")
             .build(),
     );
     world.routes.started().await;

@@ -16,12 +16,12 @@ use super::config::{IdempotencyConfig, RequestValues};
 use super::grpc::is_grpc;
 use super::problem::Rejection;
 use super::recorded::{RecordedResponse, RecordedResponseCodec};
-use crate::clock::Clock;
-use crate::error::Error;
-use crate::manager::{Manager, Outcome};
-use crate::operation::operation;
-use crate::record::Fingerprint;
-use crate::repository::{BoxError, IdempotencyRepository};
+use ana_core::Clock;
+use ana_core::Error;
+use ana_core::{Manager, Outcome};
+use ana_core::operation;
+use ana_core::Fingerprint;
+use ana_core::{BoxError, IdempotencyRepository};
 
 /// The manager type the HTTP layer drives.
 pub type HttpManager<Ctx> = Manager<Fingerprint, RecordedResponse, Ctx>;
@@ -143,7 +143,7 @@ impl fmt::Display for NotRecorded {
 /// ```
 /// use bytes::Bytes;
 /// use ana_core::MemoryRepository;
-/// use ana_core::http::{IdempotencyService, ResponseBody};
+/// use ana_http::{IdempotencyService, ResponseBody};
 ///
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() {
@@ -233,10 +233,10 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
     }
 
     /// Answers repeated replays from `cache`, without a round trip to the store (see
-    /// [`ReplayCache`](crate::ReplayCache) for what it keeps, and for how long). Worth it in
+    /// [`ReplayCache`](ana_core::ReplayCache) for what it keeps, and for how long). Worth it in
     /// front of Postgres or Redis.
     #[must_use]
-    pub fn with_replay_cache(self, cache: crate::ReplayCache) -> Self {
+    pub fn with_replay_cache(self, cache: ana_core::ReplayCache) -> Self {
         Self {
             inner: Arc::new(Shared {
                 manager: self.inner.manager.clone().with_replay_cache(cache),
@@ -431,6 +431,9 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
             Error::Operation(NotRecorded(status)) => {
                 internal(format!("unexpected unrecorded status {status}"))
             }
+            error => Rejection::Internal {
+                source: Arc::new(Box::new(error)),
+            },
         }
     }
 }
@@ -521,8 +524,8 @@ mod tests {
     #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use crate::memory::MemoryRepository;
-    use crate::record::Status;
+    use ana_core::MemoryRepository;
+    use ana_core::Status;
 
     fn request(key: &str) -> Request<Bytes> {
         Request::post("/pay")

@@ -28,7 +28,7 @@ const MAX_NANOS: u128 = i64::MAX as u128;
 ///
 /// ```
 /// use std::time::Duration;
-/// use ana_core::http::parse_duration;
+/// use ana_http::parse_duration;
 ///
 /// assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5400)));
 /// assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRAILER};
 use http::{Response, StatusCode};
 
-use crate::codec::Codec;
-use crate::repository::BoxError;
+use ana_core::Codec;
+use ana_core::BoxError;
 
 /// Header added to every replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");

@@ -1,8 +1,8 @@
 //! The HTTP conformance suite on the framework-neutral driver itself
 //! ([`IdempotencyService::handle`]), with no web framework in between.
 
-use ana_core::http::conformance::{Adapter, App, Routes};
-use ana_core::http::{IdempotencyService, ResponseBody};
+use ana_http::conformance::{Adapter, App, Routes};
+use ana_http::{IdempotencyService, ResponseBody};
 use bytes::Bytes;
 
 struct Direct;
@@ -39,4 +39,4 @@ impl<Ctx: Clone + Send + Sync + 'static> App for DirectApp<Ctx> {
     }
 }
 
-ana_core::http_conformance_tests!(Direct);
+ana_http::http_conformance_tests!(Direct);

@@ -12,7 +12,7 @@ use super::config::{
 };
 use super::headers::parse_sf_string;
 use super::{RecordedResponseCodec, parse_duration};
-use crate::codec::Codec;
+use ana_core::Codec;
 
 fn header_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![

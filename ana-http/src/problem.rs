@@ -10,7 +10,7 @@ use http::{Response, StatusCode};
 
 use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, code, encode_message, is_grpc};
 use super::headers::display_name;
-use crate::repository::{BoxError, RepositoryError};
+use ana_core::{BoxError, RepositoryError};
 
 /// The header naming a gRPC rejection's problem `type` (gRPC answers carry no problem body).
 pub const PROBLEM_TYPE_HEADER: HeaderName = HeaderName::from_static("idempotency-problem");
