@@ -83,7 +83,7 @@ pub use cache::ReplayCache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
-pub use manager::{CANCELLED, Manager, Outcome, UNENCODABLE};
+pub use manager::{Attempt, Begun, CANCELLED, Call, Manager, Outcome, UNENCODABLE};
 pub use memory::{EXPIRED_BEFORE_FINISH, MemoryRepository, MemorySession};
 pub use operation::{FnOperation, Operation, operation};
 pub use record::{

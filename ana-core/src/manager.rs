@@ -8,10 +8,10 @@ use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use tokio::sync::Notify;
 
 use crate::cache::ReplayCache;
@@ -21,7 +21,7 @@ use crate::error::Error;
 use crate::operation::Operation;
 use crate::record::{Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
-    BoxError, Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
 };
 
 /// Error text stored on a record whose attempt was cancelled (its future dropped).
@@ -198,182 +198,141 @@ where
     }
 
     /// Like [`call`](Self::call), and says whether the result was replayed.
-    #[expect(
-        clippy::manual_async_fn,
-        reason = "an `async fn` copies `operation` into a local beside the argument, and every \
-                  future above this one would carry both; the block holds it once"
-    )]
-    pub fn run<O>(
-        &self,
-        operation: O,
-    ) -> impl Future<Output = Result<Outcome<R>, Error<O::Error>>> + use<'_, O, P, R, Ctx>
+    ///
+    /// Three steps: [`begin`](Self::begin) (the expiry check and the claim), the operation
+    /// (panics caught), and the attempt's [`complete`](Attempt::complete) or
+    /// [`fail`](Attempt::fail).
+    pub async fn run<O>(&self, operation: O) -> Result<Outcome<R>, Error<O::Error>>
     where
         O: Operation<Ctx, Payload = P, Output = R>,
     {
-        async move {
-            let now = self.clock.now();
-            let reference_time = operation.reference_time().unwrap_or(now);
-            let expiration = nonzero(operation.expiration()).map(|e| clock::add(reference_time, e));
-            if expiration.is_some_and(|expiration| now > expiration) {
-                return Err(Error::Expired {
-                    target: operation.target().to_owned(),
-                    key: operation.key().to_owned(),
-                });
+        let attempt = match self.begin(Call::of(&operation)).await? {
+            Begun::Replayed(value) => return Ok(Outcome::Replayed(value)),
+            Begun::Acquired(attempt) => attempt,
+        };
+        let session = attempt.session().clone();
+        match execute(operation, session).await {
+            Ok(Ok(value)) => {
+                attempt.complete(&value).await?;
+                Ok(Outcome::Executed(value))
             }
-
-            let fingerprint = operation.payload().fingerprint();
-            if let Some(hit) = self
-                .replay_cache
-                .as_ref()
-                .and_then(|cache| cache.get(operation.target(), operation.key(), now))
-            {
-                // The same checks, in the same order, as on the Finished record in the store.
-                if hit.fingerprint != fingerprint {
-                    return Err(Error::PayloadMismatch {
-                        target: operation.target().to_owned(),
-                        key: operation.key().to_owned(),
-                    });
-                }
-                return self.replay(&hit.result);
+            Ok(Err(error)) => {
+                // A failed attempt reports its own error, whatever became of its record: the
+                // record stays Running until its timeout if the store failed.
+                let _ = attempt.fail(&error.to_string()).await;
+                Err(Error::Operation(error))
             }
-            // A statement of its own: the claim's answer is not kept while the operation
-            // runs.
-            let (attempt, session) = match self
-                .repository
-                .claim(&ClaimRequest {
-                    target: operation.target(),
-                    key: operation.key(),
-                    fingerprint,
-                    reference_time,
-                    timeout: nonzero(operation.timeout()),
-                    expiration,
-                })
-                .await?
-            {
-                Claim::Existing { record, now } => {
-                    if let (Some(cache), Status::Finished, Some(result)) =
-                        (&self.replay_cache, record.status, &record.result)
-                    {
-                        cache.insert(
-                            &record.target,
-                            &record.key,
-                            record.fingerprint,
-                            result,
-                            self.clock.now(),
-                            record.expiration,
-                        );
-                    }
-                    return self.verdict(record, fingerprint, now);
-                }
-                Claim::Acquired { attempt, session } => (attempt, session),
-            };
-            // Owned copies only now: the operation goes into its own call.
-            let target = operation.target().to_owned();
-            let key = operation.key().to_owned();
-            let lease = Lease {
-                target: &target,
-                key: &key,
-                attempt,
-            };
-            // A record this claim created has this call's expiration; one taken over keeps
-            // its first call's, which only the store knows: only the first is cached.
-            // (Attempt 1 on a taken-over record happens only for a Ready record with
-            // attempt 0, which ana never writes; `restore` can.)
-            let cached = (attempt == 1).then_some((fingerprint, expiration));
-
-            // From here until the finish is acknowledged, dropping this future fails the
-            // attempt in the background so the record does not stay Running.
-            let mut guard = CancelGuard {
-                manager: self,
-                lease,
-                session: Some(session.clone()),
-            };
-            // Each step's answer is a statement of its own, so that no future above this one
-            // keeps it beside the next step's.
-            let ran = {
-                // A panic is caught while the operation makes its future (a synchronous
-                // `call`) as well as while the future runs. In a block: the outcome is not
-                // kept while the record is finished.
-                let outcome = match std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    operation.call(session.clone())
-                })) {
-                    Ok(future) => CatchUnwind { future }.await,
-                    Err(panic) => Err(panic),
-                };
-                self.settle(outcome)
-            };
-            let (value, bytes) = match ran {
-                Ok(ran) => ran,
-                Err((message, error)) => {
-                    let done = self.repository.fail(session, lease, &message).await;
-                    guard.disarm();
-                    return match done {
-                        // A failed attempt reports its own error, even when it had lost the
-                        // record.
-                        Ok(_) => Err(error),
-                        Err(store) => match error {
-                            // The operation's own outcome matters most to the caller; the
-                            // record stays Running until its timeout.
-                            Error::Operation(_) | Error::Panic { .. } => Err(error),
-                            _ => Err(Error::Repository(store)),
-                        },
-                    };
-                }
-            };
-            let done = self.repository.complete(session, lease, &bytes).await?;
-            guard.disarm();
-            match done {
-                Completion::Done => {
-                    if let (Some(cache), Some((fingerprint, expiration)), Ok(_)) =
-                        (&self.replay_cache, cached, &value)
-                    {
-                        let now = self.clock.now();
-                        cache.insert(&target, &key, fingerprint, &bytes, now, expiration);
-                    }
-                    value.map(Outcome::Executed).map_err(Error::Codec)
-                }
-                Completion::Superseded => Err(superseded(lease)),
-                Completion::Expired => Err(expired(lease)),
+            Err(panic) => {
+                let message = panic_text(&*panic);
+                let _ = attempt.fail(&message).await;
+                Err(Error::Panic { message })
             }
         }
     }
 
-    /// What an attempt's outcome records: its value (or why it could not be encoded) and the
-    /// bytes to store, or the message to store on the record and the error to return.
+    /// The first step of a call, for callers that run the work themselves (an HTTP adapter
+    /// whose handler is not `Send`, a consumer that acknowledges in between): the expiry check,
+    /// the replay cache, then one atomic claim.
     ///
-    /// A value the codec refuses is still a success: the work is done, and a retry must not do
-    /// it again. Its record turns Finished with [`UNENCODABLE`] for a result, and every call for
-    /// the key is answered [`Error::Codec`].
-    #[expect(
-        clippy::type_complexity,
-        reason = "one private step's three outcomes, spelled out"
-    )]
-    fn settle<E: fmt::Display>(
-        &self,
-        outcome: Result<Result<R, E>, Box<dyn Any + Send>>,
-    ) -> Result<(Result<R, BoxError>, Vec<u8>), (String, Error<E>)> {
-        match outcome {
-            Ok(Ok(value)) => match self.codec.encode(&value) {
-                Ok(bytes) => Ok((Ok(value), bytes)),
-                Err(error) => Ok((Err(error), UNENCODABLE.to_vec())),
-            },
-            Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
-            Err(panic) => {
-                let message = format!("Got panic \"{}\"", panic_message(&*panic));
-                Err((message.clone(), Error::Panic { message }))
+    /// Answers the recorded result ([`Begun::Replayed`]), or the [`Attempt`] this call now
+    /// holds: do the work with its [`session`](Attempt::session), then
+    /// [`complete`](Attempt::complete) or [`fail`](Attempt::fail) it. An attempt dropped
+    /// unfinished is failed in the background (see [`flush`](Self::flush)).
+    ///
+    /// ```
+    /// use ana_core::{Begun, Call, Fingerprint, Manager, MemoryRepository, MemorySession};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), ana_core::Error<std::convert::Infallible>> {
+    /// let manager: Manager<Fingerprint, String, MemorySession> =
+    ///     Manager::new(MemoryRepository::new());
+    /// let call = || Call::new("send-email", "msg-1", Fingerprint::of("hello"));
+    /// match manager.begin(call()).await? {
+    ///     Begun::Acquired(attempt) => attempt.complete(&"queued".to_owned()).await?,
+    ///     Begun::Replayed(_) => unreachable!("the first call runs"),
+    /// }
+    /// assert!(matches!(manager.begin(call()).await?, Begun::Replayed(sent) if sent == "queued"));
+    /// # Ok(()) }
+    /// ```
+    pub async fn begin<E>(&self, call: Call<'_>) -> Result<Begun<'_, P, R, Ctx>, Error<E>> {
+        let now = self.clock.now();
+        let reference_time = call.reference_time.unwrap_or(now);
+        let expiration = call.expiration.map(|e| clock::add(reference_time, e));
+        if expiration.is_some_and(|expiration| now > expiration) {
+            return Err(call.expired());
+        }
+        if let Some(replayed) = self.replay_cached(&call, now) {
+            return replayed.map(Begun::Replayed);
+        }
+        let claimed = self
+            .repository
+            .claim(&ClaimRequest {
+                target: call.target,
+                key: call.key,
+                fingerprint: call.fingerprint,
+                reference_time,
+                timeout: call.timeout,
+                expiration,
+            })
+            .await?;
+        let (attempt, session) = match claimed {
+            Claim::Existing { record, now } => {
+                self.cache_finished(&record);
+                return self.verdict(record, call.fingerprint, now).map(Begun::Replayed);
             }
+            Claim::Acquired { attempt, session } => (attempt, session),
+        };
+        // A record this claim created has this call's expiration; one taken over keeps its
+        // first call's, which only the store knows: only the first is cached.
+        let cached = (attempt == 1).then_some((call.fingerprint, expiration));
+        Ok(Begun::Acquired(Attempt {
+            held: Held {
+                manager: self,
+                target: call.target.to_owned(),
+                key: call.key.to_owned(),
+                attempt,
+                armed: Some(session.clone()),
+            },
+            session,
+            cached,
+        }))
+    }
+
+    /// The replay cache's answer for `call`, with the same checks, in the same order, as on a
+    /// Finished record in the store.
+    fn replay_cached<E>(&self, call: &Call<'_>, now: DateTime<Utc>) -> Option<Result<R, Error<E>>> {
+        let hit = self.replay_cache.as_ref()?.get(call.target, call.key, now)?;
+        if hit.fingerprint != call.fingerprint {
+            return Some(Err(Error::PayloadMismatch {
+                target: call.target.to_owned(),
+                key: call.key.to_owned(),
+            }));
+        }
+        Some(self.replay(&hit.result))
+    }
+
+    /// Keeps a Finished record the store answered in the replay cache.
+    fn cache_finished(&self, record: &TrackedOperation) {
+        if let (Some(cache), Status::Finished, Some(result)) =
+            (&self.replay_cache, record.status, &record.result)
+        {
+            cache.insert(
+                &record.target,
+                &record.key,
+                record.fingerprint,
+                result,
+                self.clock.now(),
+                record.expiration,
+            );
         }
     }
 
     /// A stored result, decoded for a replay.
-    fn replay<E>(&self, bytes: &[u8]) -> Result<Outcome<R>, Error<E>> {
+    fn replay<E>(&self, bytes: &[u8]) -> Result<R, Error<E>> {
         if bytes == UNENCODABLE {
             return Err(Error::Codec(Unencodable.into()));
         }
-        self.codec
-            .decode(bytes)
-            .map(Outcome::Replayed)
-            .map_err(Error::Codec)
+        self.codec.decode(bytes).map_err(Error::Codec)
     }
 
     /// Reads the stored record of `(target, key)`.
@@ -397,7 +356,7 @@ where
         record: TrackedOperation,
         fingerprint: Fingerprint,
         now: DateTime<Utc>,
-    ) -> Result<Outcome<R>, Error<E>> {
+    ) -> Result<R, Error<E>> {
         let TrackedOperation {
             target,
             key,
@@ -445,72 +404,213 @@ where
     }
 }
 
-fn superseded<E>(lease: Lease<'_>) -> Error<E> {
-    Error::Superseded {
-        target: lease.target.to_owned(),
-        key: lease.key.to_owned(),
+/// What identifies a call and bounds it in time: an [`Operation`] without its work. Given to
+/// [`Manager::begin`].
+#[derive(Clone, Copy, Debug)]
+pub struct Call<'a> {
+    target: &'a str,
+    key: &'a str,
+    fingerprint: Fingerprint,
+    reference_time: Option<DateTime<Utc>>,
+    timeout: Option<Duration>,
+    expiration: Option<Duration>,
+}
+
+impl<'a> Call<'a> {
+    /// A call of `target` for `key` with a payload of that fingerprint; no reference time
+    /// (now), no timeout and no expiration.
+    pub fn new(target: &'a str, key: &'a str, fingerprint: Fingerprint) -> Self {
+        Self {
+            target,
+            key,
+            fingerprint,
+            reference_time: None,
+            timeout: None,
+            expiration: None,
+        }
     }
-}
 
-fn expired<E>(lease: Lease<'_>) -> Error<E> {
-    Error::Expired {
-        target: lease.target.to_owned(),
-        key: lease.key.to_owned(),
+    /// The call an operation makes.
+    pub fn of<Ctx, O: Operation<Ctx>>(operation: &'a O) -> Self {
+        Self {
+            target: operation.target(),
+            key: operation.key(),
+            fingerprint: operation.payload().fingerprint(),
+            reference_time: operation.reference_time(),
+            timeout: nonzero(operation.timeout()),
+            expiration: nonzero(operation.expiration()),
+        }
     }
-}
 
-fn nonzero(duration: Duration) -> Option<Duration> {
-    (!duration.is_zero()).then_some(duration)
-}
-
-pin_project_lite::pin_project! {
-    /// Polls `future`, turning a panic into `Err` with its payload.
-    struct CatchUnwind<F> {
-        #[pin]
-        future: F,
+    /// When the caller issued the request (`None`: now).
+    #[must_use]
+    pub fn reference_time(mut self, at: Option<DateTime<Utc>>) -> Self {
+        self.reference_time = at;
+        self
     }
-}
 
-impl<F: Future> Future for CatchUnwind<F> {
-    type Output = Result<F::Output, Box<dyn Any + Send>>;
+    /// How long the attempt holds the record (`None`: until it finishes).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.timeout = timeout;
+        self
+    }
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let future = self.project().future;
-        match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
-            Ok(Poll::Pending) => Poll::Pending,
-            Ok(Poll::Ready(value)) => Poll::Ready(Ok(value)),
-            Err(panic) => Poll::Ready(Err(panic)),
+    /// How long after the reference time the call may still run (`None`: forever).
+    #[must_use]
+    pub fn expiration(mut self, expiration: Option<Duration>) -> Self {
+        self.expiration = expiration;
+        self
+    }
+
+    fn expired<E>(&self) -> Error<E> {
+        Error::Expired {
+            target: self.target.to_owned(),
+            key: self.key.to_owned(),
         }
     }
 }
 
-fn panic_message(panic: &(dyn Any + Send)) -> &str {
-    if let Some(message) = panic.downcast_ref::<&str>() {
-        message
-    } else if let Some(message) = panic.downcast_ref::<String>() {
-        message
-    } else {
-        "Box<dyn Any>"
+/// What [`Manager::begin`] found.
+#[derive(Debug)]
+pub enum Begun<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
+    /// An earlier call's recorded result.
+    Replayed(R),
+    /// This call holds the record: do the work, then finish the attempt.
+    Acquired(Attempt<'m, P, R, Ctx>),
+}
+
+/// The attempt a call holds (from [`Manager::begin`]): the store's session to do the work in,
+/// then exactly one of [`complete`](Self::complete) or [`fail`](Self::fail). Dropped
+/// unfinished (a cancelled call), it is failed in the background.
+#[derive(Debug)]
+pub struct Attempt<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
+    session: Ctx,
+    held: Held<'m, P, R, Ctx>,
+    /// What the replay cache keeps once the record is Finished: only a record this claim
+    /// created, whose expiration is this call's.
+    cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
+}
+
+impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'_, P, R, Ctx> {
+    /// The store's session the work runs in (for Postgres, the transaction that records the
+    /// result).
+    pub fn session(&self) -> &Ctx {
+        &self.session
+    }
+
+    /// The attempt number: 1 for the first, +1 for each attempt that took the record over.
+    pub fn attempt(&self) -> u64 {
+        self.held.attempt
+    }
+
+    /// The record's target.
+    pub fn target(&self) -> &str {
+        &self.held.target
+    }
+
+    /// The record's key.
+    pub fn key(&self) -> &str {
+        &self.held.key
+    }
+
+    /// Records `value` as the result (committing the session with it, for a transactional
+    /// store), unless another attempt took the record over ([`Error::Superseded`]) or it
+    /// expired meanwhile ([`Error::Expired`]): then the session rolled back.
+    ///
+    /// A value the codec refuses is recorded done all the same (with [`UNENCODABLE`]) and
+    /// answered [`Error::Codec`]: the work is done, and a retry must not do it again.
+    pub async fn complete<E>(self, value: &R) -> Result<(), Error<E>> {
+        let Self {
+            session,
+            mut held,
+            cached,
+        } = self;
+        let manager = held.manager;
+        let encoded = manager.codec.encode(value);
+        let bytes = encoded.as_deref().unwrap_or(UNENCODABLE);
+        // A store error leaves the guard armed: the attempt is failed in the background.
+        let done = manager
+            .repository
+            .complete(session, held.lease(), bytes)
+            .await?;
+        held.disarm();
+        match done {
+            Completion::Done => {
+                if let (Some(cache), Some((fingerprint, expiration)), Ok(bytes)) =
+                    (&manager.replay_cache, cached, &encoded)
+                {
+                    let now = manager.clock.now();
+                    cache.insert(&held.target, &held.key, fingerprint, bytes, now, expiration);
+                }
+                encoded.map(drop).map_err(Error::Codec)
+            }
+            Completion::Superseded => Err(Error::Superseded {
+                target: held.target.clone(),
+                key: held.key.clone(),
+            }),
+            Completion::Expired => Err(Error::Expired {
+                target: held.target.clone(),
+                key: held.key.clone(),
+            }),
+        }
+    }
+
+    /// Rolls the session back and records the attempt Failed with `message` (the next call
+    /// runs the work again). A record another attempt took over is left as it is.
+    pub async fn fail(self, message: &str) -> Result<(), RepositoryError> {
+        let Self {
+            session, mut held, ..
+        } = self;
+        let done = held
+            .manager
+            .repository
+            .fail(session, held.lease(), message)
+            .await;
+        held.disarm();
+        done.map(drop)
     }
 }
 
-/// Fails the attempt in the background if the call's future is dropped before its finish was
-/// acknowledged. The compare-and-set on the attempt makes a late clean-up harmless.
-struct CancelGuard<'a, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
-    manager: &'a Manager<P, R, Ctx>,
-    lease: Lease<'a>,
-    session: Option<Ctx>,
+/// The attempt's identity, and a clone of its session until it is finished: dropped before
+/// then (a cancelled call), it fails the attempt in the background so the record does not
+/// stay Running. The compare-and-set on the attempt makes a late clean-up harmless.
+struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
+    manager: &'m Manager<P, R, Ctx>,
+    target: String,
+    key: String,
+    attempt: u64,
+    armed: Option<Ctx>,
 }
 
-impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> CancelGuard<'_, P, R, Ctx> {
+impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> fmt::Debug for Held<'_, P, R, Ctx> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Held")
+            .field("target", &self.target)
+            .field("key", &self.key)
+            .field("attempt", &self.attempt)
+            .field("armed", &self.armed.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Held<'_, P, R, Ctx> {
+    fn lease(&self) -> Lease<'_> {
+        Lease {
+            target: &self.target,
+            key: &self.key,
+            attempt: self.attempt,
+        }
+    }
+
     fn disarm(&mut self) {
-        self.session = None;
+        self.armed = None;
     }
 }
 
-impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for CancelGuard<'_, P, R, Ctx> {
+impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for Held<'_, P, R, Ctx> {
     fn drop(&mut self) {
-        let Some(session) = self.session.take() else {
+        let Some(session) = self.armed.take() else {
             return;
         };
         // Without a runtime nothing can reach the store; the timeout frees the record.
@@ -518,15 +618,14 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for CancelGuard<'_, 
             return;
         };
         let repository = Arc::clone(&self.manager.repository);
-        let cleanups = Arc::clone(&self.manager.cleanups);
-        let (target, key, attempt) = (
-            self.lease.target.to_owned(),
-            self.lease.key.to_owned(),
-            self.lease.attempt,
-        );
         // Counted done however the task ends: run to its end, panicked, or dropped unrun by a
         // runtime shutting down (then the record's timeout frees it).
-        let cleanup = Cleanup::start(cleanups);
+        let cleanup = Cleanup::start(Arc::clone(&self.manager.cleanups));
+        let (target, key, attempt) = (
+            std::mem::take(&mut self.target),
+            std::mem::take(&mut self.key),
+            self.attempt,
+        );
         runtime.spawn(async move {
             let _cleanup = cleanup;
             let lease = Lease {
@@ -538,6 +637,32 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for CancelGuard<'_, 
             let _ = repository.fail(session, lease, CANCELLED).await;
         });
     }
+}
+
+/// Runs the operation, its panics caught, whether raised while it makes its future (a
+/// synchronous `call`) or while the future runs.
+async fn execute<Ctx, O: Operation<Ctx>>(
+    operation: O,
+    session: Ctx,
+) -> Result<Result<O::Output, O::Error>, Box<dyn Any + Send>> {
+    let future = std::panic::catch_unwind(AssertUnwindSafe(|| operation.call(session)))?;
+    AssertUnwindSafe(future).catch_unwind().await
+}
+
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
+}
+
+/// `Got panic "<value>"`, the message of [`Error::Panic`].
+pub(crate) fn panic_text(panic: &(dyn Any + Send)) -> String {
+    let value = if let Some(message) = panic.downcast_ref::<&str>() {
+        message
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message
+    } else {
+        "Box<dyn Any>"
+    };
+    format!("Got panic \"{value}\"")
 }
 
 /// One background clean-up, counted from its start until it is dropped.
