@@ -1,4 +1,4 @@
-//! [`Session`]: the actix extractor of the attempt's context.
+//! [`Attempt`]: the actix extractor of the request's attempt.
 
 use std::future::{Ready, ready};
 use std::ops::{Deref, DerefMut};
@@ -6,52 +6,52 @@ use std::ops::{Deref, DerefMut};
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 
-use ana_http::{IdempotencyContext, Rejection};
+use ana_http::Rejection;
 
 use crate::convert::to_actix;
 
-/// The idempotency context of the request: the store's session (for `ana-pg`, the transaction
-/// that records the response, so the handler's own SQL commits with it), the client's key and
-/// the target.
+/// The attempt the request runs as: the store's session (for `ana-pg`, the transaction that
+/// records the response, so the handler's own SQL commits with it), the client's key and the
+/// target.
 ///
-/// Take `Option<Session<Ctx>>` on routes where keys are optional. Without the
-/// [`Idempotency`](crate::Idempotency) middleware (with that session type) in front of the
+/// Take `Option<Attempt<Ctx>>` on routes where keys are optional. Without the
+/// [`IdempotencyMiddleware`](crate::IdempotencyMiddleware) middleware (with that session type) in front of the
 /// route, extraction fails with a 500 problem ([`MissingMiddleware`]).
 ///
 /// ```
-/// use ana_actix::Session;
+/// use ana_actix::Attempt;
 /// use ana_core::MemorySession;
 ///
-/// async fn hello(session: Session<MemorySession>) -> String {
-///     format!("Hello {}! (attempt {})", session.key(), session.session().attempt())
+/// async fn hello(attempt: Attempt<MemorySession>) -> String {
+///     format!("Hello {}! (attempt {})", attempt.key(), attempt.session().attempt())
 /// }
 /// # let _ = actix_web::web::post().to(hello);
 /// ```
 #[derive(Clone, Debug)]
-pub struct Session<Ctx>(pub IdempotencyContext<Ctx>);
+pub struct Attempt<Ctx>(pub ana_http::Attempt<Ctx>);
 
-impl<Ctx> Session<Ctx> {
-    /// The context.
-    pub fn into_inner(self) -> IdempotencyContext<Ctx> {
+impl<Ctx> Attempt<Ctx> {
+    /// The framework-neutral attempt.
+    pub fn into_inner(self) -> ana_http::Attempt<Ctx> {
         self.0
     }
 }
 
-impl<Ctx> Deref for Session<Ctx> {
-    type Target = IdempotencyContext<Ctx>;
+impl<Ctx> Deref for Attempt<Ctx> {
+    type Target = ana_http::Attempt<Ctx>;
 
     fn deref(&self) -> &Self::Target {
         &self.0
     }
 }
 
-impl<Ctx> DerefMut for Session<Ctx> {
+impl<Ctx> DerefMut for Attempt<Ctx> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
     }
 }
 
-impl<Ctx: Clone + Send + Sync + 'static> FromRequest for Session<Ctx> {
+impl<Ctx: Clone + Send + Sync + 'static> FromRequest for Attempt<Ctx> {
     type Error = MissingMiddleware;
     type Future = Ready<Result<Self, MissingMiddleware>>;
 
@@ -59,15 +59,15 @@ impl<Ctx: Clone + Send + Sync + 'static> FromRequest for Session<Ctx> {
         ready(
             request
                 .extensions()
-                .get::<IdempotencyContext<Ctx>>()
+                .get::<ana_http::Attempt<Ctx>>()
                 .cloned()
-                .map(Session)
+                .map(Attempt)
                 .ok_or(MissingMiddleware),
         )
     }
 }
 
-/// The error of [`Session`] when no idempotency middleware (with that session type) ran
+/// The error of [`Attempt`] when no idempotency middleware (with that session type) ran
 /// before the handler: a 500 problem, since it is a server misconfiguration.
 #[derive(Clone, Copy, Debug, thiserror::Error)]
 #[error("the idempotency middleware is missing in front of this route (or has another store type)")]

@@ -4,23 +4,23 @@
 //! every retry with the same `X-Idempotency-Key` gets the first response back, marked
 //! `Idempotent-Replayed: true`.
 //!
-//! [`Idempotency`] is thin glue over [`ana_http`], where the rules live (the same ones
+//! [`IdempotencyMiddleware`] is thin glue over [`ana_http`], where the rules live (the same ones
 //! `ana-axum` uses, checked by the same conformance suite): the headers, the status table, the
 //! configuration, the problem responses. Read that module's docs for the full contract.
 //!
 //! ```no_run
 //! use actix_web::{App, HttpServer, web};
-//! use ana_actix::{Idempotency, MemoryRepository, MemorySession, Session};
+//! use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository, MemorySession};
 //!
-//! async fn hello(session: Session<MemorySession>) -> String {
+//! async fn hello(attempt: Attempt<MemorySession>) -> String {
 //!     println!("Not persisted!");
-//!     format!("Hello {}!", session.key())
+//!     format!("Hello {}!", attempt.key())
 //! }
 //!
 //! #[actix_web::main]
 //! async fn main() -> std::io::Result<()> {
 //!     // Once, outside the factory: every worker shares the store.
-//!     let idempotency = Idempotency::new(MemoryRepository::new());
+//!     let idempotency = IdempotencyMiddleware::new(MemoryRepository::new());
 //!     HttpServer::new(move || {
 //!         App::new()
 //!             .wrap(idempotency.clone())
@@ -34,22 +34,22 @@
 //!
 //! - The store is any [`IdempotencyRepository`]: [`MemoryRepository`], `ana_pg::PgRepository`
 //!   (the handler's SQL runs in the transaction that records the response: take
-//!   [`Session<PgSession>`](Session) and use `session.session().transaction()`),
+//!   [`Attempt<PgSession>`](Attempt) and use `attempt.session().transaction()`),
 //!   `ana_redis::RedisRepository`.
 //! - Per-scope or per-resource settings: wrap the scope or resource with
 //!   `idempotency.with_config(config)`; the config's `Key`, `Target`, `Payload`,
 //!   `ReferenceTime`, `Timeout`, `Expiration` and `Scope` are functions of the request
 //!   ([`IdempotencyConfig`]). Middlewares do not stack: a request is handled by the outermost
-//!   `Idempotency` it meets, and nested ones pass it through (one attempt per request, never
+//!   `IdempotencyMiddleware` it meets, and nested ones pass it through (one attempt per request, never
 //!   a second claim of the same key). So give a scope its own settings by wrapping the scopes,
 //!   not the whole `App`:
 //!
 //! ```
 //! use std::time::Duration;
 //! use actix_web::{App, web};
-//! use ana_actix::{Idempotency, IdempotencyConfig, MemoryRepository};
+//! use ana_actix::{IdempotencyConfig, IdempotencyMiddleware, MemoryRepository};
 //!
-//! let idempotency = Idempotency::new(MemoryRepository::new());
+//! let idempotency = IdempotencyMiddleware::new(MemoryRepository::new());
 //! let payments = IdempotencyConfig::default()
 //!     .with_default_timeout(Duration::from_secs(10))
 //!     .with_max_request_body(64 * 1024);
@@ -74,12 +74,12 @@
 //!
 //! ## How it runs on actix
 //!
-//! actix handlers are `!Send` futures on a single-threaded runtime per worker; the rules'
-//! future (the store calls) is `Send`. The middleware polls both in the request's own task:
-//! the rules hand the request to the handler over a channel when they decide it runs, and get
-//! its response (or its panic, re-raised on their side and recorded as `Got panic "…"`) back
-//! over another. The middleware spawns nothing and nothing leaves the worker's thread: the
-//! channels only bridge the rules' `Send` future and the `!Send` handler inside one task.
+//! actix handlers are `!Send` futures on a single-threaded runtime per worker. The engine's
+//! steps are plain futures the request's own task awaits: [`Engine::begin`] claims the key
+//! (or answers a replay or a rejection), the middleware calls the handler itself, then
+//! [`Claimed::finish`](ana_http::Claimed::finish) records its response, or
+//! [`Claimed::panicked`](ana_http::Claimed::panicked) its panic. Nothing is spawned and
+//! nothing leaves the worker's thread.
 //!
 //! ## Decisions
 //!
@@ -101,12 +101,12 @@ mod convert;
 mod extract;
 mod middleware;
 
-pub use extract::{MissingMiddleware, Session};
-pub use middleware::{Idempotency, IdempotencyMiddleware, Rejected};
+pub use extract::{Attempt, MissingMiddleware};
+pub use middleware::{IdempotencyMiddleware, IdempotencyMiddlewareService, Rejected};
 
 /// The core crate, re-exported so users get a matching version.
 pub use ana_core;
-pub use ana_http::{
-    IdempotencyConfig, IdempotencyContext, IdempotencyService, Rejection, value,
-};
 pub use ana_core::{IdempotencyRepository, MemoryRepository, MemorySession};
+/// The HTTP rules, re-exported so users get a matching version.
+pub use ana_http;
+pub use ana_http::{Engine, IdempotencyConfig, Rejection, value};

@@ -13,8 +13,8 @@ use std::rc::Rc;
 use actix_web::dev::Payload;
 use actix_web::http::header as actix_header;
 use actix_web::{App as ActixApp, HttpRequest, HttpResponse, test, web};
-use ana_actix::{Idempotency, Session};
-use ana_http::IdempotencyService;
+use ana_actix::{Attempt, IdempotencyMiddleware};
+use ana_http::Engine;
 use ana_http::conformance::{Adapter, App, Routes};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
@@ -30,7 +30,7 @@ struct ActixThread {
 }
 
 impl Adapter for Actix {
-    fn app<Ctx>(&self, service: IdempotencyService<Ctx>, routes: Routes<Ctx>) -> impl App
+    fn app<Ctx>(&self, service: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
     where
         Ctx: Clone + Send + Sync + 'static,
     {
@@ -39,11 +39,11 @@ impl Adapter for Actix {
             actix_web::rt::System::new().block_on(async move {
                 let app = test::init_service(
                     ActixApp::new()
-                        .wrap(Idempotency::from_service(service))
+                        .wrap(IdempotencyMiddleware::from_engine(service))
                         .default_service(web::to(
                             move |request: HttpRequest,
                                   body: web::Bytes,
-                                  session: Option<Session<Ctx>>| {
+                                  session: Option<Attempt<Ctx>>| {
                                 let routes = routes.clone();
                                 async move { handle(&routes, &request, body, session).await }
                             },
@@ -129,13 +129,13 @@ fn from_actix(
     response
 }
 
-/// The suite's handler behind an actix route; the context comes through the [`Session`]
+/// The suite's handler behind an actix route; the context comes through the [`Attempt`]
 /// extractor.
 async fn handle<Ctx: Clone + Send + Sync + 'static>(
     routes: &Routes<Ctx>,
     request: &HttpRequest,
     body: web::Bytes,
-    session: Option<Session<Ctx>>,
+    session: Option<Attempt<Ctx>>,
 ) -> HttpResponse {
     let mut builder = Request::builder()
         .method(request.method().as_str())

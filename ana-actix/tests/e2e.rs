@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use actix_web::dev::ServerHandle;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use ana_actix::{Idempotency, IdempotencyConfig, MemoryRepository, MemorySession, Session};
+use ana_actix::{
+    Attempt, IdempotencyConfig, IdempotencyMiddleware, MemoryRepository, MemorySession,
+};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -128,7 +130,7 @@ async fn concurrent_same_key_requests_run_the_handler_once() {
     let runs = Arc::new(AtomicUsize::new(0));
     let gate = Arc::new(Semaphore::new(0));
     let (started_tx, mut started) = mpsc::unbounded_channel();
-    let idempotency = Idempotency::new(MemoryRepository::new());
+    let idempotency = IdempotencyMiddleware::new(MemoryRepository::new());
     let server = {
         let (runs, gate) = (Arc::clone(&runs), Arc::clone(&gate));
         start!(move || {
@@ -136,7 +138,7 @@ async fn concurrent_same_key_requests_run_the_handler_once() {
                 (Arc::clone(&runs), Arc::clone(&gate), started_tx.clone());
             App::new().wrap(idempotency.clone()).route(
                 "/hello",
-                web::post().to(move |session: Session<MemorySession>| {
+                web::post().to(move |session: Attempt<MemorySession>| {
                     // Counted, then announced: the test reads the count after the signal.
                     runs.fetch_add(1, Ordering::SeqCst);
                     let _ = started_tx.send(());
@@ -213,7 +215,7 @@ async fn concurrent_same_key_requests_run_the_handler_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_body_over_the_limit_is_413() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let idempotency = Idempotency::new(MemoryRepository::new())
+    let idempotency = IdempotencyMiddleware::new(MemoryRepository::new())
         .with_config(IdempotencyConfig::default().with_max_request_body(16));
     let server = {
         let runs = Arc::clone(&runs);
@@ -253,7 +255,7 @@ async fn chunked_body_over_the_limit_is_413() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn handler_panic_is_a_500_problem_on_the_wire() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let idempotency = Idempotency::new(MemoryRepository::new());
+    let idempotency = IdempotencyMiddleware::new(MemoryRepository::new());
     let server = {
         let runs = Arc::clone(&runs);
         start!(move || {
@@ -302,7 +304,7 @@ async fn handler_panic_is_a_500_problem_on_the_wire() {
 /// Per-scope settings: each scope wrapped with its own config (one store).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scopes_have_their_own_settings() {
-    let idempotency = Idempotency::new(MemoryRepository::new());
+    let idempotency = IdempotencyMiddleware::new(MemoryRepository::new());
     let server = start!(move || {
         let strict = idempotency.with_config(IdempotencyConfig::default().with_max_request_body(4));
         App::new()
@@ -337,7 +339,7 @@ async fn scopes_have_their_own_settings() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nested_middlewares_make_one_attempt() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let idempotency = Idempotency::new(MemoryRepository::new());
+    let idempotency = IdempotencyMiddleware::new(MemoryRepository::new());
     let server = {
         let runs = Arc::clone(&runs);
         start!(move || {
@@ -348,7 +350,7 @@ async fn nested_middlewares_make_one_attempt() {
                 .wrap(idempotency.clone())
                 .service(web::scope("/api").wrap(inner).route(
                     "/hello",
-                    web::post().to(move |session: Session<MemorySession>| {
+                    web::post().to(move |session: Attempt<MemorySession>| {
                         runs.fetch_add(1, Ordering::SeqCst);
                         async move { format!("Hello {}!", session.key()) }
                     }),
@@ -374,7 +376,7 @@ async fn nested_middlewares_make_one_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_streamed_response_reaches_the_first_caller_whole() {
     let runs = Arc::new(AtomicUsize::new(0));
-    let idempotency = Idempotency::new(MemoryRepository::new())
+    let idempotency = IdempotencyMiddleware::new(MemoryRepository::new())
         .with_config(IdempotencyConfig::default().with_max_stored_response(1024));
     let server = {
         let runs = Arc::clone(&runs);

@@ -7,7 +7,7 @@
 use actix_web::dev::Service;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, test, web};
-use ana_actix::{Idempotency, MemoryRepository, MemorySession, Rejected, Session};
+use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository, MemorySession, Rejected};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -19,7 +19,7 @@ async fn an_inner_service_error_is_returned_and_recorded() {
     let counted = Arc::clone(&calls);
     let app = test::init_service(
         App::new()
-            .wrap(Idempotency::new(MemoryRepository::new()))
+            .wrap(IdempotencyMiddleware::new(MemoryRepository::new()))
             .service(
                 web::resource("/refuse")
                     .wrap_fn(move |_request, _service| {
@@ -56,7 +56,7 @@ async fn an_inner_service_error_is_returned_and_recorded() {
 async fn a_panic_comes_back_as_a_rejected_error() {
     let app = test::init_service(
         App::new()
-            .wrap(Idempotency::new(MemoryRepository::new()))
+            .wrap(IdempotencyMiddleware::new(MemoryRepository::new()))
             .route(
                 "/panic",
                 web::post().to(|| async {
@@ -86,12 +86,12 @@ async fn a_panic_comes_back_as_a_rejected_error() {
     );
 }
 
-/// `Session` without the middleware in front is a server misconfiguration: a 500 problem.
+/// `Attempt` without the middleware in front is a server misconfiguration: a 500 problem.
 #[actix_web::test]
 async fn the_session_extractor_without_the_middleware_is_a_500_problem() {
     let app = test::init_service(App::new().route(
         "/hello",
-        web::post().to(|session: Session<MemorySession>| async move { session.key().to_owned() }),
+        web::post().to(|session: Attempt<MemorySession>| async move { session.key().to_owned() }),
     ))
     .await;
     let request = test::TestRequest::post()
@@ -113,7 +113,7 @@ async fn the_session_extractor_without_the_middleware_is_a_500_problem() {
 /// attempt is recorded Failed, and a retry runs the handler again.
 #[actix_web::test]
 async fn a_dropped_request_fails_its_attempt() {
-    let idempotency = Idempotency::new(MemoryRepository::new());
+    let idempotency = IdempotencyMiddleware::new(MemoryRepository::new());
     let runs = Arc::new(AtomicUsize::new(0));
     let (started_tx, started) = tokio::sync::oneshot::channel::<()>();
     let started_tx = Arc::new(std::sync::Mutex::new(Some(started_tx)));
@@ -149,10 +149,10 @@ async fn a_dropped_request_fails_its_attempt() {
         }
         futures_util::future::Either::Left(_) => panic!("the first run cannot finish"),
     }
-    idempotency.service().manager().flush().await;
+    idempotency.engine().manager().flush().await;
     let key = ana_http::scoped_key(None, "c");
     let record = idempotency
-        .service()
+        .engine()
         .manager()
         .get("[POST]/hold", &key)
         .await

@@ -1,4 +1,4 @@
-//! The shared transaction on the real Postgres: a handler takes `Session<PgSession>` and
+//! The shared transaction on the real Postgres: a handler takes `Attempt<PgSession>` and
 //! writes its row in the transaction that records the response, so the row commits once with
 //! the Finished record, and rolls back when the handler fails (5xx) or panics.
 //!
@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, test, web};
-use ana_actix::{Idempotency, Session};
-use ana_http::scoped_key;
+use ana_actix::{Attempt, IdempotencyMiddleware};
 use ana_core::{IdempotencyRepository, Status};
+use ana_http::scoped_key;
 use ana_pg::sqlx::postgres::{PgPool, PgPoolOptions};
 use ana_pg::sqlx::{self, AssertSqlSafe, Connection, PgConnection};
 use ana_pg::{PgRepository, PgSession};
@@ -148,7 +148,7 @@ impl Db {
 /// Writes the order in the session's transaction; a body containing `fail` then answers 500,
 /// `panic` panics.
 async fn create_order(
-    session: Session<PgSession>,
+    session: Attempt<PgSession>,
     item: String,
     schema: web::Data<String>,
 ) -> HttpResponse {
@@ -212,7 +212,7 @@ macro_rules! app {
         test::init_service(
             App::new()
                 .app_data(web::Data::new($db.schema.clone()))
-                .wrap(Idempotency::new($db.repository.clone()))
+                .wrap(IdempotencyMiddleware::new($db.repository.clone()))
                 .route("/orders", web::post().to(create_order)),
         )
         .await

@@ -1,4 +1,4 @@
-//! [`Session`]: the axum extractor of the attempt's context.
+//! [`Attempt`]: the axum extractor of the request's attempt.
 
 use std::ops::{Deref, DerefMut};
 
@@ -6,49 +6,49 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use ana_http::{IdempotencyContext, Rejection};
+use ana_http::Rejection;
 
-/// The idempotency context of the request: the store's session (for `ana-pg`, the transaction
-/// that records the response, so the handler's own SQL commits with it), the client's key and
-/// the target.
+/// The attempt the request runs as: the store's session (for `ana-pg`, the transaction that
+/// records the response, so the handler's own SQL commits with it), the client's key and the
+/// target.
 ///
-/// Take `Option<Session<Ctx>>` on routes where keys are optional. Without the layer in front
+/// Take `Option<Attempt<Ctx>>` on routes where keys are optional. Without the layer in front
 /// of the route, extraction fails with a 500 problem ([`MissingLayer`]).
 ///
 /// ```
-/// use ana_axum::Session;
+/// use ana_axum::Attempt;
 /// use ana_core::MemorySession;
 ///
-/// async fn hello(session: Session<MemorySession>) -> String {
-///     format!("Hello {}! (attempt {})", session.key(), session.session().attempt())
+/// async fn hello(attempt: Attempt<MemorySession>) -> String {
+///     format!("Hello {}! (attempt {})", attempt.key(), attempt.session().attempt())
 /// }
 /// # let _: axum::routing::MethodRouter = axum::routing::post(hello);
 /// ```
 #[derive(Clone, Debug)]
-pub struct Session<Ctx>(pub IdempotencyContext<Ctx>);
+pub struct Attempt<Ctx>(pub ana_http::Attempt<Ctx>);
 
-impl<Ctx> Session<Ctx> {
-    /// The context.
-    pub fn into_inner(self) -> IdempotencyContext<Ctx> {
+impl<Ctx> Attempt<Ctx> {
+    /// The framework-neutral attempt.
+    pub fn into_inner(self) -> ana_http::Attempt<Ctx> {
         self.0
     }
 }
 
-impl<Ctx> Deref for Session<Ctx> {
-    type Target = IdempotencyContext<Ctx>;
+impl<Ctx> Deref for Attempt<Ctx> {
+    type Target = ana_http::Attempt<Ctx>;
 
     fn deref(&self) -> &Self::Target {
         &self.0
     }
 }
 
-impl<Ctx> DerefMut for Session<Ctx> {
+impl<Ctx> DerefMut for Attempt<Ctx> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.0
     }
 }
 
-/// The rejection of [`Session`] when no idempotency layer (with that session type) ran
+/// The rejection of [`Attempt`] when no idempotency layer (with that session type) ran
 /// before the handler: a 500 problem, since it is a server misconfiguration.
 #[derive(Clone, Copy, Debug, thiserror::Error)]
 #[error("the idempotency layer is missing in front of this route (or has another store type)")]
@@ -64,7 +64,7 @@ impl IntoResponse for MissingLayer {
     }
 }
 
-impl<S, Ctx> FromRequestParts<S> for Session<Ctx>
+impl<S, Ctx> FromRequestParts<S> for Attempt<Ctx>
 where
     S: Send + Sync,
     Ctx: Clone + Send + Sync + 'static,
@@ -74,14 +74,14 @@ where
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         parts
             .extensions
-            .get::<IdempotencyContext<Ctx>>()
+            .get::<ana_http::Attempt<Ctx>>()
             .cloned()
-            .map(Session)
+            .map(Attempt)
             .ok_or(MissingLayer)
     }
 }
 
-impl<S, Ctx> OptionalFromRequestParts<S> for Session<Ctx>
+impl<S, Ctx> OptionalFromRequestParts<S> for Attempt<Ctx>
 where
     S: Send + Sync,
     Ctx: Clone + Send + Sync + 'static,
@@ -94,8 +94,8 @@ where
     ) -> Result<Option<Self>, Self::Rejection> {
         Ok(parts
             .extensions
-            .get::<IdempotencyContext<Ctx>>()
+            .get::<ana_http::Attempt<Ctx>>()
             .cloned()
-            .map(Session))
+            .map(Attempt))
     }
 }

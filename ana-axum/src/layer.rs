@@ -3,7 +3,6 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -15,8 +14,8 @@ use http_body::Body as HttpBody;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use ana_http::{IdempotencyConfig, IdempotencyService, Plan, ResponseBody};
 use ana_core::{BoxError, IdempotencyRepository, MemorySession};
+use ana_http::{Engine, IdempotencyConfig, Plan, Rejection, ResponseBody};
 
 use crate::body::{read_request, read_response, with_trailers};
 
@@ -25,13 +24,13 @@ use crate::body::{read_request, read_response, with_trailers};
 /// Clones share the store. Give a route its own settings by layering it with a layer built by
 /// [`with_config`](Self::with_config) from the same one.
 pub struct IdempotencyLayer<Ctx = MemorySession> {
-    service: IdempotencyService<Ctx>,
+    engine: Engine<Ctx>,
 }
 
 impl<Ctx> Clone for IdempotencyLayer<Ctx> {
     fn clone(&self) -> Self {
         Self {
-            service: self.service.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -39,7 +38,7 @@ impl<Ctx> Clone for IdempotencyLayer<Ctx> {
 impl<Ctx> fmt::Debug for IdempotencyLayer<Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("IdempotencyLayer")
-            .field("service", &self.service)
+            .field("engine", &self.engine)
             .finish()
     }
 }
@@ -50,30 +49,30 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyLayer<Ctx> {
     where
         R: IdempotencyRepository<Session = Ctx>,
     {
-        Self::from_service(IdempotencyService::new(repository))
+        Self::from_engine(Engine::new(repository))
     }
 
-    /// A layer over an [`IdempotencyService`] (a shared manager, a custom clock).
-    pub fn from_service(service: IdempotencyService<Ctx>) -> Self {
-        Self { service }
+    /// A layer over an [`Engine`] (a shared manager, a custom clock).
+    pub fn from_engine(engine: Engine<Ctx>) -> Self {
+        Self { engine }
     }
 
     /// The same store with another configuration.
     #[must_use]
     pub fn with_config(&self, config: IdempotencyConfig) -> Self {
         Self {
-            service: self.service.clone().with_config(config),
+            engine: self.engine.clone().with_config(config),
         }
     }
 
     /// The configuration.
     pub fn config(&self) -> &IdempotencyConfig {
-        self.service.config()
+        self.engine.config()
     }
 
     /// The driver, for inspection (its manager reads records).
-    pub fn service(&self) -> &IdempotencyService<Ctx> {
-        &self.service
+    pub fn engine(&self) -> &Engine<Ctx> {
+        &self.engine
     }
 }
 
@@ -83,7 +82,7 @@ impl<S, Ctx> Layer<S> for IdempotencyLayer<Ctx> {
     fn layer(&self, inner: S) -> Self::Service {
         Idempotency {
             inner,
-            service: self.service.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -97,14 +96,14 @@ impl<S, Ctx> Layer<S> for IdempotencyLayer<Ctx> {
 /// is returned as is (and its attempt recorded Failed).
 pub struct Idempotency<S, Ctx = MemorySession> {
     inner: S,
-    service: IdempotencyService<Ctx>,
+    engine: Engine<Ctx>,
 }
 
 impl<S: Clone, Ctx> Clone for Idempotency<S, Ctx> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
-            service: self.service.clone(),
+            engine: self.engine.clone(),
         }
     }
 }
@@ -113,15 +112,15 @@ impl<S: fmt::Debug, Ctx> fmt::Debug for Idempotency<S, Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Idempotency")
             .field("inner", &self.inner)
-            .field("service", &self.service)
+            .field("engine", &self.engine)
             .finish()
     }
 }
 
 impl<S, Ctx> Idempotency<S, Ctx> {
     /// Wraps `inner`.
-    pub fn new(inner: S, service: IdempotencyService<Ctx>) -> Self {
-        Self { inner, service }
+    pub fn new(inner: S, engine: Engine<Ctx>) -> Self {
+        Self { inner, engine }
     }
 
     /// The inner service.
@@ -159,15 +158,15 @@ where
         // ready before its own call.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        let service = self.service.clone();
+        let engine = self.engine.clone();
         ResponseFuture {
-            inner: Box::pin(respond(service, inner, request)),
+            inner: Box::pin(respond(engine, inner, request)),
         }
     }
 }
 
 async fn respond<S, Ctx, ReqBody, ResBody>(
-    service: IdempotencyService<Ctx>,
+    engine: Engine<Ctx>,
     mut inner: S,
     request: Request<ReqBody>,
 ) -> Result<Response<Body>, S::Error>
@@ -186,8 +185,8 @@ where
     // router's routes would share targets and payloads: the record is made on the URI the
     // client sent (axum's `OriginalUri`), and the route is called with its own.
     let routed = original_uri(&mut parts);
-    let prepared = match service.plan(&parts) {
-        Err(rejection) => return Ok(rejection.to_response_for(&parts.headers).map(Body::from)),
+    let prepared = match engine.plan(&parts) {
+        Err(rejection) => return Ok(problem(&rejection, &parts)),
         Ok(Plan::PassThrough) => {
             restore_uri(&mut parts, routed);
             let response = inner
@@ -197,52 +196,60 @@ where
         }
         Ok(Plan::Idempotent(prepared)) => prepared,
     };
-    let body = match read_request(body, service.config().max_request_body()).await {
+    let body = match read_request(body, engine.config().max_request_body()).await {
         Ok(body) => body,
-        Err(rejection) => return Ok(rejection.to_response_for(&parts.headers).map(Body::from)),
+        Err(rejection) => return Ok(problem(&rejection, &parts)),
     };
-    let limit = service.config().max_stored_response();
-    // An error of the inner service is handed back to the caller after the attempt is
-    // recorded Failed (the handler's response stands in as a 500).
-    let failure: Arc<Mutex<Option<S::Error>>> = Arc::default();
-    let failed = Arc::clone(&failure);
-    let next = move |mut parts, body: Bytes| {
-        restore_uri(&mut parts, routed);
-        // `then`: the handler's future, and after it the reading of its body, in one place
-        // (an `async` block would keep the request beside the handler's future).
-        inner
-            .call(Request::from_parts(parts, Body::from(body)))
-            .then(move |result| async move {
-                match result {
-                    Ok(response) => {
-                        let (head, body) = response.into_parts();
-                        match read_response(body, limit).await {
-                            Ok(body) => Response::from_parts(head, body),
-                            // The handler's body failed mid-way: nothing usable to record or
-                            // send.
-                            Err(_) => status_only(StatusCode::INTERNAL_SERVER_ERROR),
-                        }
-                    }
-                    Err(error) => {
-                        *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(error);
-                        status_only(StatusCode::INTERNAL_SERVER_ERROR)
-                    }
-                }
-            })
+    let outcome = match engine.begin(prepared, &parts, &body).await {
+        Ok(claimed) => {
+            let limit = engine.config().max_stored_response();
+            let next = move |mut parts, body: Bytes| {
+                restore_uri(&mut parts, routed);
+                let request = Request::from_parts(parts, Body::from(body));
+                inner
+                    .call(request)
+                    .then(move |answer| read_answer(answer, limit))
+            };
+            // Boxed: the handler's future and the recording live on the heap only for the
+            // calls that run the handler; replays and rejections keep a small future.
+            Box::pin(claimed.run(parts, body, next)).await?
+        }
+        Err(outcome) => outcome,
     };
-    let response = service.execute(prepared, parts, body, next).await;
-    if let Some(error) = failure
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .take()
-    {
-        return Err(error);
-    }
-    Ok(response.map(|body| match body {
+    Ok(outcome.into_response().map(into_body))
+}
+
+/// The inner service's answer with its body read up to `limit` bytes for the record.
+async fn read_answer<B, E>(
+    answer: Result<Response<B>, E>,
+    limit: usize,
+) -> Result<Response<ResponseBody<Body>>, E>
+where
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let (head, body) = answer?.into_parts();
+    Ok(match read_response(body, limit).await {
+        Ok(body) => Response::from_parts(head, body),
+        // The handler's body failed mid-way: nothing usable to record or send.
+        Err(_) => {
+            let mut response = Response::new(ResponseBody::Full(Bytes::new()));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    })
+}
+
+fn into_body(body: ResponseBody<Body>) -> Body {
+    match body {
         ResponseBody::Full(bytes) => Body::from(bytes),
         ResponseBody::WithTrailers { data, trailers } => with_trailers(data, trailers),
         ResponseBody::Streaming(body) => body,
-    }))
+    }
+}
+
+fn problem(rejection: &Rejection, parts: &http::request::Parts) -> Response<Body> {
+    rejection.to_response_for(&parts.headers).map(Body::from)
 }
 
 /// Puts the URI the client sent (axum's [`OriginalUri`], when a router set one that differs)
@@ -261,12 +268,6 @@ fn restore_uri(parts: &mut http::request::Parts, routed: Option<http::Uri>) {
     if let Some(routed) = routed {
         parts.uri = routed;
     }
-}
-
-fn status_only(status: StatusCode) -> Response<ResponseBody<Body>> {
-    let mut response = Response::new(ResponseBody::Full(Bytes::new()));
-    *response.status_mut() = status;
-    response
 }
 
 /// The future of [`Idempotency`].
@@ -318,10 +319,7 @@ mod tests {
     }
 
     /// The future of one request, as boxed by the layer: every byte of it is copied into the
-    /// heap per request (2,056 bytes with rustc 1.95; 2,520 while `execute` held its operation
-    /// beside the manager's future; 4,272 while `Manager::run` held its operation twice and
-    /// the handler's future was kept beside the request; 6,216 before the handler's future
-    /// was boxed apart, in `IdempotencyService::execute`).
+    /// heap per request, and a large one leaves glibc's per-thread cache for its slower paths.
     #[test]
     fn the_response_future_stays_small() {
         let mut service = IdempotencyLayer::new(MemoryRepository::new()).layer(

@@ -6,16 +6,16 @@
 //!
 //! [`IdempotencyLayer`] is thin glue over [`ana_http`], where the rules live (the same
 //! ones `ana-actix` uses): the headers, the status table, the configuration, the problem
-//! responses. Read that module's docs for the full contract.
+//! responses. Read that crate's docs for the full contract.
 //!
 //! ```no_run
 //! use axum::{Router, routing::post};
-//! use ana_axum::{IdempotencyLayer, Session};
+//! use ana_axum::{Attempt, IdempotencyLayer};
 //! use ana_core::{MemoryRepository, MemorySession};
 //!
-//! async fn hello(session: Session<MemorySession>) -> String {
+//! async fn hello(attempt: Attempt<MemorySession>) -> String {
 //!     println!("Not persisted!");
-//!     format!("Hello {}!", session.key())
+//!     format!("Hello {}!", attempt.key())
 //! }
 //!
 //! # #[tokio::main] async fn main() -> std::io::Result<()> {
@@ -29,7 +29,8 @@
 //!
 //! - The store is any [`IdempotencyRepository`]: [`MemoryRepository`], `ana_pg::PgRepository`
 //!   (the handler's SQL runs in the transaction that records the response: take
-//!   [`Session<PgSession>`](Session) and use its transaction), `ana_redis::RedisRepository`.
+//!   [`Attempt<PgSession>`](Attempt) and use `attempt.session().transaction()`),
+//!   `ana_redis::RedisRepository`.
 //! - Per-route settings: `.route("/payments", post(pay).layer(layer.with_config(config)))`;
 //!   the config's `Key`, `Target`, `Payload`, `ReferenceTime`, `Timeout`, `Expiration` and
 //!   `Scope` are functions of the request ([`IdempotencyConfig`]).
@@ -69,12 +70,12 @@ mod body;
 mod extract;
 mod layer;
 
-pub use extract::{MissingLayer, Session};
+pub use extract::{Attempt, MissingLayer};
 pub use layer::{Idempotency, IdempotencyLayer, ResponseFuture};
 
 /// The core crate, re-exported so users get a matching version.
 pub use ana_core;
-pub use ana_http::{
-    IdempotencyConfig, IdempotencyContext, IdempotencyService, Rejection, value,
-};
 pub use ana_core::{IdempotencyRepository, MemoryRepository, MemorySession};
+/// The HTTP rules, re-exported so users get a matching version.
+pub use ana_http;
+pub use ana_http::{Engine, IdempotencyConfig, Rejection, value};

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ana_axum::IdempotencyLayer;
-use ana_http::IdempotencyService;
+use ana_http::Engine;
 use ana_http::conformance::{Adapter, App, Routes};
 use axum::Router;
 use axum::body::Body;
@@ -18,7 +18,7 @@ struct Axum;
 struct AxumApp(Router);
 
 impl Adapter for Axum {
-    fn app<Ctx>(&self, service: IdempotencyService<Ctx>, routes: Routes<Ctx>) -> impl App
+    fn app<Ctx>(&self, service: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
     where
         Ctx: Clone + Send + Sync + 'static,
     {
@@ -34,7 +34,7 @@ impl Adapter for Axum {
                         .map(Body::from)
                 }
             })
-            .layer(IdempotencyLayer::from_service(service));
+            .layer(IdempotencyLayer::from_engine(service));
         AxumApp(router)
     }
 }

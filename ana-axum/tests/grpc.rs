@@ -21,9 +21,7 @@ use tonic::{Code, Status};
 use tower::service_fn;
 use tower_service::Service;
 
-use ana_axum::{
-    IdempotencyConfig, IdempotencyContext, IdempotencyLayer, MemoryRepository, MemorySession,
-};
+use ana_axum::{IdempotencyConfig, IdempotencyLayer, MemoryRepository, MemorySession};
 
 #[derive(Clone, PartialEq, prost::Message)]
 struct PayRequest {
@@ -87,7 +85,7 @@ impl Payments {
         // ana-pg, its session is the transaction that records the reply).
         let key = request
             .extensions()
-            .get::<IdempotencyContext<MemorySession>>()
+            .get::<ana_axum::ana_http::Attempt<MemorySession>>()
             .map_or("none", |context| context.key())
             .to_owned();
         let PayRequest { account, amount } = request.into_inner();

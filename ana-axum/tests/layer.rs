@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
-use ana_axum::{IdempotencyConfig, IdempotencyLayer, Rejection, Session};
+use ana_axum::{Attempt, IdempotencyConfig, IdempotencyLayer, Rejection};
 use ana_core::{MemoryRepository, MemorySession, Status};
 use axum::Router;
 use axum::body::Body;
@@ -40,7 +40,7 @@ async fn read(response: Response<Body>) -> (StatusCode, http::HeaderMap, String)
 async fn session_extractor_without_the_layer_is_a_500_problem() {
     let app = Router::new().route(
         "/",
-        post(|session: Session<MemorySession>| async move { session.key().to_owned() }),
+        post(|attempt: Attempt<MemorySession>| async move { attempt.key().to_owned() }),
     );
     let (status, headers, body) = read(app.oneshot(request("/", Some("k"))).await.unwrap()).await;
     assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
@@ -56,12 +56,12 @@ async fn optional_session_is_none_on_pass_through() {
     let app = Router::new()
         .route(
             "/",
-            post(|session: Option<Session<MemorySession>>| async move {
-                match session {
-                    Some(session) => format!(
+            post(|attempt: Option<Attempt<MemorySession>>| async move {
+                match attempt {
+                    Some(attempt) => format!(
                         "key {} attempt {}",
-                        session.key(),
-                        session.session().attempt()
+                        attempt.key(),
+                        attempt.session().attempt()
                     ),
                     None => "no key".to_owned(),
                 }
@@ -114,7 +114,7 @@ async fn nested_layers_make_one_attempt_under_the_outermost() {
     assert_eq!(headers["idempotent-replayed"], "true");
     assert_eq!(runs.load(Ordering::SeqCst), 1);
     let record = layer
-        .service()
+        .engine()
         .manager()
         .get("[POST]/", &ana_http::scoped_key(None, "k"))
         .await
@@ -348,7 +348,7 @@ async fn a_plain_tower_service_is_polled_ready_and_its_errors_pass_through() {
             .unwrap_err();
         assert!(error.to_string().starts_with("inner failure"));
         let record = layer
-            .service()
+            .engine()
             .manager()
             .get("[POST]/error", &ana_http::scoped_key(None, "e"))
             .await
@@ -363,8 +363,7 @@ async fn a_plain_tower_service_is_polled_ready_and_its_errors_pass_through() {
 #[tokio::test]
 async fn the_replay_cache_answers_repeated_replays() {
     let cache = ana_core::ReplayCache::new(1 << 20);
-    let service = ana_http::IdempotencyService::new(MemoryRepository::new())
-        .with_replay_cache(cache.clone());
+    let service = ana_http::Engine::new(MemoryRepository::new()).with_replay_cache(cache.clone());
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&runs);
     let app = Router::new()
@@ -378,7 +377,7 @@ async fn the_replay_cache_answers_repeated_replays() {
                 )
             }),
         )
-        .layer(IdempotencyLayer::from_service(service));
+        .layer(IdempotencyLayer::from_engine(service));
     let (status, headers, body) =
         read(app.clone().oneshot(request("/", Some("k"))).await.unwrap()).await;
     assert_eq!((status, body.as_str()), (StatusCode::OK, "run 1"));
@@ -447,7 +446,7 @@ async fn nested_routes_are_told_apart_by_their_full_path() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 
     let key = ana_http::scoped_key(None, "k1");
-    let manager = layer.service().manager();
+    let manager = layer.engine().manager();
     for target in ["[POST]/accounts/1/transfer", "[POST]/accounts/2/transfer"] {
         let record = manager.get(target, &key).await.unwrap();
         assert_eq!(

@@ -67,6 +67,14 @@ pub enum Error<E> {
 }
 
 impl<E> Error<E> {
+    /// The error of an operation that panicked with `payload`: [`Error::Panic`] with the
+    /// message `Got panic "<value>"` (the value when it is a string).
+    pub fn from_panic(payload: &(dyn std::any::Any + Send)) -> Self {
+        Self::Panic {
+            message: crate::manager::panic_text(payload),
+        }
+    }
+
     /// The operation's own error, if this is one.
     pub fn into_operation_error(self) -> Option<E> {
         match self {

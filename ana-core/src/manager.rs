@@ -278,7 +278,9 @@ where
         let (attempt, session) = match claimed {
             Claim::Existing { record, now } => {
                 self.cache_finished(&record);
-                return self.verdict(record, call.fingerprint, now).map(Begun::Replayed);
+                return self
+                    .verdict(record, call.fingerprint, now)
+                    .map(Begun::Replayed);
             }
             Claim::Acquired { attempt, session } => (attempt, session),
         };
@@ -301,7 +303,10 @@ where
     /// The replay cache's answer for `call`, with the same checks, in the same order, as on a
     /// Finished record in the store.
     fn replay_cached<E>(&self, call: &Call<'_>, now: DateTime<Utc>) -> Option<Result<R, Error<E>>> {
-        let hit = self.replay_cache.as_ref()?.get(call.target, call.key, now)?;
+        let hit = self
+            .replay_cache
+            .as_ref()?
+            .get(call.target, call.key, now)?;
         if hit.fingerprint != call.fingerprint {
             return Some(Err(Error::PayloadMismatch {
                 target: call.target.to_owned(),

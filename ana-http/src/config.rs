@@ -261,8 +261,10 @@ pub(crate) struct RequestValues {
     pub(crate) scoped_key: String,
     pub(crate) target: String,
     pub(crate) reference_time: Option<DateTime<Utc>>,
-    pub(crate) timeout: Duration,
-    pub(crate) expiration: Duration,
+    /// `None`: never (a zero duration on the wire).
+    pub(crate) timeout: Option<Duration>,
+    /// `None`: never.
+    pub(crate) expiration: Option<Duration>,
 }
 
 fn rejection(problem: HeaderProblem) -> Rejection {
@@ -639,10 +641,14 @@ impl IdempotencyConfig {
             key,
             target,
             reference_time,
-            timeout,
-            expiration,
+            timeout: nonzero(timeout),
+            expiration: nonzero(expiration),
         }))
     }
+}
+
+fn nonzero(duration: Duration) -> Option<Duration> {
+    (!duration.is_zero()).then_some(duration)
 }
 
 /// `[METHOD]path`, e.g. `[POST]/payments` (no query).

@@ -1,7 +1,7 @@
 //! The HTTP conformance suite: every web adapter must pass it (feature `test-utils`).
 //!
 //! The suite is framework-neutral. An adapter's test implements [`Adapter`]: given an
-//! [`IdempotencyService`] and the suite's [`Routes`], build an app where every request goes
+//! [`Engine`] and the suite's [`Routes`], build an app where every request goes
 //! through the adapter's idempotency layer (or middleware) to [`Routes::handle`], and send it
 //! requests ([`App::send`], no socket needed). Then one line makes each case a
 //! `#[tokio::test]` (the crate needs `tokio` with `macros` and `rt-multi-thread` as a
@@ -9,19 +9,19 @@
 //!
 //! ```
 //! use bytes::Bytes;
-//! use ana_http::{IdempotencyService, ResponseBody};
+//! use ana_http::{Engine, ResponseBody};
 //! use ana_http::conformance::{Adapter, App, Routes};
 //!
 //! /// The framework-neutral driver itself, as an "adapter".
 //! struct Direct;
 //!
 //! struct DirectApp<Ctx> {
-//!     service: IdempotencyService<Ctx>,
+//!     service: Engine<Ctx>,
 //!     routes: Routes<Ctx>,
 //! }
 //!
 //! impl Adapter for Direct {
-//!     fn app<Ctx>(&self, service: IdempotencyService<Ctx>, routes: Routes<Ctx>) -> impl App
+//!     fn app<Ctx>(&self, service: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
 //!     where
 //!         Ctx: Clone + Send + Sync + 'static,
 //!     {
@@ -74,21 +74,19 @@ use super::config::{IETF_KEY_HEADER, IdempotencyConfig, KEY_HEADER, value};
 use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS};
 use super::problem::PROBLEM_TYPE_HEADER;
 use super::recorded::{IDEMPOTENT_REPLAYED, RecordedResponseCodec};
-use super::service::{IdempotencyContext, IdempotencyService};
-use ana_core::{Clock, ManualClock};
+use crate::engine::{Attempt, Engine};
 use ana_core::Manager;
+use ana_core::{Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError};
+use ana_core::{Clock, ManualClock};
 use ana_core::{MemoryRepository, MemorySession};
 use ana_core::{Status, TrackedOperation};
-use ana_core::{
-    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
-};
 
 /// A web framework adapter under test.
 pub trait Adapter: Send + Sync + 'static {
     /// An app that sends every request through the adapter's idempotency layer, built over
     /// `service`, to [`Routes::handle`]. The handler must see the request's extensions as the
-    /// layer set them (the [`IdempotencyContext`]).
-    fn app<Ctx>(&self, service: IdempotencyService<Ctx>, routes: Routes<Ctx>) -> impl App
+    /// layer set them (the [`Attempt`]).
+    fn app<Ctx>(&self, service: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
     where
         Ctx: Clone + Send + Sync + 'static;
 }
@@ -159,7 +157,7 @@ macro_rules! http_conformance_tests {
 /// |---|---|
 /// | `POST /hello` | 201 JSON `{"message":"Hello <key>!","run":n}`, `Set-Cookie`, `Location: /hello/<n>`, `ETag` |
 /// | `POST /echo` | 200, the request body |
-/// | `POST /session` | 200 `key=<key>` when the [`IdempotencyContext`] reached it, else `none` |
+/// | `POST /session` | 200 `key=<key>` when the [`Attempt`] reached it, else `none` |
 /// | `POST /fail` | 500 `handler failed` |
 /// | `POST /panic` | panics |
 /// | `POST /slow` | says it started ([`started`](Self::started)), waits for [`release`](Self::release), then 201 |
@@ -263,7 +261,7 @@ impl<Ctx: Clone + Send + Sync + 'static> Routes<Ctx> {
             };
             let key = request
                 .extensions()
-                .get::<IdempotencyContext<Ctx>>()
+                .get::<Attempt<Ctx>>()
                 .map(|context| context.key().to_owned());
             if request.method() != Method::POST {
                 return respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "");
@@ -385,7 +383,7 @@ fn world<Ad: Adapter>(adapter: &Ad, config: IdempotencyConfig) -> World<impl App
         .with_sweep_interval(Duration::from_secs(24 * 3600));
     let manager =
         Manager::with_codec(repository.clone(), RecordedResponseCodec).with_clock(clock.clone());
-    let service = IdempotencyService::from_manager(manager).with_config(config);
+    let service = Engine::from_manager(manager).with_config(config);
     let routes = Routes::new();
     World {
         app: Arc::new(adapter.app(service, routes.clone())),
@@ -583,7 +581,7 @@ pub async fn set_cookie_is_never_replayed<Ad: Adapter>(adapter: Ad) {
     assert_eq!(again.headers()[LOCATION], "/hello/1");
 }
 
-/// The handler finds the [`IdempotencyContext`] (session, key) in its request extensions.
+/// The handler finds the [`Attempt`] (session, key) in its request extensions.
 pub async fn session_context_reaches_the_handler<Ad: Adapter>(adapter: Ad) {
     let world = world(&adapter, IdempotencyConfig::default());
     let response = world.send(post("/session").key("ctx-1").build()).await;
@@ -1099,7 +1097,7 @@ pub async fn request_body_over_the_limit_is_413<Ad: Adapter>(adapter: Ad) {
 /// the store's error text stays out of the body.
 pub async fn store_unavailable_is_503<Ad: Adapter>(adapter: Ad) {
     let routes = Routes::<()>::new();
-    let service = IdempotencyService::new(UnavailableRepository).with_config(
+    let service = Engine::new(UnavailableRepository).with_config(
         IdempotencyConfig::default().with_unavailable_retry_after(Duration::from_secs(5)),
     );
     let app = adapter.app(service, routes.clone());

@@ -2,7 +2,7 @@
 //!
 //! The HTTP rules of idempotency, written once for every web framework.
 //!
-//! `ana-axum` (a tower layer) and `ana-actix` are thin adapters over [`IdempotencyService`];
+//! `ana-axum` (a tower layer) and `ana-actix` are thin adapters over [`Engine`];
 //! this module holds everything they share: reading the headers, the configuration, the
 //! recorded response and its codec, the problem responses, and (with `test-utils`) the HTTP
 //! [`conformance`] suite every adapter passes.
@@ -55,11 +55,11 @@ mod config;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 mod duration;
+mod engine;
 mod grpc;
 mod headers;
 mod problem;
 mod recorded;
-mod service;
 
 pub use config::{
     EXPIRATION_HEADER, IETF_KEY_HEADER, IdempotencyConfig, KEY_HEADER, NEVER_REPLAYED,
@@ -67,6 +67,9 @@ pub use config::{
     default_replay_headers, default_scope, default_target, scoped_key, value,
 };
 pub use duration::{DurationError, parse_duration};
+pub use engine::{
+    Attempt, Claimed, Engine, HttpManager, InsideAttempt, Outcome, Plan, Prepared, ResponseBody,
+};
 pub use grpc::{
     GRPC_ENCODING, GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, GRPC_STATUS_DETAILS,
     code as grpc_code, default_grpc_recordable, grpc_status, is_grpc, is_grpc_content_type,
@@ -75,9 +78,6 @@ pub use headers::{MAX_KEY_LEN, is_valid_key};
 pub use problem::{PROBLEM_BASE, PROBLEM_JSON, PROBLEM_TYPE_HEADER, Rejection};
 pub use recorded::{
     IDEMPOTENT_REPLAYED, RecordedResponse, RecordedResponseCodec, RecordedResponseError,
-};
-pub use service::{
-    HttpManager, IdempotencyContext, IdempotencyService, Plan, Prepared, ResponseBody,
 };
 
 #[cfg(test)]

@@ -4,8 +4,8 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, HeaderMap, HeaderName, HeaderValue, TRAILER};
 use http::{Response, StatusCode};
 
-use ana_core::Codec;
 use ana_core::BoxError;
+use ana_core::Codec;
 
 /// Header added to every replayed response.
 pub const IDEMPOTENT_REPLAYED: HeaderName = HeaderName::from_static("idempotent-replayed");

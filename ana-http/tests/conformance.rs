@@ -1,19 +1,19 @@
 //! The HTTP conformance suite on the framework-neutral driver itself
-//! ([`IdempotencyService::handle`]), with no web framework in between.
+//! ([`Engine::handle`]), with no web framework in between.
 
 use ana_http::conformance::{Adapter, App, Routes};
-use ana_http::{IdempotencyService, ResponseBody};
+use ana_http::{Engine, ResponseBody};
 use bytes::Bytes;
 
 struct Direct;
 
 struct DirectApp<Ctx> {
-    service: IdempotencyService<Ctx>,
+    service: Engine<Ctx>,
     routes: Routes<Ctx>,
 }
 
 impl Adapter for Direct {
-    fn app<Ctx>(&self, service: IdempotencyService<Ctx>, routes: Routes<Ctx>) -> impl App
+    fn app<Ctx>(&self, service: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
     where
         Ctx: Clone + Send + Sync + 'static,
     {

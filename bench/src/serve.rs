@@ -12,10 +12,8 @@ use axum::routing::post;
 use bytes::Bytes;
 
 use ana_axum::IdempotencyLayer;
-use ana_http::{
-    IdempotencyService, RecordedResponse, RecordedResponseCodec, default_replay_headers,
-};
 use ana_core::{Codec, IdempotencyRepository, MemoryRepository, ReplayCache};
+use ana_http::{Engine, RecordedResponse, RecordedResponseCodec, default_replay_headers};
 use ana_pg::PgRepository;
 use ana_redis::RedisRepository;
 
@@ -103,11 +101,11 @@ pub(crate) fn in_process(mode: &str, count: u64) -> Result<()> {
 
 /// The layer over `repository`, with a replay cache of 64 MiB when `cached`.
 fn layer<R: IdempotencyRepository>(repository: R, cached: bool) -> IdempotencyLayer<R::Session> {
-    let service = IdempotencyService::new(repository);
+    let service = Engine::new(repository);
     if cached {
-        IdempotencyLayer::from_service(service.with_replay_cache(ReplayCache::new(64 << 20)))
+        IdempotencyLayer::from_engine(service.with_replay_cache(ReplayCache::new(64 << 20)))
     } else {
-        IdempotencyLayer::from_service(service)
+        IdempotencyLayer::from_engine(service)
     }
 }
 

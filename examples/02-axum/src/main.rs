@@ -2,11 +2,17 @@
 //!
 //! Run it with `make example-02` (or `cargo run -p example-02-axum`). It listens on
 //! 127.0.0.1:3000 (`PORT` overrides; `PORT=0` picks a free port) with the idempotency layer on
-//! every route. The store is the memory store, Postgres when `DATABASE_URL` is set, Redis when
+//! every path and method, like the original's `app.Get("/*", …)`: any path answers
+//! `Hello <key>!`. The store is the memory store, Postgres when `DATABASE_URL` is set, Redis when
 //! `REDIS_URL` is set (Postgres wins when both are). `SLOW_MS=5000` makes the handlers take
 //! five seconds, so you can see the 409 for yourself.
 //!
 //! ```text
+//! # the original's call: the handler runs and prints "Not persisted!"; again: replayed
+//! curl -i -H "X-Idempotency-Key: some-key-as-string" \
+//!   -H "X-Idempotency-Reference-Time: $(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+//!   -H "X-Idempotency-Timeout: 10s" -H "X-Idempotency-Expiration: 24h" \
+//!   http://localhost:3000/whatever-you-may-like
 //! # first call: the handler runs and prints "Not persisted!"
 //! curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: abc' -d '{"amount":10}'
 //! # the same call again: replayed, the handler does not run
@@ -28,7 +34,7 @@ use std::error::Error;
 use std::io::Write;
 use std::time::Duration;
 
-use ana_axum::{IdempotencyLayer, MemoryRepository, Session};
+use ana_axum::{Attempt, IdempotencyLayer, MemoryRepository};
 use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
 use axum::Router;
@@ -68,8 +74,9 @@ async fn main() -> Result<(), BoxError> {
         repository.migrate().await?;
         create_orders_table(&pool).await?;
         let layer = IdempotencyLayer::new(repository);
-        let app = hello_routes::<PgSession>(slow)
-            .route("/orders", post(move |s, b| create_order(s, b, slow)))
+        let app = Router::new()
+            .route("/orders", post(move |a, b| create_order(a, b, slow)))
+            .fallback(move |attempt: Attempt<PgSession>| hello(attempt, slow))
             .layer(layer);
         (app, "postgres")
     } else if let Some(url) = redis_url {
@@ -96,29 +103,24 @@ async fn main() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Every route, behind the layer.
+/// Every path and method answers `hello`, behind the layer (the fallback is layered too).
 fn app<Ctx: Clone + Send + Sync + 'static>(layer: IdempotencyLayer<Ctx>, slow: Duration) -> Router {
-    hello_routes::<Ctx>(slow).layer(layer)
-}
-
-fn hello_routes<Ctx: Clone + Send + Sync + 'static>(slow: Duration) -> Router {
-    Router::new().route(
-        "/hello",
-        post(move |session: Session<Ctx>| hello(session, slow)),
-    )
+    Router::new()
+        .fallback(move |attempt: Attempt<Ctx>| hello(attempt, slow))
+        .layer(layer)
 }
 
 /// The original's handler: prints `Not persisted!` each time it really runs.
-async fn hello<Ctx>(session: Session<Ctx>, slow: Duration) -> String {
+async fn hello<Ctx>(attempt: Attempt<Ctx>, slow: Duration) -> String {
     say("Not persisted!").await;
     tokio::time::sleep(slow).await;
-    format!("Hello {}!\n", session.key())
+    format!("Hello {}!\n", attempt.key())
 }
 
 /// Writes an order in the transaction that records the response: the row and the record
 /// commit together, or (on failure) neither does.
 async fn create_order(
-    session: Session<PgSession>,
+    attempt: Attempt<PgSession>,
     item: String,
     slow: Duration,
 ) -> Result<(StatusCode, String), (StatusCode, String)> {
@@ -129,7 +131,7 @@ async fn create_order(
             "the order could not be written\n".to_owned(),
         )
     };
-    let mut tx = session
+    let mut tx = attempt
         .session()
         .transaction()
         .await
@@ -137,9 +139,9 @@ async fn create_order(
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO example_02_orders (idempotency_key, item, attempt) VALUES ($1, $2, $3) RETURNING id",
     )
-    .bind(session.key())
+    .bind(attempt.key())
     .bind(&item)
-    .bind(i64::try_from(session.session().attempt()).unwrap_or(i64::MAX))
+    .bind(i64::try_from(attempt.session().attempt()).unwrap_or(i64::MAX))
     .fetch_one(&mut *tx)
     .await
     .map_err(|error| internal(error.to_string()))?;
@@ -154,7 +156,7 @@ async fn create_order(
     }
     Ok((
         StatusCode::CREATED,
-        format!("Order {id} created for {}\n", session.key()),
+        format!("Order {id} created for {}\n", attempt.key()),
     ))
 }
 

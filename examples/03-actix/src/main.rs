@@ -2,12 +2,17 @@
 //!
 //! Run it with `make example-03` (or `cargo run -p example-03-actix`). It listens on
 //! 127.0.0.1:3000 (`PORT` overrides; `PORT=0` picks a free port) with the idempotency
-//! middleware on every route. The store is the memory store, Postgres when `DATABASE_URL` is
+//! middleware on every path and method: any path answers `Hello <key>!`. The store is the memory store, Postgres when `DATABASE_URL` is
 //! set, Redis when `REDIS_URL` is set (Postgres wins when both are). `SLOW_MS=5000` makes the
 //! handlers take five seconds, so you can see the 409 for yourself. It is example 02 on
 //! actix-web: the same routes, the same answers.
 //!
 //! ```text
+//! # the original's call: the handler runs and prints "Not persisted!"; again: replayed
+//! curl -i -H "X-Idempotency-Key: some-key-as-string" \
+//!   -H "X-Idempotency-Reference-Time: $(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+//!   -H "X-Idempotency-Timeout: 10s" -H "X-Idempotency-Expiration: 24h" \
+//!   http://localhost:3000/whatever-you-may-like
 //! # first call: the handler runs and prints "Not persisted!"
 //! curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: abc' -d '{"amount":10}'
 //! # the same call again: replayed, the handler does not run
@@ -31,7 +36,7 @@ use std::time::Duration;
 
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
-use ana_actix::{Idempotency, MemoryRepository, Session};
+use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository};
 use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
 
@@ -70,22 +75,44 @@ async fn main() -> Result<(), BoxError> {
         let orders = move |config: &mut web::ServiceConfig| {
             config.route(
                 "/orders",
-                web::post().to(move |session, item| create_order(session, item, slow)),
+                web::post().to(move |attempt, item| create_order(attempt, item, slow)),
             );
         };
-        serve(Idempotency::new(repository), slow, orders, port, "postgres").await
+        serve(
+            IdempotencyMiddleware::new(repository),
+            slow,
+            orders,
+            port,
+            "postgres",
+        )
+        .await
     } else if let Some(url) = redis_url {
         let repository = RedisRepository::from_url(url)?;
-        serve(Idempotency::new(repository), slow, |_| {}, port, "redis").await
+        serve(
+            IdempotencyMiddleware::new(repository),
+            slow,
+            |_| {},
+            port,
+            "redis",
+        )
+        .await
     } else {
         let repository = MemoryRepository::new();
-        serve(Idempotency::new(repository), slow, |_| {}, port, "memory").await
+        serve(
+            IdempotencyMiddleware::new(repository),
+            slow,
+            |_| {},
+            port,
+            "memory",
+        )
+        .await
     }
 }
 
-/// Serves `/hello` (and the `more` routes) behind the middleware until Ctrl-C.
+/// Serves the `more` routes, and `hello` on every other path and method (like the
+/// original's `app.Get("/*", …)`), behind the middleware until Ctrl-C.
 async fn serve<Ctx, F>(
-    idempotency: Idempotency<Ctx>,
+    idempotency: IdempotencyMiddleware<Ctx>,
     slow: Duration,
     more: F,
     port: u16,
@@ -98,11 +125,8 @@ where
     let server = HttpServer::new(move || {
         App::new()
             .wrap(idempotency.clone())
-            .route(
-                "/hello",
-                web::post().to(move |session: Session<Ctx>| hello(session, slow)),
-            )
             .configure(more.clone())
+            .default_service(web::to(move |attempt: Attempt<Ctx>| hello(attempt, slow)))
     })
     .bind(("127.0.0.1", port))?;
     let address = server
@@ -117,30 +141,30 @@ where
 }
 
 /// The original's handler: prints `Not persisted!` each time it really runs.
-async fn hello<Ctx>(session: Session<Ctx>, slow: Duration) -> String {
+async fn hello<Ctx>(attempt: Attempt<Ctx>, slow: Duration) -> String {
     say("Not persisted!");
     tokio::time::sleep(slow).await;
-    format!("Hello {}!\n", session.key())
+    format!("Hello {}!\n", attempt.key())
 }
 
 /// Writes an order in the transaction that records the response: the row and the record
 /// commit together, or (on failure) neither does.
-async fn create_order(session: Session<PgSession>, item: String, slow: Duration) -> HttpResponse {
+async fn create_order(attempt: Attempt<PgSession>, item: String, slow: Duration) -> HttpResponse {
     say("Not persisted!");
     let internal = || {
         HttpResponse::InternalServerError()
             .content_type("text/plain; charset=utf-8")
             .body("the order could not be written\n")
     };
-    let Ok(mut tx) = session.session().transaction().await else {
+    let Ok(mut tx) = attempt.session().transaction().await else {
         return internal();
     };
     let inserted: Result<i64, _> = sqlx::query_scalar(
         "INSERT INTO example_03_orders (idempotency_key, item, attempt) VALUES ($1, $2, $3) RETURNING id",
     )
-    .bind(session.key())
+    .bind(attempt.key())
     .bind(&item)
-    .bind(i64::try_from(session.session().attempt()).unwrap_or(i64::MAX))
+    .bind(i64::try_from(attempt.session().attempt()).unwrap_or(i64::MAX))
     .fetch_one(&mut *tx)
     .await;
     drop(tx);
@@ -157,7 +181,7 @@ async fn create_order(session: Session<PgSession>, item: String, slow: Duration)
     } else {
         (
             StatusCode::CREATED,
-            format!("Order {id} created for {}\n", session.key()),
+            format!("Order {id} created for {}\n", attempt.key()),
         )
     };
     HttpResponse::build(status)

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -74,7 +74,19 @@ impl Server {
     }
 
     async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Response<String> {
-        let mut request = Request::post(format!("http://{}{path}", self.address));
+        self.send(Method::POST, path, headers, body).await
+    }
+
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &str,
+    ) -> Response<String> {
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("http://{}{path}", self.address));
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
@@ -163,6 +175,50 @@ async fn curl_walkthrough_on_the_memory_store() {
     assert!(missing.body().contains("missing-key"));
 
     assert_eq!(server.stop().await, 1);
+}
+
+/// The original's README call, on a path no route names, with a GET: any path and method is
+/// behind the layer. Its retry is replayed; its own reference time, 1835-09-20T09:00:00Z, is
+/// answered 422 `expired` (reference time + 24h expiration passed long ago), the handler not
+/// run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_originals_curl_is_answered_on_any_path() {
+    let server = Server::start(&[]).await;
+    let key = unique("some-key-as-string");
+    let now = ana_actix::ana_core::chrono::Utc::now().to_rfc3339();
+    let call = |reference_time: String| {
+        let key = key.clone();
+        let server = &server;
+        async move {
+            let headers = [
+                ("X-Idempotency-Key", key.as_str()),
+                ("X-Idempotency-Reference-Time", reference_time.as_str()),
+                ("X-Idempotency-Timeout", "10s"),
+                ("X-Idempotency-Expiration", "24h"),
+            ];
+            server
+                .send(Method::GET, "/whatever-you-may-like", &headers, "")
+                .await
+        }
+    };
+    let first = call(now.clone()).await;
+    assert_eq!(first.status(), StatusCode::OK, "{}", first.body());
+    assert_eq!(first.body(), &format!("Hello {key}!\n"));
+    assert!(!replayed(&first));
+    let again = call(now).await;
+    assert!(replayed(&again));
+    assert_eq!(again.body(), first.body());
+
+    let expired = call("1835-09-20T09:00:00Z".to_owned()).await;
+    assert_eq!(expired.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(expired.body().contains("https://ana.dev/problems/expired"));
+
+    let hello = unique("hello");
+    let hello = server
+        .post("/hello", &[("x-idempotency-key", &hello)], "hi")
+        .await;
+    assert_eq!(hello.status(), StatusCode::OK);
+    assert_eq!(server.stop().await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
