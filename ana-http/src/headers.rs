@@ -105,33 +105,18 @@ pub(crate) fn read_key(
     }
 }
 
-/// An RFC 8941 sf-string item without parameters (`"abc"`, `"a\"b"`), surrounding spaces
-/// allowed.
+/// The key of an `Idempotency-Key` value: an RFC 8941 item (parsed by `sfv`) whose bare item
+/// is a string (`"abc"`, `"a\"b"`); parameters are allowed and ignored (`"abc";p=1` is `abc`),
+/// as the IETF draft says unknown ones must be.
 pub(crate) fn parse_sf_string(bytes: &[u8]) -> Option<String> {
-    let trimmed = bytes
-        .iter()
-        .position(|b| *b != b' ' && *b != b'\t')
-        .map(|start| &bytes[start..])?;
-    let end = trimmed.iter().rposition(|b| *b != b' ' && *b != b'\t')?;
-    let inner = trimmed
-        .get(..=end)?
-        .strip_prefix(b"\"")?
-        .strip_suffix(b"\"")?;
-    let mut out = String::with_capacity(inner.len());
-    let mut bytes = inner.iter();
-    while let Some(&byte) = bytes.next() {
-        match byte {
-            b'\\' => match bytes.next() {
-                Some(&escaped @ (b'"' | b'\\')) => out.push(char::from(escaped)),
-                _ => return None,
-            },
-            // A bare quote would have ended the string: what follows it is not allowed.
-            b'"' => return None,
-            0x20..=0x7e => out.push(char::from(byte)),
-            _ => return None,
-        }
+    let item: sfv::Item = sfv::Parser::new(bytes)
+        .with_version(sfv::Version::Rfc8941)
+        .parse()
+        .ok()?;
+    match item.bare_item {
+        sfv::BareItem::String(key) => Some(key.as_str().to_owned()),
+        _ => None,
     }
-    Some(out)
 }
 
 /// The RFC 3339 reference time of `name`, refusing one more than `max_skew` ahead of `now`.
@@ -232,6 +217,9 @@ mod tests {
             Some(r#"a"b\c"#)
         );
         assert_eq!(parse_sf_string(b"\"\"").as_deref(), Some(""));
+        // Parameters are allowed and ignored.
+        assert_eq!(parse_sf_string(b"\"a\"; p=1").as_deref(), Some("a"));
+        assert_eq!(parse_sf_string(b"\"a\";p;q=?0").as_deref(), Some("a"));
         for bad in [
             &b"abc"[..],
             b"\"abc",
@@ -241,7 +229,9 @@ mod tests {
             b"  ",
             b"\"a\"b\"",
             b"\"a\\b\"",
-            b"\"a\"; p=1",
+            b"\"a\";",
+            b"token",
+            b"42",
             b"\"caf\xc3\xa9\"",
             b"\"tab\there\"",
         ] {
