@@ -9,7 +9,6 @@ use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
@@ -19,20 +18,11 @@ use crate::clock::{self, Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
 use crate::operation::Operation;
-use crate::record::{Fingerprint, Payload, Status, TrackedOperation};
+use crate::record::{FailureKind, Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
-    BoxError, Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+    BoxError, Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    RepositoryError,
 };
-
-/// Error text stored on a record whose attempt was cancelled (its future dropped).
-pub const CANCELLED: &str = "Operation cancelled before it finished.";
-
-/// The result stored for a run whose value the codec refused (see [`Manager::call`]): the
-/// record is Finished, so the work is never done again, and every call for the key is answered
-/// [`Error::Codec`]. No JSON text and no recorded HTTP response can be these bytes; a codec
-/// storing raw bytes ([`BytesCodec`](crate::BytesCodec)) would read a result of exactly these
-/// bytes as unencodable.
-pub const UNENCODABLE: &[u8] = b"\xffana: the result could not be encoded\xff";
 
 /// Why a key whose result could not be encoded is answered [`Error::Codec`].
 #[derive(Debug, thiserror::Error)]
@@ -187,9 +177,9 @@ where
     /// Runs `operation` at most once for its `(target, key)` and returns its result, or the
     /// result recorded by an earlier call.
     ///
-    /// A result the codec cannot encode still counts as done: the record turns Finished (with
-    /// [`UNENCODABLE`] for a result), this call and every later one for the key get
-    /// [`Error::Codec`], and the operation never runs again.
+    /// A result the codec cannot encode still counts as done: the record turns Finished
+    /// without a result, this call and every later one for the key get [`Error::Codec`], and
+    /// the operation never runs again.
     pub async fn call<O>(&self, operation: O) -> Result<R, Error<O::Error>>
     where
         O: Operation<Ctx, Payload = P, Output = R>,
@@ -213,7 +203,9 @@ where
         async move {
             let now = self.clock.now();
             let reference_time = operation.reference_time().unwrap_or(now);
-            let expiration = nonzero(operation.expiration()).map(|e| clock::add(reference_time, e));
+            let expiration = operation
+                .expiration()
+                .map(|e| clock::add(reference_time, e));
             if expiration.is_some_and(|expiration| now > expiration) {
                 return Err(Error::Expired {
                     target: operation.target().to_owned(),
@@ -238,14 +230,14 @@ where
             }
             // A statement of its own: the claim's answer is not kept while the operation
             // runs.
-            let (attempt, session) = match self
+            let (lease, session) = match self
                 .repository
                 .claim(&ClaimRequest {
                     target: operation.target(),
                     key: operation.key(),
                     fingerprint,
                     reference_time,
-                    timeout: nonzero(operation.timeout()),
+                    timeout: operation.timeout(),
                     expiration,
                 })
                 .await?
@@ -265,26 +257,23 @@ where
                     }
                     return self.verdict(record, fingerprint, now);
                 }
-                Claim::Acquired { attempt, session } => (attempt, session),
+                Claim::Acquired { lease, session } => (lease, session),
             };
             // Owned copies only now: the operation goes into its own call.
             let target = operation.target().to_owned();
             let key = operation.key().to_owned();
-            let lease = Lease {
-                target: &target,
-                key: &key,
-                attempt,
-            };
+            let id = RecordId::new(&target, &key);
             // A record this claim created has this call's expiration; one taken over keeps
             // its first call's, which only the store knows: only the first is cached.
             // (Attempt 1 on a taken-over record happens only for a Ready record with
             // attempt 0, which ana never writes; `restore` can.)
-            let cached = (attempt == 1).then_some((fingerprint, expiration));
+            let cached = (lease.attempt == 1).then_some((fingerprint, expiration));
 
             // From here until the finish is acknowledged, dropping this future fails the
             // attempt in the background so the record does not stay Running.
             let mut guard = CancelGuard {
                 manager: self,
+                id,
                 lease,
                 session: Some(session.clone()),
             };
@@ -304,8 +293,9 @@ where
             };
             let (value, bytes) = match ran {
                 Ok(ran) => ran,
-                Err((message, error)) => {
-                    let done = self.repository.fail(session, lease, &message).await;
+                Err((kind, message, error)) => {
+                    let failure = Failure::new(kind, &message);
+                    let done = self.repository.fail(session, id, lease, failure).await;
                     guard.disarm();
                     return match done {
                         // A failed attempt reports its own error, even when it had lost the
@@ -320,30 +310,33 @@ where
                     };
                 }
             };
-            let done = self.repository.complete(session, lease, &bytes).await?;
+            let done = self
+                .repository
+                .complete(session, id, lease, bytes.as_deref())
+                .await?;
             guard.disarm();
             match done {
                 Completion::Done => {
-                    if let (Some(cache), Some((fingerprint, expiration)), Ok(_)) =
-                        (&self.replay_cache, cached, &value)
+                    if let (Some(cache), Some((fingerprint, expiration)), Some(bytes)) =
+                        (&self.replay_cache, cached, &bytes)
                     {
                         let now = self.clock.now();
-                        cache.insert(&target, &key, fingerprint, &bytes, now, expiration);
+                        cache.insert(&target, &key, fingerprint, bytes, now, expiration);
                     }
                     value.map(Outcome::Executed).map_err(Error::Codec)
                 }
-                Completion::Superseded => Err(superseded(lease)),
-                Completion::Expired => Err(expired(lease)),
+                Completion::Superseded => Err(superseded(id)),
+                Completion::Expired => Err(expired(id)),
             }
         }
     }
 
     /// What an attempt's outcome records: its value (or why it could not be encoded) and the
-    /// bytes to store, or the message to store on the record and the error to return.
+    /// bytes to store, or the failure to store on the record and the error to return.
     ///
     /// A value the codec refuses is still a success: the work is done, and a retry must not do
-    /// it again. Its record turns Finished with [`UNENCODABLE`] for a result, and every call for
-    /// the key is answered [`Error::Codec`].
+    /// it again. Its record turns Finished without a result, and every call for the key is
+    /// answered [`Error::Codec`].
     #[expect(
         clippy::type_complexity,
         reason = "one private step's three outcomes, spelled out"
@@ -351,25 +344,30 @@ where
     fn settle<E: fmt::Display>(
         &self,
         outcome: Result<Result<R, E>, Box<dyn Any + Send>>,
-    ) -> Result<(Result<R, BoxError>, Vec<u8>), (String, Error<E>)> {
+    ) -> Result<(Result<R, BoxError>, Option<Vec<u8>>), (FailureKind, String, Error<E>)> {
         match outcome {
             Ok(Ok(value)) => match self.codec.encode(&value) {
-                Ok(bytes) => Ok((Ok(value), bytes)),
-                Err(error) => Ok((Err(error), UNENCODABLE.to_vec())),
+                Ok(bytes) => Ok((Ok(value), Some(bytes))),
+                Err(error) => Ok((Err(error), None)),
             },
-            Ok(Err(error)) => Err((error.to_string(), Error::Operation(error))),
+            Ok(Err(error)) => Err((
+                FailureKind::Error,
+                error.to_string(),
+                Error::Operation(error),
+            )),
             Err(panic) => {
                 let message = format!("Got panic \"{}\"", panic_message(&*panic));
-                Err((message.clone(), Error::Panic { message }))
+                Err((
+                    FailureKind::Panic,
+                    message.clone(),
+                    Error::Panic { message },
+                ))
             }
         }
     }
 
     /// A stored result, decoded for a replay.
     fn replay<E>(&self, bytes: &[u8]) -> Result<Outcome<R>, Error<E>> {
-        if bytes == UNENCODABLE {
-            return Err(Error::Codec(Unencodable.into()));
-        }
         self.codec
             .decode(bytes)
             .map(Outcome::Replayed)
@@ -411,13 +409,11 @@ where
             });
         }
         if *status == Status::Finished {
-            let bytes = record
-                .result
-                .as_deref()
-                .ok_or_else(|| RepositoryError::Corrupt {
-                    detail: format!("finished record {target}/{key} has no result"),
-                })?;
-            return self.replay(bytes);
+            // Finished without a result: the run is done, its result could not be encoded.
+            return match record.result.as_deref() {
+                Some(bytes) => self.replay(bytes),
+                None => Err(Error::Codec(Unencodable.into())),
+            };
         }
         if record.is_expired_at(now) {
             return Err(Error::Expired {
@@ -445,22 +441,18 @@ where
     }
 }
 
-fn superseded<E>(lease: Lease<'_>) -> Error<E> {
+fn superseded<E>(id: RecordId<'_>) -> Error<E> {
     Error::Superseded {
-        target: lease.target.to_owned(),
-        key: lease.key.to_owned(),
+        target: id.target.to_owned(),
+        key: id.key.to_owned(),
     }
 }
 
-fn expired<E>(lease: Lease<'_>) -> Error<E> {
+fn expired<E>(id: RecordId<'_>) -> Error<E> {
     Error::Expired {
-        target: lease.target.to_owned(),
-        key: lease.key.to_owned(),
+        target: id.target.to_owned(),
+        key: id.key.to_owned(),
     }
-}
-
-fn nonzero(duration: Duration) -> Option<Duration> {
-    (!duration.is_zero()).then_some(duration)
 }
 
 pin_project_lite::pin_project! {
@@ -498,7 +490,8 @@ fn panic_message(panic: &(dyn Any + Send)) -> &str {
 /// acknowledged. The compare-and-set on the attempt makes a late clean-up harmless.
 struct CancelGuard<'a, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     manager: &'a Manager<P, R, Ctx>,
-    lease: Lease<'a>,
+    id: RecordId<'a>,
+    lease: Lease,
     session: Option<Ctx>,
 }
 
@@ -519,23 +512,20 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for CancelGuard<'_, 
         };
         let repository = Arc::clone(&self.manager.repository);
         let cleanups = Arc::clone(&self.manager.cleanups);
-        let (target, key, attempt) = (
-            self.lease.target.to_owned(),
-            self.lease.key.to_owned(),
-            self.lease.attempt,
+        let (target, key, lease) = (
+            self.id.target.to_owned(),
+            self.id.key.to_owned(),
+            self.lease,
         );
         // Counted done however the task ends: run to its end, panicked, or dropped unrun by a
         // runtime shutting down (then the record's timeout frees it).
         let cleanup = Cleanup::start(cleanups);
         runtime.spawn(async move {
             let _cleanup = cleanup;
-            let lease = Lease {
-                target: &target,
-                key: &key,
-                attempt,
-            };
+            let id = RecordId::new(&target, &key);
+            let failure = FailureKind::Cancelled.into();
             // A store fault here leaves the record to its timeout.
-            let _ = repository.fail(session, lease, CANCELLED).await;
+            let _ = repository.fail(session, id, lease, failure).await;
         });
     }
 }
@@ -603,14 +593,16 @@ trait DynRepository<Ctx>: Send + Sync + 'static {
     fn complete<'a>(
         &'a self,
         session: Ctx,
-        lease: Lease<'a>,
-        result: &'a [u8],
+        id: RecordId<'a>,
+        lease: Lease,
+        result: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>>;
     fn fail<'a>(
         &'a self,
         session: Ctx,
-        lease: Lease<'a>,
-        error: &'a str,
+        id: RecordId<'a>,
+        lease: Lease,
+        failure: Failure<'a>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>>;
     fn get<'a>(
         &'a self,
@@ -630,21 +622,25 @@ impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
     fn complete<'a>(
         &'a self,
         session: S::Session,
-        lease: Lease<'a>,
-        result: &'a [u8],
+        id: RecordId<'a>,
+        lease: Lease,
+        result: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>> {
         Box::pin(IdempotencyRepository::complete(
-            self, session, lease, result,
+            self, session, id, lease, result,
         ))
     }
 
     fn fail<'a>(
         &'a self,
         session: S::Session,
-        lease: Lease<'a>,
-        error: &'a str,
+        id: RecordId<'a>,
+        lease: Lease,
+        failure: Failure<'a>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>> {
-        Box::pin(IdempotencyRepository::fail(self, session, lease, error))
+        Box::pin(IdempotencyRepository::fail(
+            self, session, id, lease, failure,
+        ))
     }
 
     fn get<'a>(

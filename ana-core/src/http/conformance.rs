@@ -80,7 +80,8 @@ use crate::manager::Manager;
 use crate::memory::{MemoryRepository, MemorySession};
 use crate::record::{Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    RepositoryError,
 };
 
 /// A web framework adapter under test.
@@ -356,11 +357,23 @@ impl IdempotencyRepository for UnavailableRepository {
         Err(down())
     }
 
-    async fn complete(&self, _: (), _: Lease<'_>, _: &[u8]) -> Result<Completion, RepositoryError> {
+    async fn complete(
+        &self,
+        _: (),
+        _: RecordId<'_>,
+        _: Lease,
+        _: Option<&[u8]>,
+    ) -> Result<Completion, RepositoryError> {
         Err(down())
     }
 
-    async fn fail(&self, _: (), _: Lease<'_>, _: &str) -> Result<Completion, RepositoryError> {
+    async fn fail(
+        &self,
+        _: (),
+        _: RecordId<'_>,
+        _: Lease,
+        _: Failure<'_>,
+    ) -> Result<Completion, RepositoryError> {
         Err(down())
     }
 

@@ -326,9 +326,18 @@ impl<Ctx: Clone + Send + Sync + 'static> IdempotencyService<Ctx> {
                     then: Some(move |response| record(response, &config, &slot)),
                 })
             },
-        )
-        .timeout(values.timeout)
-        .expiration(values.expiration);
+        );
+        // The configuration's zero stands for "never", the operation's for zero.
+        let op = if values.timeout.is_zero() {
+            op
+        } else {
+            op.timeout(values.timeout)
+        };
+        let op = if values.expiration.is_zero() {
+            op
+        } else {
+            op.expiration(values.expiration)
+        };
         let op = match values.reference_time {
             Some(at) => op.reference_time(at),
             None => op,
