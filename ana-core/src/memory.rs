@@ -708,7 +708,8 @@ fn failure_code(kind: Option<FailureKind>) -> u8 {
 
 fn failure_of(code: u8) -> Option<FailureKind> {
     FailureKind::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .find(|kind| failure_code(Some(*kind)) == code)
 }
 
@@ -1008,7 +1009,7 @@ mod tests {
     async fn failure_kinds_and_missing_results_are_kept() {
         let clock = ManualClock::default();
         let repo = MemoryRepository::new().with_clock(clock.clone());
-        for kind in FailureKind::ALL {
+        for &kind in FailureKind::ALL {
             let mut record =
                 TrackedOperation::new("t", "k", Status::Failed, "p".fingerprint(), clock.now());
             record.error = Some("boom".into());

@@ -36,7 +36,8 @@ const UNENCODABLE_MARKER: &[u8] = b"\xffana: the result could not be encoded\xff
 /// failures), `Got panic "…"` for a panic, the operation's own error otherwise.
 fn kind_of_message(message: &[u8]) -> FailureKind {
     FailureKind::ALL
-        .into_iter()
+        .iter()
+        .copied()
         .filter(|kind| *kind != FailureKind::Error && *kind != FailureKind::Panic)
         .find(|kind| kind.message().as_bytes() == message)
         .unwrap_or(if message.starts_with(b"Got panic \"") {
