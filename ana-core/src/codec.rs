@@ -5,8 +5,8 @@ use crate::repository::BoxError;
 /// Encodes an operation's result for storage and decodes it for replay.
 ///
 /// Encoding must succeed for every result the operation can return: a result that cannot be
-/// encoded is recorded as done without it, and its key answers
-/// [`Error::Codec`](crate::Error::Codec) from then on (see [`UNENCODABLE`](crate::UNENCODABLE)).
+/// encoded is recorded as done without it (a Finished record with no result), and its key
+/// answers [`Error::Codec`](crate::Error::Codec) from then on.
 pub trait Codec<R>: Send + Sync + 'static {
     /// The stored form of `value`.
     fn encode(&self, value: &R) -> Result<Vec<u8>, BoxError>;

@@ -36,10 +36,10 @@ use crate::cache::ReplayCache;
 use crate::clock::{Clock, ManualClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
-use crate::manager::{CANCELLED, Manager, Outcome};
+use crate::manager::{Manager, Outcome};
 use crate::memory::MemoryRepository;
 use crate::operation::{FnOperation, operation};
-use crate::record::{Payload, Status, TrackedOperation};
+use crate::record::{FailureKind, Payload, Status, TrackedOperation};
 use crate::repository::{BoxError, IdempotencyRepository};
 
 /// An isolated instance of a store under test, with control over its time.
@@ -334,6 +334,7 @@ pub async fn first_call_executes_and_records<H: Harness>(harness: H) {
     assert_eq!(record.result.as_deref(), Some(&b"\"done\""[..]));
     assert!(record.finished_at.is_some() && record.started_at.is_some());
     assert_eq!(record.error, None);
+    assert_eq!(record.failure, None);
 }
 
 /// Later calls replay the first result without running the operation (close is exactly-once).
@@ -471,6 +472,7 @@ pub async fn failed_record_executes<H: Harness>(harness: H) {
     assert_eq!(record.status, Status::Finished);
     assert_eq!((record.attempt, record.error_count), (4, 2));
     assert_eq!(record.error, None);
+    assert_eq!(record.failure, None);
     assert_eq!(count(&runs), 1);
 }
 
@@ -501,6 +503,7 @@ pub async fn operation_error_passes_unwrapped<H: Harness>(harness: H) {
     );
     let record = record(&harness, "k").await;
     assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.failure, Some(FailureKind::Error));
     assert_eq!(record.error.as_deref(), Some("card declined"));
     assert_eq!(record.error_count, 1);
     assert_eq!(record.result, None);
@@ -547,6 +550,7 @@ async fn assert_panicked<H: Harness, R: fmt::Debug>(
     );
     let record = record(harness, "k").await;
     assert_eq!(record.status, Status::Failed);
+    assert_eq!(record.failure, Some(FailureKind::Panic));
     assert_eq!(record.error.as_deref(), Some(expected));
 }
 
@@ -567,7 +571,9 @@ pub async fn failed_is_retried_and_counts_errors<H: Harness>(harness: H) {
         let out = manager.run(op).await;
         if round < 2 {
             assert!(matches!(out, Err(Error::Operation(_))), "{out:?}");
-            assert_eq!(record(&harness, "k").await.error_count, round + 1);
+            let failed = record(&harness, "k").await;
+            assert_eq!(failed.error_count, round + 1);
+            assert_eq!(failed.failure, Some(FailureKind::Error));
         } else {
             assert_eq!(executed(out), "paid");
         }
@@ -762,9 +768,9 @@ impl Codec<String> for Refusing {
     }
 }
 
-/// A result the codec refuses is recorded as done all the same: the call and every later one
-/// for the key answer a codec error, and the operation never runs again (a Failed record
-/// would let every retry do the work again).
+/// A result the codec refuses is recorded as done all the same, Finished without a result: the
+/// call and every later one for the key answer a codec error, and the operation never runs
+/// again (a Failed record would let every retry do the work again).
 pub async fn unencodable_result_is_recorded_and_never_runs_again<H: Harness>(harness: H) {
     let manager = Manager::with_codec(harness.repository(), Refusing).with_clock(harness.clock());
     let manager = match harness.replay_cache() {
@@ -779,7 +785,9 @@ pub async fn unencodable_result_is_recorded_and_never_runs_again<H: Harness>(har
         assert!(matches!(out, Err(Error::Codec(_))), "{out:?}");
     }
     assert_eq!(count(&runs), 1);
-    assert_eq!(record(&harness, "k").await.status, Status::Finished);
+    let record = record(&harness, "k").await;
+    assert_eq!(record.status, Status::Finished);
+    assert_eq!(record.result, None);
 }
 
 /// When the expiration passes while the operation runs, the call returns Expired (never a
@@ -802,6 +810,9 @@ pub async fn expiry_during_execution_returns_expired<H: Harness>(harness: H) {
     let record = record(&harness, "k").await;
     assert_ne!(record.status, Status::Finished);
     assert_eq!(record.result, None);
+    if record.status == Status::Failed {
+        assert_eq!(record.failure, Some(FailureKind::Expired));
+    }
     assert_eq!(count(&runs), 1);
 }
 
@@ -828,7 +839,11 @@ pub async fn cancellation_frees_the_record<H: Harness>(harness: H) {
     manager.flush().await;
     let record = record(&harness, "k").await;
     assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some(CANCELLED));
+    assert_eq!(record.failure, Some(FailureKind::Cancelled));
+    assert_eq!(
+        record.error.as_deref(),
+        Some(FailureKind::Cancelled.message())
+    );
     let retry = counting(&runs, "k", "payload", "retried");
     assert_eq!(executed(manager.run(retry).await), "retried");
     assert_eq!(count(&runs), 2);

@@ -60,8 +60,8 @@ pub enum Error<E> {
     /// The store failed.
     #[error(transparent)]
     Repository(#[from] RepositoryError),
-    /// The result could not be encoded for storage (the run is recorded done all the same: see
-    /// [`UNENCODABLE`](crate::UNENCODABLE)), or a stored result could not be decoded.
+    /// The result could not be encoded for storage (the run is recorded done all the same, a
+    /// Finished record without a result), or a stored result could not be decoded.
     #[error("the operation's result could not be encoded or decoded")]
     Codec(#[source] BoxError),
 }

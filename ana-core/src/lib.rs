@@ -11,18 +11,23 @@
 //!     │      ├─ Finished ───────────────────────────────────▶ replay the stored result
 //!     │      ├─ expired ────────────────────────────────────▶ Error::Expired
 //!     │      ├─ Running, timeout ahead (or none) ───────────▶ Error::StillRunning (never waits)
-//!     │      └─ new / Ready / Failed / Running past timeout ─▶ this call owns attempt N
+//!     │      └─ new / Ready / Failed / Running past timeout ─▶ this call holds a Lease
 //!     │ 3. op.call(session): panics caught
-//!     │ 4. finish, compare-and-set on attempt N:
-//!     ▼      Finished (result stored) · Failed (error counted) · Superseded · Expired
+//!     │ 4. finish, compare-and-set on the Lease (attempt N, claim number):
+//!     ▼      Finished (result stored) · Failed (kind + message, counted) · Superseded · Expired
 //! ```
 //!
 //! - [`Manager`] drives a call; [`Operation`] is the work (or [`operation`] for a closure).
-//! - [`IdempotencyRepository`] is the storage contract. [`MemoryRepository`] is the in-process
+//! - [`IdempotencyRepository`] is the storage contract: a claim gives a [`Lease`] (attempt
+//!   number and claim number), and the finish of a record ([`RecordId`]) presents it:
+//!   `complete` with the encoded result (or none, when it could not be encoded), `fail` with a
+//!   [`Failure`] (its [`FailureKind`] and message). [`MemoryRepository`] is the in-process
 //!   store; `ana-pg` (Postgres, the operation's writes in the same transaction as the record)
 //!   and `ana-redis` are the others. Every store passes [`conformance`] (feature `test-utils`).
 //! - [`TrackedOperation`] is the stored record: [`Status`], payload [`Fingerprint`], deadlines,
-//!   result or error, error count and the `attempt` fencing token.
+//!   result, or failure kind and error message, error count and the `attempt` number.
+//! - [`Operation::timeout`] and [`Operation::expiration`] are `Option<Duration>`: `None` means
+//!   "never".
 //! - [`ReplayCache`] ([`Manager::with_replay_cache`]) answers repeated replays of Finished
 //!   records from the process's memory, before step 2, with the same payload check.
 //!
@@ -63,9 +68,10 @@
 //!   those); without a Tokio runtime, the record's timeout frees it.
 //! - The memory store never evicts a live record to make room: at capacity a new key is refused
 //!   with [`RepositoryError::CapacityExceeded`].
-//! - A result the codec cannot encode is recorded Finished all the same (with [`UNENCODABLE`]),
+//! - A result the codec cannot encode is recorded Finished all the same, without a result,
 //!   and the key answers [`Error::Codec`] from then on: the work is done, and recording it
-//!   Failed would let every retry do it again.
+//!   Failed would let every retry do it again. A Finished record without a result means
+//!   exactly that, in every store.
 
 mod cache;
 mod clock;
@@ -83,14 +89,16 @@ pub use cache::ReplayCache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
-pub use manager::{Attempt, Begun, CANCELLED, Call, Manager, Outcome, UNENCODABLE};
-pub use memory::{EXPIRED_BEFORE_FINISH, MemoryRepository, MemorySession};
+pub use manager::{Attempt, Begun, Call, Manager, Outcome};
+pub use memory::{MemoryRepository, MemorySession};
 pub use operation::{FnOperation, Operation, operation};
 pub use record::{
-    Fingerprint, FingerprintHasher, Json, Payload, Status, TrackedOperation, UnknownStatus,
+    FailureKind, Fingerprint, FingerprintHasher, Json, Payload, Status, TrackedOperation,
+    UnknownFailureKind, UnknownStatus,
 };
 pub use repository::{
-    BoxError, Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+    BoxError, Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    RepositoryError,
 };
 
 /// Re-exported for store crates and users: the time type of every record.

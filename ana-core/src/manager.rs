@@ -19,20 +19,11 @@ use crate::clock::{self, Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
 use crate::operation::Operation;
-use crate::record::{Fingerprint, Payload, Status, TrackedOperation};
+use crate::record::{FailureKind, Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    RepositoryError,
 };
-
-/// Error text stored on a record whose attempt was cancelled (its future dropped).
-pub const CANCELLED: &str = "Operation cancelled before it finished.";
-
-/// The result stored for a run whose value the codec refused (see [`Manager::call`]): the
-/// record is Finished, so the work is never done again, and every call for the key is answered
-/// [`Error::Codec`]. No JSON text and no recorded HTTP response can be these bytes; a codec
-/// storing raw bytes ([`BytesCodec`](crate::BytesCodec)) would read a result of exactly these
-/// bytes as unencodable.
-pub const UNENCODABLE: &[u8] = b"\xffana: the result could not be encoded\xff";
 
 /// Why a key whose result could not be encoded is answered [`Error::Codec`].
 #[derive(Debug, thiserror::Error)]
@@ -187,9 +178,9 @@ where
     /// Runs `operation` at most once for its `(target, key)` and returns its result, or the
     /// result recorded by an earlier call.
     ///
-    /// A result the codec cannot encode still counts as done: the record turns Finished (with
-    /// [`UNENCODABLE`] for a result), this call and every later one for the key get
-    /// [`Error::Codec`], and the operation never runs again.
+    /// A result the codec cannot encode still counts as done: the record turns Finished
+    /// without a result, this call and every later one for the key get [`Error::Codec`], and
+    /// the operation never runs again.
     pub async fn call<O>(&self, operation: O) -> Result<R, Error<O::Error>>
     where
         O: Operation<Ctx, Payload = P, Output = R>,
@@ -219,12 +210,17 @@ where
             Ok(Err(error)) => {
                 // A failed attempt reports its own error, whatever became of its record: the
                 // record stays Running until its timeout if the store failed.
-                let _ = attempt.fail(&error.to_string()).await;
+                let message = error.to_string();
+                let _ = attempt
+                    .fail(Failure::new(FailureKind::Error, &message))
+                    .await;
                 Err(Error::Operation(error))
             }
             Err(panic) => {
                 let message = panic_text(&*panic);
-                let _ = attempt.fail(&message).await;
+                let _ = attempt
+                    .fail(Failure::new(FailureKind::Panic, &message))
+                    .await;
                 Err(Error::Panic { message })
             }
         }
@@ -275,24 +271,24 @@ where
                 expiration,
             })
             .await?;
-        let (attempt, session) = match claimed {
+        let (lease, session) = match claimed {
             Claim::Existing { record, now } => {
                 self.cache_finished(&record);
                 return self
                     .verdict(record, call.fingerprint, now)
                     .map(Begun::Replayed);
             }
-            Claim::Acquired { attempt, session } => (attempt, session),
+            Claim::Acquired { lease, session } => (lease, session),
         };
         // A record this claim created has this call's expiration; one taken over keeps its
         // first call's, which only the store knows: only the first is cached.
-        let cached = (attempt == 1).then_some((call.fingerprint, expiration));
+        let cached = (lease.attempt == 1).then_some((call.fingerprint, expiration));
         Ok(Begun::Acquired(Attempt {
             held: Held {
                 manager: self,
                 target: call.target.to_owned(),
                 key: call.key.to_owned(),
-                attempt,
+                lease,
                 armed: Some(session.clone()),
             },
             session,
@@ -334,9 +330,6 @@ where
 
     /// A stored result, decoded for a replay.
     fn replay<E>(&self, bytes: &[u8]) -> Result<R, Error<E>> {
-        if bytes == UNENCODABLE {
-            return Err(Error::Codec(Unencodable.into()));
-        }
         self.codec.decode(bytes).map_err(Error::Codec)
     }
 
@@ -375,13 +368,11 @@ where
             });
         }
         if *status == Status::Finished {
-            let bytes = record
-                .result
-                .as_deref()
-                .ok_or_else(|| RepositoryError::Corrupt {
-                    detail: format!("finished record {target}/{key} has no result"),
-                })?;
-            return self.replay(bytes);
+            // Finished without a result: the run is done, its result could not be encoded.
+            return match record.result.as_deref() {
+                Some(bytes) => self.replay(bytes),
+                None => Err(Error::Codec(Unencodable.into())),
+            };
         }
         if record.is_expired_at(now) {
             return Err(Error::Expired {
@@ -442,8 +433,8 @@ impl<'a> Call<'a> {
             key: operation.key(),
             fingerprint: operation.payload().fingerprint(),
             reference_time: operation.reference_time(),
-            timeout: nonzero(operation.timeout()),
-            expiration: nonzero(operation.expiration()),
+            timeout: operation.timeout(),
+            expiration: operation.expiration(),
         }
     }
 
@@ -506,7 +497,7 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
 
     /// The attempt number: 1 for the first, +1 for each attempt that took the record over.
     pub fn attempt(&self) -> u64 {
-        self.held.attempt
+        self.held.lease.attempt
     }
 
     /// The record's target.
@@ -523,8 +514,8 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
     /// store), unless another attempt took the record over ([`Error::Superseded`]) or it
     /// expired meanwhile ([`Error::Expired`]): then the session rolled back.
     ///
-    /// A value the codec refuses is recorded done all the same (with [`UNENCODABLE`]) and
-    /// answered [`Error::Codec`]: the work is done, and a retry must not do it again.
+    /// A value the codec refuses is recorded done all the same (Finished without a result)
+    /// and answered [`Error::Codec`]: the work is done, and a retry must not do it again.
     pub async fn complete<E>(self, value: &R) -> Result<(), Error<E>> {
         let Self {
             session,
@@ -533,11 +524,11 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         } = self;
         let manager = held.manager;
         let encoded = manager.codec.encode(value);
-        let bytes = encoded.as_deref().unwrap_or(UNENCODABLE);
+        let bytes = encoded.as_deref().ok();
         // A store error leaves the guard armed: the attempt is failed in the background.
         let done = manager
             .repository
-            .complete(session, held.lease(), bytes)
+            .complete(session, held.id(), held.lease, bytes)
             .await?;
         held.disarm();
         match done {
@@ -561,16 +552,16 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         }
     }
 
-    /// Rolls the session back and records the attempt Failed with `message` (the next call
+    /// Rolls the session back and records the attempt Failed with `failure` (the next call
     /// runs the work again). A record another attempt took over is left as it is.
-    pub async fn fail(self, message: &str) -> Result<(), RepositoryError> {
+    pub async fn fail(self, failure: Failure<'_>) -> Result<(), RepositoryError> {
         let Self {
             session, mut held, ..
         } = self;
         let done = held
             .manager
             .repository
-            .fail(session, held.lease(), message)
+            .fail(session, held.id(), held.lease, failure)
             .await;
         held.disarm();
         done.map(drop)
@@ -584,7 +575,7 @@ struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     manager: &'m Manager<P, R, Ctx>,
     target: String,
     key: String,
-    attempt: u64,
+    lease: Lease,
     armed: Option<Ctx>,
 }
 
@@ -593,19 +584,15 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> fmt::Debug for Held<'_, P
         f.debug_struct("Held")
             .field("target", &self.target)
             .field("key", &self.key)
-            .field("attempt", &self.attempt)
+            .field("lease", &self.lease)
             .field("armed", &self.armed.is_some())
             .finish_non_exhaustive()
     }
 }
 
 impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Held<'_, P, R, Ctx> {
-    fn lease(&self) -> Lease<'_> {
-        Lease {
-            target: &self.target,
-            key: &self.key,
-            attempt: self.attempt,
-        }
+    fn id(&self) -> RecordId<'_> {
+        RecordId::new(&self.target, &self.key)
     }
 
     fn disarm(&mut self) {
@@ -626,20 +613,18 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for Held<'_, P, R, C
         // Counted done however the task ends: run to its end, panicked, or dropped unrun by a
         // runtime shutting down (then the record's timeout frees it).
         let cleanup = Cleanup::start(Arc::clone(&self.manager.cleanups));
-        let (target, key, attempt) = (
+        let (target, key, lease) = (
             std::mem::take(&mut self.target),
             std::mem::take(&mut self.key),
-            self.attempt,
+            self.lease,
         );
         runtime.spawn(async move {
             let _cleanup = cleanup;
-            let lease = Lease {
-                target: &target,
-                key: &key,
-                attempt,
-            };
+            let id = RecordId::new(&target, &key);
             // A store fault here leaves the record to its timeout.
-            let _ = repository.fail(session, lease, CANCELLED).await;
+            let _ = repository
+                .fail(session, id, lease, FailureKind::Cancelled.into())
+                .await;
         });
     }
 }
@@ -652,10 +637,6 @@ async fn execute<Ctx, O: Operation<Ctx>>(
 ) -> Result<Result<O::Output, O::Error>, Box<dyn Any + Send>> {
     let future = std::panic::catch_unwind(AssertUnwindSafe(|| operation.call(session)))?;
     AssertUnwindSafe(future).catch_unwind().await
-}
-
-fn nonzero(duration: Duration) -> Option<Duration> {
-    (!duration.is_zero()).then_some(duration)
 }
 
 /// `Got panic "<value>"`, the message of [`Error::Panic`].
@@ -733,14 +714,16 @@ trait DynRepository<Ctx>: Send + Sync + 'static {
     fn complete<'a>(
         &'a self,
         session: Ctx,
-        lease: Lease<'a>,
-        result: &'a [u8],
+        id: RecordId<'a>,
+        lease: Lease,
+        result: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>>;
     fn fail<'a>(
         &'a self,
         session: Ctx,
-        lease: Lease<'a>,
-        error: &'a str,
+        id: RecordId<'a>,
+        lease: Lease,
+        failure: Failure<'a>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>>;
     fn get<'a>(
         &'a self,
@@ -760,21 +743,25 @@ impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
     fn complete<'a>(
         &'a self,
         session: S::Session,
-        lease: Lease<'a>,
-        result: &'a [u8],
+        id: RecordId<'a>,
+        lease: Lease,
+        result: Option<&'a [u8]>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>> {
         Box::pin(IdempotencyRepository::complete(
-            self, session, lease, result,
+            self, session, id, lease, result,
         ))
     }
 
     fn fail<'a>(
         &'a self,
         session: S::Session,
-        lease: Lease<'a>,
-        error: &'a str,
+        id: RecordId<'a>,
+        lease: Lease,
+        failure: Failure<'a>,
     ) -> BoxFuture<'a, Result<Completion, RepositoryError>> {
-        Box::pin(IdempotencyRepository::fail(self, session, lease, error))
+        Box::pin(IdempotencyRepository::fail(
+            self, session, id, lease, failure,
+        ))
     }
 
     fn get<'a>(

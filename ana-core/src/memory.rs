@@ -11,22 +11,20 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::clock::{Clock, SystemClock};
-use crate::record::{Fingerprint, FingerprintHasher, Status, TrackedOperation};
+use crate::record::{FailureKind, Fingerprint, FingerprintHasher, Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    RepositoryError,
 };
-
-/// Error text stored when an attempt finished after the record's expiration.
-pub const EXPIRED_BEFORE_FINISH: &str = "Operation expired before it finished.";
 
 const DEFAULT_CAPACITY: usize = 1_000_000;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 const NONE: i64 = i64::MIN;
-/// The highest attempt number kept; later takeovers keep it (the claim number still fences
-/// each of them).
+/// The highest attempt number kept; later takeovers keep it (the lease's claim number still
+/// fences each of them).
 const MAX_ATTEMPT: u64 = u32::MAX as u64;
 
-/// The session of a [`MemoryRepository`] attempt: it carries the fencing token.
+/// The session of a [`MemoryRepository`] attempt: its attempt number, for the operation.
 ///
 /// There is no transaction: what the operation writes elsewhere is not undone when the attempt
 /// fails. Pass [`attempt`](Self::attempt) to downstream systems as a fencing token if they can
@@ -34,9 +32,6 @@ const MAX_ATTEMPT: u64 = u32::MAX as u64;
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct MemorySession {
     attempt: u64,
-    /// The claim's own number in the store, never given twice: a record created again under
-    /// its identity (swept after it expired, restored) starts its attempts at 1 again.
-    claim: u64,
     /// The record's identity, computed once by the claim for the finish.
     id: Id,
 }
@@ -50,7 +45,8 @@ impl fmt::Debug for MemorySession {
 }
 
 impl MemorySession {
-    /// The fencing token of this attempt.
+    /// The number of this attempt (1 for the first, +1 for each takeover): a fencing token
+    /// for downstream systems.
     pub fn attempt(&self) -> u64 {
         self.attempt
     }
@@ -65,10 +61,13 @@ impl MemorySession {
 ///   second), on the first claim that reaches it, and by [`evict_expired`](Self::evict_expired).
 ///   A Running record stays past its expiration until its holder finishes it or its timeout
 ///   passes: removed under a holder still at work, it would let a new call run beside it.
-/// - Every claim gets a number of its own in the store, which its finish checks besides the
-///   attempt: a record created again under an identity (after a sweep, by
-///   [`restore`](Self::restore)) counts its attempts from 1 again, and an earlier holder's late
-///   finish must not land on it.
+/// - Every claim gets a number of its own in the store (a counter; the [`Lease`]'s `claim`),
+///   which its finish checks besides the attempt: a record created again under an identity
+///   (after a sweep, by [`restore`](Self::restore)) counts its attempts from 1 again, and an
+///   earlier holder's late finish must not land on it. A restored record has no claim number
+///   (0), and no lease finishes it.
+/// - A Failed record keeps its [`FailureKind`] beside its message; a Finished record whose
+///   result could not be encoded keeps no result.
 /// - At capacity, expired records are swept at once; when every record is still live, a new
 ///   key gets [`RepositoryError::CapacityExceeded`]. Live records are never evicted: that
 ///   would let a retried request run twice.
@@ -90,7 +89,7 @@ pub struct MemoryRepository {
 struct Shared {
     shards: Box<[Mutex<Shard>]>,
     len: AtomicUsize,
-    /// The last claim number given (see [`MemorySession`]).
+    /// The last claim number given (see [`Lease::claim`]).
     claims: AtomicU64,
 }
 
@@ -209,6 +208,7 @@ impl MemoryRepository {
     /// above `u32::MAX` are kept as `u32::MAX`.
     pub fn restore(&self, record: TrackedOperation) {
         let id = identity(&record.target, &record.key);
+        let no_result = record.status == Status::Finished && record.result.is_none();
         let data = match record.status {
             Status::Finished => record.result.unwrap_or_default(),
             _ => record.error.map(String::into_bytes).unwrap_or_default(),
@@ -216,6 +216,8 @@ impl MemoryRepository {
         let header = Header {
             fingerprint: record.fingerprint,
             status: record.status,
+            failure: record.failure,
+            no_result,
             error_count: record.error_count,
             attempt: record.attempt.min(MAX_ATTEMPT),
             // No claim of this store made it: no session of this store finishes it.
@@ -293,6 +295,7 @@ impl MemoryRepository {
                 id,
                 Header {
                     status: Status::Running,
+                    no_result: false,
                     attempt,
                     claim,
                     started_at: now,
@@ -302,7 +305,7 @@ impl MemoryRepository {
                 record.data(),
             );
             shard.records.replace(record);
-            return Ok(Some(acquired(attempt, claim, id)));
+            return Ok(Some(acquired(Lease { attempt, claim }, id)));
         }
         if self.len() >= self.capacity {
             if may_sweep_all {
@@ -318,6 +321,8 @@ impl MemoryRepository {
         let header = Header {
             fingerprint: request.fingerprint,
             status: Status::Running,
+            failure: None,
+            no_result: false,
             error_count: 0,
             attempt: 1,
             claim,
@@ -330,7 +335,7 @@ impl MemoryRepository {
         shard.note_evictable(header.evictable_from());
         shard.records.insert(Record::new(id, header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(acquired(1, claim, id)))
+        Ok(Some(acquired(Lease { attempt: 1, claim }, id)))
     }
 
     fn next_claim(&self) -> u64 {
@@ -338,11 +343,11 @@ impl MemoryRepository {
     }
 
     /// Replaces the record with `finish`'s header and data while `lease` still owns it.
-    /// `session` comes from the claim of `lease`'s record and carries its identity.
+    /// `session` comes from the claim of `lease` and carries its record's identity.
     fn finish<'d>(
         &self,
         session: MemorySession,
-        lease: Lease<'_>,
+        lease: Lease,
         missing: Completion,
         finish: impl FnOnce(Header, i64) -> (Header, &'d [u8], Completion),
     ) -> Completion {
@@ -354,8 +359,10 @@ impl MemoryRepository {
             return missing;
         };
         let header = record.header();
+        // Claim 0 is no claim's: a restored record is finished by no lease.
         if header.attempt != lease.attempt
-            || header.claim != session.claim
+            || header.claim != lease.claim
+            || header.claim == 0
             || header.status != Status::Running
         {
             return Completion::Superseded;
@@ -388,50 +395,55 @@ impl IdempotencyRepository for MemoryRepository {
         }
     }
 
+    /// `id` is not read: `session` carries the identity its claim computed.
     async fn complete(
         &self,
         session: MemorySession,
-        lease: Lease<'_>,
-        result: &[u8],
+        _id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
     ) -> Result<Completion, RepositoryError> {
         Ok(
             self.finish(session, lease, Completion::Expired, |header, now| {
                 if header.is_expired_at(now) {
+                    let expired = FailureKind::Expired;
                     let failed = Header {
                         status: Status::Failed,
+                        failure: Some(expired),
                         error_count: header.error_count.saturating_add(1),
                         ..header
                     };
-                    return (
-                        failed,
-                        EXPIRED_BEFORE_FINISH.as_bytes(),
-                        Completion::Expired,
-                    );
+                    return (failed, expired.message().as_bytes(), Completion::Expired);
                 }
                 let finished = Header {
                     status: Status::Finished,
+                    failure: None,
+                    no_result: result.is_none(),
                     finished_at: now,
                     ..header
                 };
-                (finished, result, Completion::Done)
+                (finished, result.unwrap_or_default(), Completion::Done)
             }),
         )
     }
 
+    /// `id` is not read: `session` carries the identity its claim computed.
     async fn fail(
         &self,
         session: MemorySession,
-        lease: Lease<'_>,
-        error: &str,
+        _id: RecordId<'_>,
+        lease: Lease,
+        failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
         Ok(
             self.finish(session, lease, Completion::Superseded, |header, _| {
                 let failed = Header {
                     status: Status::Failed,
+                    failure: Some(failure.kind),
                     error_count: header.error_count.saturating_add(1),
                     ..header
                 };
-                (failed, error.as_bytes(), Completion::Done)
+                (failed, failure.message.as_bytes(), Completion::Done)
             }),
         )
     }
@@ -458,6 +470,10 @@ type Id = [u8; 16];
 struct Header {
     fingerprint: Fingerprint,
     status: Status,
+    /// The last failure's kind (read while Failed).
+    failure: Option<FailureKind>,
+    /// Finished without a result: it could not be encoded.
+    no_result: bool,
     error_count: u32,
     attempt: u64,
     /// The claim that made this attempt (0: restored).
@@ -506,6 +522,8 @@ impl Header {
 // Layout of a record's single allocation.
 const ID: usize = 0;
 const FINGERPRINT: usize = ID + 16;
+/// One byte: the status in bits 0-1, the failure kind in bits 2-6 ([`failure_code`]), and bit 7
+/// set on a Finished record without a result.
 const STATUS: usize = FINGERPRINT + Fingerprint::LEN;
 const ERROR_COUNT: usize = STATUS + 1;
 // The attempt takes four bytes: with the claim's eight, a record with a 200-byte HTTP response
@@ -524,12 +542,14 @@ impl Record {
         let mut bytes = Vec::with_capacity(DATA + data.len());
         bytes.extend_from_slice(id);
         bytes.extend_from_slice(header.fingerprint.as_bytes());
-        bytes.push(match header.status {
+        let status: u8 = match header.status {
             Status::Ready => 0,
             Status::Running => 1,
             Status::Finished => 2,
             Status::Failed => 3,
-        });
+        };
+        let no_result = if header.no_result { NO_RESULT } else { 0 };
+        bytes.push(status | (failure_code(header.failure) << 2) | no_result);
         bytes.extend_from_slice(&header.error_count.to_le_bytes());
         let attempt = u32::try_from(header.attempt).unwrap_or(u32::MAX);
         bytes.extend_from_slice(&attempt.to_le_bytes());
@@ -558,14 +578,17 @@ impl Record {
     fn header(&self) -> Header {
         let bytes = &self.0;
         let time = |index: usize| i64::from_le_bytes(half(bytes, TIMES + 8 * index));
+        let flags = bytes.get(STATUS).copied().unwrap_or(3);
         Header {
             fingerprint: Fingerprint::from_bytes(array(bytes, FINGERPRINT)),
-            status: match bytes.get(STATUS) {
-                Some(0) => Status::Ready,
-                Some(1) => Status::Running,
-                Some(2) => Status::Finished,
+            status: match flags & 3 {
+                0 => Status::Ready,
+                1 => Status::Running,
+                2 => Status::Finished,
                 _ => Status::Failed,
             },
+            failure: failure_of((flags & !NO_RESULT) >> 2),
+            no_result: flags & NO_RESULT != 0,
             error_count: u32::from_le_bytes(array(bytes, ERROR_COUNT)),
             attempt: u64::from(u32::from_le_bytes(array(bytes, ATTEMPT))),
             claim: u64::from_le_bytes(half(bytes, CLAIM)),
@@ -590,9 +613,10 @@ impl Record {
             timeout: time(header.timeout),
             expiration: time(header.expiration),
             finished_at: time(header.finished_at),
-            result: (header.status == Status::Finished).then(|| data.to_vec()),
+            result: (header.status == Status::Finished && !header.no_result).then(|| data.to_vec()),
             error: (header.status == Status::Failed && !data.is_empty())
                 .then(|| String::from_utf8_lossy(data).into_owned()),
+            failure: header.failure.filter(|_| header.status == Status::Failed),
             error_count: header.error_count,
             attempt: header.attempt,
         }
@@ -655,15 +679,38 @@ fn half(bytes: &[u8], at: usize) -> [u8; 8] {
     array(bytes, at)
 }
 
-fn acquired(attempt: u64, claim: u64, id: &Id) -> Claim<MemorySession> {
+fn acquired(lease: Lease, id: &Id) -> Claim<MemorySession> {
     Claim::Acquired {
-        attempt,
+        lease,
         session: MemorySession {
-            attempt,
-            claim,
+            attempt: lease.attempt,
             id: *id,
         },
     }
+}
+
+/// Bit 7 of the status byte: a Finished record without a result.
+const NO_RESULT: u8 = 0x80;
+
+/// A failure kind in the status byte's bits 2-6 (0: none).
+fn failure_code(kind: Option<FailureKind>) -> u8 {
+    match kind {
+        None => 0,
+        Some(FailureKind::Error) => 1,
+        Some(FailureKind::Panic) => 2,
+        Some(FailureKind::Cancelled) => 3,
+        Some(FailureKind::TimedOut) => 4,
+        Some(FailureKind::Expired) => 5,
+        Some(FailureKind::BeginFailed) => 6,
+        Some(FailureKind::CommitFailed) => 7,
+    }
+}
+
+fn failure_of(code: u8) -> Option<FailureKind> {
+    FailureKind::ALL
+        .iter()
+        .copied()
+        .find(|kind| failure_code(Some(*kind)) == code)
 }
 
 fn identity(target: &str, key: &str) -> Id {
@@ -720,9 +767,12 @@ mod tests {
         repo.claim(request).await.expect("claim")
     }
 
-    async fn acquired(repo: &MemoryRepository, request: &ClaimRequest<'_>) -> (u64, MemorySession) {
+    async fn acquired(
+        repo: &MemoryRepository,
+        request: &ClaimRequest<'_>,
+    ) -> (Lease, MemorySession) {
         match claim(repo, request).await {
-            Claim::Acquired { attempt, session } => (attempt, session),
+            Claim::Acquired { lease, session } => (lease, session),
             Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
         }
     }
@@ -821,7 +871,7 @@ mod tests {
         untimed.timeout = None;
         let mut timed = request("timed", clock.now(), Some(MINUTE));
         timed.timeout = Some(10 * MINUTE);
-        let (_, session) = acquired(&repo, &untimed).await;
+        let (lease, session) = acquired(&repo, &untimed).await;
         claim(&repo, &timed).await;
         clock.advance(2 * MINUTE);
         assert_eq!(repo.evict_expired(), 0);
@@ -830,13 +880,9 @@ mod tests {
             claim(&repo, &untimed).await,
             Claim::Existing { record, .. } if record.status == Status::Running
         ));
-        let lease = Lease {
-            target: "t",
-            key: "untimed",
-            attempt: 1,
-        };
+        assert_eq!(lease.attempt, 1);
         let done = repo
-            .complete(session, lease, b"late")
+            .complete(session, RecordId::new("t", "untimed"), lease, Some(b"late"))
             .await
             .expect("complete");
         assert_eq!(done, Completion::Expired);
@@ -856,7 +902,7 @@ mod tests {
             .with_sweep_interval(MINUTE);
         let mut held = request("held", clock.now(), Some(MINUTE));
         held.timeout = None;
-        let (attempt, session) = acquired(&repo, &held).await;
+        let (lease, session) = acquired(&repo, &held).await;
         let touch = |round: &'static str| {
             let repo = repo.clone();
             let now = clock.now();
@@ -870,13 +916,8 @@ mod tests {
         clock.advance(2 * MINUTE);
         touch("a").await;
         assert!(repo.get("t", "held").await.expect("get").is_some());
-        let lease = Lease {
-            target: "t",
-            key: "held",
-            attempt,
-        };
         let done = repo
-            .complete(session, lease, b"late")
+            .complete(session, RecordId::new("t", "held"), lease, Some(b"late"))
             .await
             .expect("complete");
         assert_eq!(done, Completion::Expired);
@@ -907,7 +948,10 @@ mod tests {
         clock.advance(2 * MINUTE);
         assert!(matches!(
             claim(&repo, &request("c", clock.now(), None)).await,
-            Claim::Acquired { attempt: 1, .. }
+            Claim::Acquired {
+                lease: Lease { attempt: 1, .. },
+                ..
+            }
         ));
         assert_eq!(repo.len(), 2);
         assert!(repo.get("t", "b").await.expect("get").is_some());
@@ -923,24 +967,22 @@ mod tests {
             TrackedOperation::new("t", "k", Status::Failed, "p".fingerprint(), clock.now());
         record.attempt = u64::MAX;
         repo.restore(record);
-        let (attempt, first) = acquired(&repo, &request("k", clock.now(), None)).await;
-        assert_eq!(attempt, MAX_ATTEMPT);
+        let (first_lease, first) = acquired(&repo, &request("k", clock.now(), None)).await;
+        assert_eq!(first_lease.attempt, MAX_ATTEMPT);
         clock.advance(MINUTE);
-        let (attempt, second) = acquired(&repo, &request("k", clock.now(), None)).await;
-        assert_eq!(attempt, MAX_ATTEMPT);
-        let lease = Lease {
-            target: "t",
-            key: "k",
-            attempt,
-        };
+        let (lease, second) = acquired(&repo, &request("k", clock.now(), None)).await;
+        assert_eq!(lease.attempt, MAX_ATTEMPT);
+        let id = RecordId::new("t", "k");
         assert_eq!(
-            repo.complete(first, lease, b"stale")
+            repo.complete(first, id, first_lease, Some(b"stale"))
                 .await
                 .expect("complete"),
             Completion::Superseded
         );
         assert_eq!(
-            repo.complete(second, lease, b"ok").await.expect("complete"),
+            repo.complete(second, id, lease, Some(b"ok"))
+                .await
+                .expect("complete"),
             Completion::Done
         );
     }
@@ -960,6 +1002,69 @@ mod tests {
         let stored = repo.get("t", "k").await.expect("get").expect("record");
         assert_eq!(stored.result.as_deref(), Some(&b"ok"[..]));
         assert_eq!(stored.status, Status::Finished);
+    }
+
+    /// The failure kind and a missing result come back as restored, and as written.
+    #[tokio::test]
+    async fn failure_kinds_and_missing_results_are_kept() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new().with_clock(clock.clone());
+        for &kind in FailureKind::ALL {
+            let mut record =
+                TrackedOperation::new("t", "k", Status::Failed, "p".fingerprint(), clock.now());
+            record.error = Some("boom".into());
+            record.failure = Some(kind);
+            repo.restore(record.clone());
+            assert_eq!(repo.get("t", "k").await.expect("get"), Some(record));
+        }
+        let mut record =
+            TrackedOperation::new("t", "f", Status::Finished, "p".fingerprint(), clock.now());
+        repo.restore(record.clone());
+        assert_eq!(repo.get("t", "f").await.expect("get"), Some(record.clone()));
+        record.result = Some(Vec::new());
+        repo.restore(record.clone());
+        assert_eq!(repo.get("t", "f").await.expect("get"), Some(record));
+
+        let (lease, session) = acquired(&repo, &request("u", clock.now(), None)).await;
+        let id = RecordId::new("t", "u");
+        let done = repo
+            .complete(session, id, lease, None)
+            .await
+            .expect("complete");
+        assert_eq!(done, Completion::Done);
+        let stored = repo.get("t", "u").await.expect("get").expect("record");
+        assert_eq!((stored.status, stored.result), (Status::Finished, None));
+
+        let (lease, session) = acquired(&repo, &request("c", clock.now(), None)).await;
+        let id = RecordId::new("t", "c");
+        let failure = Failure::new(FailureKind::Cancelled, "gone");
+        let done = repo.fail(session, id, lease, failure).await.expect("fail");
+        assert_eq!(done, Completion::Done);
+        let stored = repo.get("t", "c").await.expect("get").expect("record");
+        assert_eq!(stored.failure, Some(FailureKind::Cancelled));
+        assert_eq!(stored.error.as_deref(), Some("gone"));
+    }
+
+    /// A restored Running record was made by no claim of the store: no lease finishes it,
+    /// not even one naming claim 0.
+    #[tokio::test]
+    async fn a_restored_running_record_is_finished_by_no_lease() {
+        let clock = ManualClock::default();
+        let repo = MemoryRepository::new().with_clock(clock.clone());
+        let (_, session) = acquired(&repo, &request("k", clock.now(), None)).await;
+        let mut record =
+            TrackedOperation::new("t", "k", Status::Running, "p".fingerprint(), clock.now());
+        record.attempt = 1;
+        repo.restore(record);
+        let lease = Lease {
+            attempt: 1,
+            claim: 0,
+        };
+        let done = repo
+            .complete(session, RecordId::new("t", "k"), lease, Some(b"x"))
+            .await
+            .expect("complete");
+        assert_eq!(done, Completion::Superseded);
     }
 
     #[test]

@@ -11,8 +11,9 @@ use crate::record::Payload;
 /// One idempotent unit of work, identified by `(target, key)`.
 ///
 /// Implement it on your own type (a queue message, a command), or build one from a closure
-/// with [`operation`]. A zero [`timeout`](Self::timeout) or [`expiration`](Self::expiration)
-/// means "never".
+/// with [`operation`]. A [`timeout`](Self::timeout) or [`expiration`](Self::expiration) of
+/// `None` means "never"; `Some(Duration::ZERO)` means zero (a record held by no time, a call
+/// expired as soon as any time passed).
 pub trait Operation<Ctx>: Send + Sized {
     /// The request data, fingerprinted to detect a key reused for another request.
     type Payload: Payload + ?Sized;
@@ -32,13 +33,14 @@ pub trait Operation<Ctx>: Send + Sized {
     fn reference_time(&self) -> Option<DateTime<Utc>> {
         None
     }
-    /// How long one attempt holds the record before another call may take over.
-    fn timeout(&self) -> Duration {
-        Duration::ZERO
+    /// How long one attempt holds the record before another call may take over (`None`:
+    /// until it finishes).
+    fn timeout(&self) -> Option<Duration> {
+        None
     }
-    /// How long after the reference time the operation may still run.
-    fn expiration(&self) -> Duration {
-        Duration::ZERO
+    /// How long after the reference time the operation may still run (`None`: forever).
+    fn expiration(&self) -> Option<Duration> {
+        None
     }
     /// Does the work, inside the store's session context.
     fn call(self, ctx: Ctx) -> impl Future<Output = Result<Self::Output, Self::Error>> + Send;
@@ -50,8 +52,8 @@ pub struct FnOperation<P, F> {
     key: String,
     payload: P,
     reference_time: Option<DateTime<Utc>>,
-    timeout: Duration,
-    expiration: Duration,
+    timeout: Option<Duration>,
+    expiration: Option<Duration>,
     call: F,
 }
 
@@ -79,8 +81,8 @@ pub fn operation<P, F>(
         key: key.into(),
         payload,
         reference_time: None,
-        timeout: Duration::ZERO,
-        expiration: Duration::ZERO,
+        timeout: None,
+        expiration: None,
         call,
     }
 }
@@ -93,17 +95,17 @@ impl<P, F> FnOperation<P, F> {
         self
     }
 
-    /// Sets how long one attempt holds the record (zero: until it finishes).
+    /// Sets how long one attempt holds the record (default: until it finishes).
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = Some(timeout);
         self
     }
 
-    /// Sets how long after the reference time the operation may run (zero: forever).
+    /// Sets how long after the reference time the operation may run (default: forever).
     #[must_use]
     pub fn expiration(mut self, expiration: Duration) -> Self {
-        self.expiration = expiration;
+        self.expiration = Some(expiration);
         self
     }
 }
@@ -149,11 +151,11 @@ where
         self.reference_time
     }
 
-    fn timeout(&self) -> Duration {
+    fn timeout(&self) -> Option<Duration> {
         self.timeout
     }
 
-    fn expiration(&self) -> Duration {
+    fn expiration(&self) -> Option<Duration> {
         self.expiration
     }
 

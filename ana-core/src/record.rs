@@ -67,6 +67,95 @@ impl FromStr for Status {
     }
 }
 
+/// Why an attempt failed, stored on its Failed record ([`TrackedOperation::failure`]) beside
+/// the human message ([`TrackedOperation::error`]).
+///
+/// Stores keep it as its [name](Self::as_str). New kinds may be added; a store reading a name
+/// it does not know treats the record as corrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The operation returned its own error (its text is the message).
+    Error,
+    /// The operation panicked (the message is `Got panic "<value>"`).
+    Panic,
+    /// The call was dropped before the attempt finished (a client gone, a task aborted).
+    Cancelled,
+    /// The attempt was still Running past its timeout when a clean-up marked it Failed.
+    TimedOut,
+    /// The record's expiration passed before the attempt finished; its work was discarded.
+    Expired,
+    /// The operation's transaction could not be opened (Postgres `BEGIN` failed).
+    BeginFailed,
+    /// The operation's transaction could not be committed (Postgres `COMMIT` failed, or the
+    /// finish failed inside it).
+    CommitFailed,
+}
+
+impl FailureKind {
+    /// Every kind, in declaration order (a slice: kinds may be added).
+    pub const ALL: &'static [Self] = &[
+        Self::Error,
+        Self::Panic,
+        Self::Cancelled,
+        Self::TimedOut,
+        Self::Expired,
+        Self::BeginFailed,
+        Self::CommitFailed,
+    ];
+
+    /// The name the stores keep (`error`, `panic`, `cancelled`, `timed_out`, `expired`,
+    /// `begin_failed`, `commit_failed`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Error => "error",
+            Self::Panic => "panic",
+            Self::Cancelled => "cancelled",
+            Self::TimedOut => "timed_out",
+            Self::Expired => "expired",
+            Self::BeginFailed => "begin_failed",
+            Self::CommitFailed => "commit_failed",
+        }
+    }
+
+    /// The message stored with the kind when there is no more specific one (an operation's
+    /// own error and a panic bring their own).
+    pub const fn message(self) -> &'static str {
+        match self {
+            Self::Error => "Operation failed.",
+            Self::Panic => "Operation panicked.",
+            Self::Cancelled => "Operation cancelled before it finished.",
+            Self::TimedOut => "Operation timed out before it finished.",
+            Self::Expired => "Operation expired before it finished.",
+            Self::BeginFailed => "The operation's transaction could not be opened.",
+            Self::CommitFailed => "The operation's transaction could not be committed.",
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The text was not the name of a [`FailureKind`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown failure kind {0:?}")]
+pub struct UnknownFailureKind(pub String);
+
+impl FromStr for FailureKind {
+    type Err = UnknownFailureKind;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .iter()
+            .copied()
+            .find(|kind| kind.as_str() == s)
+            .ok_or_else(|| UnknownFailureKind(s.to_owned()))
+    }
+}
+
 /// A 128-bit digest (truncated SHA-256) of a request's payload.
 ///
 /// Stores keep the fingerprint, never the payload itself, so a record holds no request data
@@ -309,8 +398,9 @@ impl std::io::Write for HashWriter<'_> {
 /// The stored record of one idempotent operation, identified by `(target, key)`.
 ///
 /// `result` holds the encoded result of a Finished operation (see [`Codec`](crate::Codec));
-/// `attempt` is the fencing token: every claim that starts an execution increments it, and an
-/// attempt may only finish the record while it still holds the current token.
+/// `attempt` is the attempt number: every claim that starts an execution increments it, and an
+/// attempt may only finish the record while it still holds the current
+/// [`Lease`](crate::Lease).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TrackedOperation {
     /// What the key is scoped to: the operation, route or queue (`[POST]/payments`).
@@ -329,15 +419,19 @@ pub struct TrackedOperation {
     pub timeout: Option<DateTime<Utc>>,
     /// Past it the record no longer runs; a Finished record still replays.
     pub expiration: Option<DateTime<Utc>>,
-    /// The encoded result, once Finished.
+    /// The encoded result, once Finished. A Finished record without one ran, but its result
+    /// could not be encoded: it is never run again, and every call for its key is answered
+    /// [`Error::Codec`](crate::Error::Codec).
     pub result: Option<Vec<u8>>,
     /// The last attempt's error message, while Failed.
     pub error: Option<String>,
+    /// What the last attempt's failure was, while Failed (with [`error`](Self::error)).
+    pub failure: Option<FailureKind>,
     /// When the successful attempt committed.
     pub finished_at: Option<DateTime<Utc>>,
     /// How many attempts failed.
     pub error_count: u32,
-    /// The fencing token of the current (or last) attempt; 0 before the first.
+    /// The number of the current (or last) attempt; 0 before the first.
     pub attempt: u64,
 }
 
@@ -361,6 +455,7 @@ impl TrackedOperation {
             expiration: None,
             result: None,
             error: None,
+            failure: None,
             finished_at: None,
             error_count: 0,
             attempt: 0,
@@ -424,6 +519,17 @@ mod tests {
         let wide = |n: u128| Json(BTreeMap::from([("id", n)])).fingerprint();
         assert_eq!(wide(u128::MAX), wide(u128::MAX));
         assert_ne!(wide(u128::MAX), wide(u128::MAX - 1));
+    }
+
+    #[test]
+    fn failure_kinds_read_back_from_their_names() {
+        for &kind in FailureKind::ALL {
+            assert_eq!(kind.as_str().parse::<FailureKind>(), Ok(kind));
+        }
+        assert_eq!(
+            "boom".parse::<FailureKind>(),
+            Err(UnknownFailureKind("boom".into()))
+        );
     }
 
     /// A payload serde_json refuses (a map with non-string keys) never shares a fingerprint.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::record::{Fingerprint, TrackedOperation};
+use crate::record::{FailureKind, Fingerprint, TrackedOperation};
 
 /// A boxed error from a store's driver, kept as the source of a [`RepositoryError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -33,11 +33,11 @@ pub struct ClaimRequest<'a> {
 #[derive(Debug)]
 pub enum Claim<S> {
     /// The record was created, or taken over (Ready, Failed, or Running past its timeout,
-    /// same fingerprint, not expired): this call owns attempt `attempt` and runs the operation
-    /// inside `session`.
+    /// same fingerprint, not expired): this call holds `lease` and runs the operation inside
+    /// `session`.
     Acquired {
-        /// The fencing token of this attempt.
-        attempt: u64,
+        /// The fencing token of this attempt, which its finish presents.
+        lease: Lease,
         /// The context the operation runs in (a transaction for Postgres).
         session: S,
     },
@@ -50,15 +50,60 @@ pub enum Claim<S> {
     },
 }
 
-/// Identifies the attempt that finishes a record.
-#[derive(Clone, Copy, Debug)]
-pub struct Lease<'a> {
+/// A record's identity: `(target, key)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RecordId<'a> {
     /// The record's target.
     pub target: &'a str,
     /// The record's key.
     pub key: &'a str,
-    /// The fencing token returned by the claim.
+}
+
+impl<'a> RecordId<'a> {
+    /// The identity `(target, key)`.
+    pub const fn new(target: &'a str, key: &'a str) -> Self {
+        Self { target, key }
+    }
+}
+
+/// The fencing token of one attempt, given by its claim and presented by its finish.
+///
+/// Both numbers are checked: `attempt` counts the attempts on the record (1 for the first,
+/// +1 for each takeover) and is what users pass downstream; `claim` is a number the store
+/// gives to no other claim of the record. The attempt alone is not enough: a record deleted
+/// (expired, evicted) and created again, or restored, counts its attempts from 1 again, and an
+/// earlier holder's late finish must not land on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The attempt number on the record.
     pub attempt: u64,
+    /// The claim's own number in the store (a counter, a transaction id, the server's time).
+    pub claim: u64,
+}
+
+/// Why an attempt failed, as [`IdempotencyRepository::fail`] records it: the kind, which
+/// code matches on, and the message, which people read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure<'a> {
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// The text stored on the record: the operation's error, the panic's message, or the
+    /// kind's [default message](FailureKind::message).
+    pub message: &'a str,
+}
+
+impl<'a> Failure<'a> {
+    /// A failure of `kind` with `message`.
+    pub const fn new(kind: FailureKind, message: &'a str) -> Self {
+        Self { kind, message }
+    }
+}
+
+impl From<FailureKind> for Failure<'static> {
+    /// A failure of `kind` with its default message.
+    fn from(kind: FailureKind) -> Self {
+        Self::new(kind, kind.message())
+    }
 }
 
 /// How finishing an attempt went.
@@ -69,7 +114,7 @@ pub enum Completion {
     /// Another attempt took the record over: nothing was written and the session rolled back.
     Superseded,
     /// The record's expiration passed before the attempt finished: the session rolled back and
-    /// the record was marked Failed.
+    /// the record was marked Failed ([`FailureKind::Expired`]).
     Expired,
 }
 
@@ -117,20 +162,26 @@ impl RepositoryError {
 /// Every method is one atomic step in storage:
 /// - [`claim`](Self::claim) creates the record, or takes over a record that may run again
 ///   (exactly when [`TrackedOperation::is_claimable_at`] holds on the store's clock), or returns
-///   it untouched. Never check-then-insert, never wait on another holder.
-/// - [`complete`](Self::complete) and [`fail`](Self::fail) are compare-and-set on the attempt:
-///   they change the record only while it is Running with that attempt, made by that claim.
-///   The attempt number alone is not enough: a record deleted (expired, evicted) and created
-///   again, or restored, counts its attempts from 1 again, so the session must carry a token of
-///   its own claim that no other claim gets (a sequence, the store's time with a random part, a
-///   transaction id) and the finish must check it. The conformance suite's
-///   `recreated_record_rejects_the_earlier_holder` checks exactly that.
+///   it untouched. Never check-then-insert, never wait on another holder. A record it creates
+///   or takes over gets a fresh [`Lease`].
+/// - [`complete`](Self::complete) and [`fail`](Self::fail) are compare-and-set on the lease:
+///   they change the record only while it is Running with that lease's attempt *and* claim
+///   number. The claim number tells a record created again under its identity (which counts
+///   its attempts from 1 again) from the one the lease was given for; the conformance suite's
+///   `recreated_record_rejects_the_earlier_holder` checks exactly that. A record that no claim
+///   of the store made (restored, seeded) is finished by no lease.
+/// - A failure is stored as its [`FailureKind`] beside its message
+///   ([`TrackedOperation::failure`], [`TrackedOperation::error`]); a run whose result could not
+///   be encoded is stored Finished without a result ([`TrackedOperation::result`] `None`).
+///
+/// The session given to `complete` and `fail` is the one the claim of that lease returned, for
+/// the record `id` it claimed.
 ///
 /// Run the conformance suite (`ana_core::conformance`, feature `test-utils`) against any new
 /// store.
 pub trait IdempotencyRepository: Send + Sync + 'static {
-    /// The context an operation runs in: a transaction for a transactional store, a handle
-    /// carrying the attempt token otherwise. Clones refer to the same session.
+    /// The context an operation runs in: a transaction for a transactional store, a plain
+    /// handle otherwise. Clones refer to the same session.
     type Session: Clone + Send + Sync + 'static;
 
     /// Creates, takes over or returns the record for `request`, atomically.
@@ -139,23 +190,27 @@ pub trait IdempotencyRepository: Send + Sync + 'static {
         request: &ClaimRequest<'_>,
     ) -> impl Future<Output = Result<Claim<Self::Session>, RepositoryError>> + Send;
 
-    /// Marks the attempt Finished with `result` (commits the session with it), unless the
-    /// attempt lost the record or the record expired.
+    /// Marks the attempt Finished (and commits the session with it), unless the lease lost the
+    /// record or the record expired. `result` is the encoded result, or `None` when the run is
+    /// done but its result could not be encoded: the record turns Finished all the same,
+    /// without a result, so that the work is never done again.
     fn complete(
         &self,
         session: Self::Session,
-        lease: Lease<'_>,
-        result: &[u8],
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
     ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
 
-    /// Rolls the session back and marks the attempt Failed with `error`, counting it, unless
-    /// the attempt lost the record ([`Completion::Superseded`]). Never answers
-    /// [`Completion::Expired`]: a failure is recorded even past the expiration.
+    /// Rolls the session back and marks the attempt Failed with `failure` (its kind and its
+    /// message), counting it, unless the lease lost the record ([`Completion::Superseded`]).
+    /// Never answers [`Completion::Expired`]: a failure is recorded even past the expiration.
     fn fail(
         &self,
         session: Self::Session,
-        lease: Lease<'_>,
-        error: &str,
+        id: RecordId<'_>,
+        lease: Lease,
+        failure: Failure<'_>,
     ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
 
     /// Reads a record, for inspection and tests.

@@ -5,9 +5,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ana_core::{
-    Claim, ClaimRequest, Clock, Completion, Error, IdempotencyRepository, Lease, Manager,
-    ManualClock, MemoryRepository, MemorySession, Outcome, Payload, ReplayCache, RepositoryError,
-    Status, TrackedOperation, operation,
+    Claim, ClaimRequest, Clock, Completion, Error, Failure, IdempotencyRepository, Lease, Manager,
+    ManualClock, MemoryRepository, MemorySession, Outcome, Payload, RecordId, ReplayCache,
+    RepositoryError, Status, TrackedOperation, operation,
 };
 
 /// The memory store, counting the claims that reach it.
@@ -37,19 +37,21 @@ impl IdempotencyRepository for Counting {
     async fn complete(
         &self,
         session: MemorySession,
-        lease: Lease<'_>,
-        result: &[u8],
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
     ) -> Result<Completion, RepositoryError> {
-        self.inner.complete(session, lease, result).await
+        self.inner.complete(session, id, lease, result).await
     }
 
     async fn fail(
         &self,
         session: MemorySession,
-        lease: Lease<'_>,
-        error: &str,
+        id: RecordId<'_>,
+        lease: Lease,
+        failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
-        self.inner.fail(session, lease, error).await
+        self.inner.fail(session, id, lease, failure).await
     }
 
     async fn get(

@@ -75,11 +75,11 @@ use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS};
 use super::problem::PROBLEM_TYPE_HEADER;
 use super::recorded::{IDEMPOTENT_REPLAYED, RecordedResponseCodec};
 use crate::engine::{Attempt, Engine};
-use ana_core::Manager;
-use ana_core::{Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, RepositoryError};
-use ana_core::{Clock, ManualClock};
-use ana_core::{MemoryRepository, MemorySession};
-use ana_core::{Status, TrackedOperation};
+use ana_core::{
+    Claim, ClaimRequest, Clock, Completion, Failure, IdempotencyRepository, Lease, Manager,
+    ManualClock, MemoryRepository, MemorySession, RecordId, RepositoryError, Status,
+    TrackedOperation,
+};
 
 /// A web framework adapter under test.
 pub trait Adapter: Send + Sync + 'static {
@@ -354,11 +354,23 @@ impl IdempotencyRepository for UnavailableRepository {
         Err(down())
     }
 
-    async fn complete(&self, _: (), _: Lease<'_>, _: &[u8]) -> Result<Completion, RepositoryError> {
+    async fn complete(
+        &self,
+        _: (),
+        _: RecordId<'_>,
+        _: Lease,
+        _: Option<&[u8]>,
+    ) -> Result<Completion, RepositoryError> {
         Err(down())
     }
 
-    async fn fail(&self, _: (), _: Lease<'_>, _: &str) -> Result<Completion, RepositoryError> {
+    async fn fail(
+        &self,
+        _: (),
+        _: RecordId<'_>,
+        _: Lease,
+        _: Failure<'_>,
+    ) -> Result<Completion, RepositoryError> {
         Err(down())
     }
 

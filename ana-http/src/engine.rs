@@ -19,7 +19,10 @@ use crate::config::{IdempotencyConfig, RequestValues};
 use crate::grpc::is_grpc;
 use crate::problem::Rejection;
 use crate::recorded::{RecordedResponse, RecordedResponseCodec};
-use ana_core::{Begun, BoxError, Call, Clock, Error, Fingerprint, IdempotencyRepository, Manager};
+use ana_core::{
+    Begun, BoxError, Call, Clock, Error, Failure, FailureKind, Fingerprint, IdempotencyRepository,
+    Manager,
+};
 
 /// The manager type the HTTP layer drives.
 pub type HttpManager<Ctx> = Manager<Fingerprint, RecordedResponse, Ctx>;
@@ -473,10 +476,9 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
         if !recordable {
             // The handler's answer is the caller's, whatever became of the record: it stays
             // Running until its timeout if the store failed.
-            let _ = self
-                .attempt
-                .fail(&NotRecorded(response.status()).to_string())
-                .await;
+            let message = NotRecorded(response.status()).to_string();
+            let failure = Failure::new(FailureKind::Error, &message);
+            let _ = self.attempt.fail(failure).await;
             return Outcome::Executed(response);
         }
         let Self {
@@ -495,7 +497,10 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
     /// problem.
     pub async fn panicked<B>(self, panic: Box<dyn Any + Send>) -> Outcome<B> {
         let message = Error::<Infallible>::from_panic(&*panic).to_string();
-        let _ = self.attempt.fail(&message).await;
+        let _ = self
+            .attempt
+            .fail(Failure::new(FailureKind::Panic, &message))
+            .await;
         let rejection = Rejection::HandlerPanicked { message };
         Outcome::Rejected(rejection.to_response_as(self.grpc))
     }

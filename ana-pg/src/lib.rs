@@ -84,17 +84,21 @@
 //! | `status` | `<schema>.operation_status` | `ready`, `running`, `finished`, `failed` |
 //! | `fingerprint` | `bytea` | 16-byte digest of the payload |
 //! | `reference_time`, `started_at`, `timeout`, `expiration`, `finished_at` | `timestamptz` | deadlines are absolute |
-//! | `result` | `bytea` | the encoded result, once Finished |
+//! | `result` | `bytea` | the encoded result, once Finished; `NULL` on a Finished row whose result could not be encoded |
 //! | `error` | `text` | the last failure's message |
+//! | `failure` | `text` | the last failure's [`FailureKind`](ana_core::FailureKind) name (`error`, `panic`, `cancelled`, `timed_out`, `expired`, `begin_failed`, `commit_failed`; migration 3) |
 //! | `error_count` | `integer` | failed attempts |
-//! | `attempt` | `bigint` | the fencing token |
-//! | `claim` | `bigint` | the id of the transaction that made the attempt (migration 2) |
+//! | `attempt` | `bigint` | the attempt number, [`Lease::attempt`](ana_core::Lease::attempt) |
+//! | `claim` | `bigint` | the id of the transaction that made the attempt, [`Lease::claim`](ana_core::Lease::claim) (migration 2) |
 //!
 //! Indexes: `(timeout) WHERE status = 'running'` for [`PgRepository::fail_timed_out`],
 //! `(expiration)` for [`PgRepository::delete_expired`]. Applied migrations are listed in
 //! `<schema>.schema_migrations`. The migrations run in one transaction under
 //! `pg_advisory_xact_lock` on the schema's name: concurrent runs wait for each other, repeated
-//! runs do nothing.
+//! runs do nothing. Migration 3 gives the rows it finds their `failure` kind from their
+//! `error` message (the texts ana-pg stored for cancellation, time-outs, expirations and
+//! `BEGIN`/`COMMIT` failures; `Got panic "…"` for a panic; `error` otherwise), and clears the
+//! result of a Finished row holding the marker bytes an unencodable result was stored as.
 //!
 //! ## Behaviour, and decisions where the contract is silent
 //!
@@ -126,7 +130,8 @@
 //!   time it is taken: turn that off for the shortest path (a broken connection then fails one
 //!   call with [`RepositoryError::Unavailable`](ana_core::RepositoryError::Unavailable)). If
 //!   `BEGIN` fails, `transaction()` returns the error and the session is closed; an operation
-//!   that returns a result all the same has its attempt marked Failed ([`BEGIN_FAILED`]).
+//!   that returns a result all the same has its attempt marked Failed
+//!   ([`FailureKind::BeginFailed`](ana_core::FailureKind::BeginFailed)).
 //!   `BEGIN` runs as a task of its own, so a `transaction()` call cancelled while it is in
 //!   flight never puts the connection back in the pool inside a transaction (sqlx 0.9 would).
 //! - **Finish.** `complete` updates the record in the session's transaction, conditional on
@@ -137,12 +142,14 @@
 //!   rolls back and tells this claim's own earlier finish (the `UPDATE` applied on the claim's
 //!   connection, its answer lost: [`Completion::Done`](ana_core::Completion::Done)) and an
 //!   expired record (marked Failed with
-//!   [`EXPIRED_BEFORE_FINISH`](ana_core::EXPIRED_BEFORE_FINISH), answered
+//!   [`FailureKind::Expired`](ana_core::FailureKind::Expired), answered
 //!   [`Completion::Expired`](ana_core::Completion::Expired)) from a record another attempt
 //!   owns ([`Completion::Superseded`](ana_core::Completion::Superseded)). When the transaction
 //!   itself fails (a statement of the operation aborted it, a deferred constraint, the
-//!   connection dropped) the record is marked Failed ([`COMMIT_FAILED`]) and the error
-//!   returned. `fail` rolls back, then records the failure on another pooled connection.
+//!   connection dropped) the record is marked Failed
+//!   ([`FailureKind::CommitFailed`](ana_core::FailureKind::CommitFailed)) and the error
+//!   returned. `fail` rolls back, then records the failure (kind and message) on another
+//!   pooled connection.
 //! - **Always released.** The transaction is committed or rolled back by the finish; if every
 //!   handle of a session is dropped first (the call's future dropped), sqlx rolls it back and
 //!   the connection returns to the pool, and the manager marks the attempt Failed.
@@ -160,11 +167,13 @@
 //!   let a new call run beside the holder. A Finished record replays until deleted. A record
 //!   without a timeout whose holder crashed is never deleted (and its key answers Expired once
 //!   it expired): give operations a timeout.
-//! - **Fencing.** [`PgSession::attempt`] is the attempt token, increasing with every takeover;
-//!   pass it to systems outside the transaction that can reject a stale writer. Every claim
-//!   also gets a number of its own, its transaction's id (the `claim` column), which the finish
-//!   checks besides the attempt: a record deleted after it expired and created again counts
-//!   its attempts from 1 again, and an earlier holder's late finish must not land on it.
+//! - **Fencing.** [`PgSession::attempt`] is the attempt number, increasing with every
+//!   takeover; pass it to systems outside the transaction that can reject a stale writer.
+//!   Every claim also gets a number of its own, its transaction's id (the `claim` column,
+//!   [`Lease::claim`](ana_core::Lease::claim)), which the finish checks besides the attempt: a
+//!   record deleted after it expired and created again counts its attempts from 1 again, and
+//!   an earlier holder's late finish must not land on it. Transaction ids are positive; a
+//!   lease whose claim number is beyond `bigint` is bound as `NULL` and matches no row.
 
 mod cleanup;
 mod error;
@@ -173,7 +182,7 @@ mod schema;
 mod session;
 
 pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport};
-pub use repository::{BEGIN_FAILED, COMMIT_FAILED, PgRepository, TIMED_OUT};
+pub use repository::PgRepository;
 pub use schema::{DEFAULT_SCHEMA, InvalidSchemaName, claim_and_complete_sql};
 pub use session::{PgSession, PgTransaction};
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
-    Claim, ClaimRequest, Completion, EXPIRED_BEFORE_FINISH, Fingerprint, IdempotencyRepository,
-    Lease, RepositoryError, Status, TrackedOperation,
+    Claim, ClaimRequest, Completion, Failure, FailureKind, Fingerprint, IdempotencyRepository,
+    Lease, RecordId, RepositoryError, Status, TrackedOperation,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
@@ -15,19 +15,6 @@ use sqlx::{PgExecutor, PgPool, Row};
 use crate::error::{ClaimRace, map_sqlx};
 use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
 use crate::session::{PgSession, State};
-
-/// Error text stored by [`PgRepository::fail_timed_out`] on a Running record past its
-/// timeout.
-pub const TIMED_OUT: &str = "Operation timed out before it finished.";
-
-/// Error text stored when the operation's transaction could not be opened (`BEGIN` failed at
-/// its first [`PgSession::transaction`]) and the operation returned a result all the same.
-pub const BEGIN_FAILED: &str = "The operation's transaction could not be opened.";
-
-/// Error text stored when the session's transaction failed at finish (an earlier statement of
-/// the operation left it aborted, a deferred constraint failed at commit, the connection
-/// dropped).
-pub const COMMIT_FAILED: &str = "The operation's transaction could not be committed.";
 
 /// How many times a claim statement is run when a concurrent claim makes its answer useless
 /// (no row, or a stale read of a record it could have taken; see [`PgRepository`]).
@@ -54,8 +41,9 @@ const MAX_ERROR_LEN: usize = 8 * 1024;
 /// - [`complete`](IdempotencyRepository::complete) marks the record Finished inside the
 ///   session's transaction and commits: the operation's writes and the record commit
 ///   together. An operation that opened no transaction has its record finished by that one
-///   statement, autocommitted. [`fail`](IdempotencyRepository::fail) rolls the transaction back and records
-///   the failure. Both are compare-and-set on the attempt token and the claim number.
+///   statement, autocommitted. [`fail`](IdempotencyRepository::fail) rolls the transaction back
+///   and records the failure (its kind in `failure`, its message in `error`). Both are
+///   compare-and-set on the [`Lease`]: the attempt and the claim number.
 /// - [`fail_timed_out`](Self::fail_timed_out), [`delete_expired`](Self::delete_expired) and
 ///   [`spawn_cleanup`](Self::spawn_cleanup) keep the table small.
 ///
@@ -141,8 +129,9 @@ impl PgRepository {
         schema::migrate(&mut conn, &self.shared.schema).await
     }
 
-    /// Marks Failed (error [`TIMED_OUT`], error count + 1) up to `limit` Running records whose
-    /// timeout has passed, skipping rows other transactions hold. Returns how many changed.
+    /// Marks Failed ([`FailureKind::TimedOut`] with its message, error count + 1) up to `limit`
+    /// Running records whose timeout has passed, skipping rows other transactions hold.
+    /// Returns how many changed.
     ///
     /// Not needed for correctness (a claim takes over such a record by itself); it keeps the
     /// table honest for monitoring. A holder still running after its timeout then finishes
@@ -154,7 +143,8 @@ impl PgRepository {
     pub async fn fail_timed_out(&self, limit: u32) -> Result<u64, RepositoryError> {
         sqlx::query(self.shared.sql.fail_timed_out.get())
             .bind(i64::from(limit))
-            .bind(TIMED_OUT)
+            .bind(FailureKind::TimedOut.message())
+            .bind(FailureKind::TimedOut.as_str())
             .execute(&self.pool)
             .await
             .map(|done| done.rows_affected())
@@ -183,24 +173,25 @@ impl PgRepository {
             .map_err(map_sqlx)
     }
 
-    /// Marks the attempt Failed with `message`, ignoring a failure to do so: the record's
-    /// timeout frees it then.
-    async fn fail_quietly(&self, lease: Lease<'_>, claim: i64, message: &str) {
-        let _ = self.fail_attempt(lease, claim, message).await;
+    /// Marks the attempt Failed with `kind`, ignoring a failure to do so: the record's timeout
+    /// frees it then.
+    async fn fail_quietly(&self, id: RecordId<'_>, lease: Lease, kind: FailureKind) {
+        let _ = self.fail_attempt(id, lease, kind.into()).await;
     }
 
     async fn fail_attempt(
         &self,
-        lease: Lease<'_>,
-        claim: i64,
-        message: &str,
+        id: RecordId<'_>,
+        lease: Lease,
+        failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
         let done = sqlx::query(self.shared.sql.fail.get())
-            .bind(lease.target)
-            .bind(lease.key)
+            .bind(id.target)
+            .bind(id.key)
             .bind(token(lease.attempt))
-            .bind(storable(message))
-            .bind(claim)
+            .bind(storable(failure.message))
+            .bind(claim_number(lease.claim))
+            .bind(failure.kind.as_str())
             .execute(&self.pool)
             .await
             .map_err(map_sqlx)?;
@@ -215,16 +206,16 @@ impl PgRepository {
     async fn complete_on(
         &self,
         executor: impl PgExecutor<'_>,
-        lease: Lease<'_>,
-        claim: i64,
-        result: &[u8],
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
     ) -> Result<u64, sqlx::Error> {
         sqlx::query(self.shared.sql.complete.get())
-            .bind(lease.target)
-            .bind(lease.key)
+            .bind(id.target)
+            .bind(id.key)
             .bind(token(lease.attempt))
             .bind(result)
-            .bind(claim)
+            .bind(claim_number(lease.claim))
             .execute(executor)
             .await
             .map(|done| done.rows_affected())
@@ -233,13 +224,18 @@ impl PgRepository {
     /// Why a finish changed no row: this claim finished it already (an earlier try whose answer
     /// was lost), the record expired (it is marked Failed now, or was deleted by the clean-up
     /// after its expiration), or another attempt owns it.
-    async fn classify(&self, lease: Lease<'_>, claim: i64) -> Result<Completion, RepositoryError> {
+    async fn classify(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+    ) -> Result<Completion, RepositoryError> {
         let row = sqlx::query(self.shared.sql.expire.get())
-            .bind(lease.target)
-            .bind(lease.key)
+            .bind(id.target)
+            .bind(id.key)
             .bind(token(lease.attempt))
-            .bind(EXPIRED_BEFORE_FINISH)
-            .bind(claim)
+            .bind(FailureKind::Expired.message())
+            .bind(claim_number(lease.claim))
+            .bind(FailureKind::Expired.as_str())
             .fetch_one(&self.pool)
             .await
             .map_err(map_sqlx)?;
@@ -284,6 +280,13 @@ impl IdempotencyRepository for PgRepository {
                 let record = decode(&row)?;
                 if acquired {
                     let claim: i64 = row.try_get("claim").map_err(map_sqlx)?;
+                    // A transaction id, always positive.
+                    let claim = u64::try_from(claim).map_err(|_| RepositoryError::Corrupt {
+                        detail: format!(
+                            "record {}/{}: claim number {claim}",
+                            request.target, request.key
+                        ),
+                    })?;
                     break (record.attempt, claim);
                 }
                 // Not taken, though the record read was one to take: a concurrent claim took
@@ -306,56 +309,56 @@ impl IdempotencyRepository for PgRepository {
         // transaction opens on it when first asked for, so a call holds one connection at a
         // time and goes through the pool once.
         Ok(Claim::Acquired {
-            attempt,
-            session: PgSession::new(conn, attempt, claim),
+            lease: Lease { attempt, claim },
+            session: PgSession::new(conn, attempt),
         })
     }
 
     async fn complete(
         &self,
         session: PgSession,
-        lease: Lease<'_>,
-        result: &[u8],
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
     ) -> Result<Completion, RepositoryError> {
-        let claim = session.claim();
         let mut tx = match session.take().await {
             Some(State::Open(tx)) => tx,
             // The operation never opened its transaction: one autocommitted statement.
             Some(State::Idle(mut connection)) => {
-                let mut updated = self
-                    .complete_on(&mut *connection, lease, claim, result)
-                    .await;
+                let mut updated = self.complete_on(&mut *connection, id, lease, result).await;
                 drop(connection);
                 if updated.is_err() {
                     // The claim's connection may have been dropped while the operation ran
                     // (an idle timeout, a proxy). Nothing was in a transaction on it, and the
                     // statement is a compare-and-set: it runs once more, on another connection.
-                    updated = self.complete_on(&self.pool, lease, claim, result).await;
+                    updated = self.complete_on(&self.pool, id, lease, result).await;
                 }
                 return match updated {
                     Ok(1) => Ok(Completion::Done),
-                    Ok(_) => self.classify(lease, claim).await,
+                    Ok(_) => self.classify(id, lease).await,
                     Err(error) => {
                         // Not applied, or applied and the answer lost: the compare-and-set
                         // leaves a committed Finished record alone.
-                        self.fail_quietly(lease, claim, COMMIT_FAILED).await;
+                        self.fail_quietly(id, lease, FailureKind::CommitFailed)
+                            .await;
                         Err(map_sqlx(error))
                     }
                 };
             }
             Some(State::BeginFailed) => {
-                self.fail_quietly(lease, claim, BEGIN_FAILED).await;
+                self.fail_quietly(id, lease, FailureKind::BeginFailed).await;
                 return Err(RepositoryError::SessionClosed);
             }
             None => return Err(RepositoryError::SessionClosed),
         };
-        match self.complete_on(&mut *tx, lease, claim, result).await {
+        match self.complete_on(&mut *tx, id, lease, result).await {
             Ok(1) => match tx.commit().await {
                 Ok(()) => Ok(Completion::Done),
                 Err(error) => {
                     // The server rolled back (or the outcome is unknown, and the
                     // compare-and-set leaves a committed Finished record alone).
-                    self.fail_quietly(lease, claim, COMMIT_FAILED).await;
+                    self.fail_quietly(id, lease, FailureKind::CommitFailed)
+                        .await;
                     Err(map_sqlx(error))
                 }
             },
@@ -363,11 +366,12 @@ impl IdempotencyRepository for PgRepository {
                 // Rolled back on the server even if this fails (the connection is then
                 // closed instead of pooled).
                 let _ = tx.rollback().await;
-                self.classify(lease, claim).await
+                self.classify(id, lease).await
             }
             Err(error) => {
                 let _ = tx.rollback().await;
-                self.fail_quietly(lease, claim, COMMIT_FAILED).await;
+                self.fail_quietly(id, lease, FailureKind::CommitFailed)
+                    .await;
                 Err(map_sqlx(error))
             }
         }
@@ -376,15 +380,15 @@ impl IdempotencyRepository for PgRepository {
     async fn fail(
         &self,
         session: PgSession,
-        lease: Lease<'_>,
-        error: &str,
+        id: RecordId<'_>,
+        lease: Lease,
+        failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
-        let claim = session.claim();
         if let Some(State::Open(tx)) = session.take().await {
             // A failed rollback closes the connection, which rolls back on the server too.
             let _ = tx.rollback().await;
         }
-        self.fail_attempt(lease, claim, error).await
+        self.fail_attempt(id, lease, failure).await
     }
 
     async fn get(
@@ -419,6 +423,11 @@ fn decode(row: &PgRow) -> Result<TrackedOperation, RepositoryError> {
         u32::try_from(error_count).map_err(|_| corrupt(format!("error count {error_count}")))?;
     let attempt: i64 = row.try_get("attempt").map_err(map_sqlx)?;
     let attempt = u64::try_from(attempt).map_err(|_| corrupt(format!("attempt {attempt}")))?;
+    let failure: Option<String> = row.try_get("failure").map_err(map_sqlx)?;
+    let failure = failure
+        .map(|name| name.parse::<FailureKind>())
+        .transpose()
+        .map_err(|e| corrupt(format!("{e}")))?;
     Ok(TrackedOperation {
         status,
         fingerprint,
@@ -428,6 +437,7 @@ fn decode(row: &PgRow) -> Result<TrackedOperation, RepositoryError> {
         expiration: row.try_get("expiration").map_err(map_sqlx)?,
         result: row.try_get("result").map_err(map_sqlx)?,
         error: row.try_get("error").map_err(map_sqlx)?,
+        failure,
         finished_at: row.try_get("finished_at").map_err(map_sqlx)?,
         error_count,
         attempt,
@@ -443,9 +453,16 @@ fn micros(duration: Duration) -> i64 {
     i64::try_from(rounded).map_or(MAX_TIMEOUT_MICROS, |micros| micros.min(MAX_TIMEOUT_MICROS))
 }
 
-/// The attempt token as stored; a token beyond the column's range matches no record.
+/// The attempt number as stored; a number beyond the column's range matches no record (the
+/// column holds no negative number).
 fn token(attempt: u64) -> i64 {
     i64::try_from(attempt).unwrap_or(-1)
+}
+
+/// The claim number as stored (a transaction id, positive); a number beyond the column's range
+/// is NULL, which matches no record.
+fn claim_number(claim: u64) -> Option<i64> {
+    i64::try_from(claim).ok()
 }
 
 /// An error message Postgres `text` accepts: no NUL bytes, at most [`MAX_ERROR_LEN`] bytes.
@@ -466,6 +483,14 @@ mod tests {
         assert_eq!(micros(Duration::from_nanos(1)), 1);
         assert_eq!(micros(Duration::from_millis(1500)), 1_500_000);
         assert_eq!(micros(Duration::MAX), MAX_TIMEOUT_MICROS);
+    }
+
+    #[test]
+    fn claim_numbers_never_wrap() {
+        assert_eq!(claim_number(42), Some(42));
+        assert_eq!(claim_number((1 << 63) - 1), Some(i64::MAX));
+        assert_eq!(claim_number(u64::MAX), None);
+        assert_eq!(claim_number(1 << 63), None);
     }
 
     #[test]

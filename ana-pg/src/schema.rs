@@ -77,16 +77,21 @@ const MIGRATIONS: &[Migration] = &[
         description: "claims",
         sql: include_str!("../migrations/0002_claims.sql"),
     },
+    Migration {
+        version: 3,
+        description: "failure kinds",
+        sql: include_str!("../migrations/0003_failure_kinds.sql"),
+    },
 ];
 
 /// The columns of a record, in the order [`crate::repository`] decodes them.
 const COLUMNS: &str = "t.target, t.key, t.status::text AS status, t.fingerprint, \
-     t.reference_time, t.started_at, t.timeout, t.expiration, t.result, t.error, \
+     t.reference_time, t.started_at, t.timeout, t.expiration, t.result, t.error, t.failure, \
      t.finished_at, t.error_count, t.attempt, t.claim";
 
 /// The names of [`COLUMNS`], to select them again from a CTE.
 const COLUMN_NAMES: &str = "target, key, status, fingerprint, reference_time, started_at, \
-     timeout, expiration, result, error, finished_at, error_count, attempt, claim";
+     timeout, expiration, result, error, failure, finished_at, error_count, attempt, claim";
 
 /// Every statement of a repository, built once for its schema.
 #[derive(Debug)]
@@ -164,7 +169,8 @@ impl Statements {
         );
         let complete = format!(
             "UPDATE {table}
-             SET status = 'finished', result = $4, error = NULL, finished_at = clock_timestamp()
+             SET status = 'finished', result = $4, error = NULL, failure = NULL,
+                 finished_at = clock_timestamp()
              WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
                AND status = 'running'
                AND (expiration IS NULL OR expiration >= clock_timestamp())"
@@ -172,7 +178,7 @@ impl Statements {
         let expire = format!(
             "WITH expired AS (
                 UPDATE {table}
-                SET status = 'failed', error = $4, error_count = error_count + 1
+                SET status = 'failed', error = $4, failure = $6, error_count = error_count + 1
                 WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
                   AND status = 'running' AND expiration < clock_timestamp()
                 RETURNING 1
@@ -184,14 +190,14 @@ impl Statements {
         );
         let fail = format!(
             "UPDATE {table}
-             SET status = 'failed', error = $4, error_count = error_count + 1
+             SET status = 'failed', error = $4, failure = $6, error_count = error_count + 1
              WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
                AND status = 'running'"
         );
         let get = format!("SELECT {COLUMNS} FROM {table} t WHERE t.target = $1 AND t.key = $2");
         let fail_timed_out = format!(
             "UPDATE {table}
-             SET status = 'failed', error = $2, error_count = error_count + 1
+             SET status = 'failed', error = $2, failure = $3, error_count = error_count + 1
              WHERE (target, key) IN (
                 SELECT target, key FROM {table}
                 WHERE status = 'running' AND timeout IS NOT NULL

@@ -24,7 +24,7 @@ pub(crate) enum State {
 }
 
 /// The session of a [`PgRepository`](crate::PgRepository) attempt: the claim's pooled
-/// connection, on which the operation's transaction opens, plus the attempt's fencing token.
+/// connection, on which the operation's transaction opens, plus the attempt number.
 ///
 /// Run the operation's SQL in it with [`transaction`](Self::transaction): those writes commit
 /// together with the record turning Finished, or not at all (error, panic, another attempt
@@ -40,25 +40,17 @@ pub(crate) enum State {
 pub struct PgSession {
     state: Arc<Mutex<Option<State>>>,
     attempt: u64,
-    /// The claim's own number (the `claim` column), which the finish checks besides the
-    /// attempt: a record deleted and created again counts its attempts from 1 again.
-    claim: i64,
 }
 
 impl PgSession {
-    pub(crate) fn new(connection: PoolConnection<Postgres>, attempt: u64, claim: i64) -> Self {
+    pub(crate) fn new(connection: PoolConnection<Postgres>, attempt: u64) -> Self {
         Self {
             state: Arc::new(Mutex::new(Some(State::Idle(connection)))),
             attempt,
-            claim,
         }
     }
 
-    pub(crate) fn claim(&self) -> i64 {
-        self.claim
-    }
-
-    /// The fencing token of this attempt (1 for the first, +1 for each attempt that took the
+    /// The number of this attempt (1 for the first, +1 for each attempt that took the
     /// record over). Pass it to systems that can reject a stale writer.
     pub fn attempt(&self) -> u64 {
         self.attempt
@@ -76,12 +68,12 @@ impl PgSession {
     /// [`RepositoryError::SessionClosed`] once the attempt was finished (committed or rolled
     /// back) or after `BEGIN` failed or was cancelled; the store's error when `BEGIN` fails.
     /// In both cases the attempt is marked Failed at its finish
-    /// ([`BEGIN_FAILED`](crate::BEGIN_FAILED)).
+    /// ([`FailureKind::BeginFailed`](ana_core::FailureKind::BeginFailed)).
     pub async fn transaction(&self) -> Result<PgTransaction, RepositoryError> {
         let mut guard = Arc::clone(&self.state).lock_owned().await;
         if matches!(*guard, Some(State::Idle(_))) {
             // Until `BEGIN` answers, the session counts as failed: if this call is cancelled
-            // meanwhile, the finish marks the attempt Failed (`BEGIN_FAILED`).
+            // meanwhile, the finish marks the attempt Failed (`FailureKind::BeginFailed`).
             let Some(State::Idle(connection)) = guard.replace(State::BeginFailed) else {
                 return Err(RepositoryError::SessionClosed);
             };

@@ -6,12 +6,21 @@ mod common;
 use std::time::Duration;
 
 use ana_core::chrono::{DateTime, TimeDelta, Utc};
-use ana_core::{IdempotencyRepository, Payload, Status, TrackedOperation};
+use ana_core::{FailureKind, IdempotencyRepository, Payload, Status, TrackedOperation};
 use ana_pg::sqlx::{self, AssertSqlSafe, Connection};
-use ana_pg::{CleanupConfig, PgRepository, TIMED_OUT};
+use ana_pg::{CleanupConfig, PgRepository};
 use common::TestDb;
 
 const TARGET: &str = "[POST]/cleanup";
+const TIMED_OUT: &str = FailureKind::TimedOut.message();
+
+async fn failure(db: &TestDb, key: &str) -> Option<FailureKind> {
+    db.repository
+        .get(TARGET, key)
+        .await
+        .unwrap()
+        .and_then(|r| r.failure)
+}
 
 fn record(key: &str, status: Status, now: DateTime<Utc>) -> TrackedOperation {
     let mut record = TrackedOperation::new(TARGET, key, status, "payload".fingerprint(), now);
@@ -82,6 +91,13 @@ async fn fail_timed_out_fails_exactly_running_rows_past_their_timeout() {
         status(&db, "running-timed-out-2").await,
         Some((Status::Failed, 4, Some(TIMED_OUT.to_owned())))
     );
+    for key in ["running-timed-out", "running-timed-out-2"] {
+        assert_eq!(
+            failure(&db, key).await,
+            Some(FailureKind::TimedOut),
+            "{key}"
+        );
+    }
     for (key, expected) in [
         ("running-held", Status::Running),
         ("running-no-timeout", Status::Running),
@@ -94,6 +110,11 @@ async fn fail_timed_out_fails_exactly_running_rows_past_their_timeout() {
         let (status, _, error) = status(&db, key).await.unwrap();
         assert_eq!(status, expected, "{key}");
         assert_ne!(error.as_deref(), Some(TIMED_OUT), "{key}");
+        assert_ne!(
+            failure(&db, key).await,
+            Some(FailureKind::TimedOut),
+            "{key}"
+        );
     }
     assert_eq!(db.repository.fail_timed_out(100).await.unwrap(), 0);
 }
@@ -235,6 +256,7 @@ async fn a_holder_failed_by_the_clean_up_is_superseded_and_rolls_back() {
         status(&db, "slow").await,
         Some((Status::Failed, 1, Some(TIMED_OUT.to_owned())))
     );
+    assert_eq!(failure(&db, "slow").await, Some(FailureKind::TimedOut));
 }
 
 #[tokio::test]
@@ -291,7 +313,7 @@ async fn the_background_task_counts_store_errors_and_goes_on() {
 /// date: its records stay readable, and claims and finishes work on old and new keys.
 #[tokio::test]
 async fn an_earlier_schema_is_migrated_with_its_records() {
-    use ana_core::{Claim, ClaimRequest, Completion, Lease};
+    use ana_core::{Claim, ClaimRequest, Completion, RecordId};
 
     let db = TestDb::new().await;
     let schema = common::unique_schema();
@@ -333,20 +355,166 @@ async fn an_earlier_schema_is_migrated_with_its_records() {
         timeout: None,
         expiration: None,
     };
-    let Claim::Acquired { attempt, session } = repository.claim(&request).await.unwrap() else {
+    let Claim::Acquired { lease, session } = repository.claim(&request).await.unwrap() else {
         panic!("a new key is claimed");
     };
-    let lease = Lease {
-        target: TARGET,
-        key: "new",
-        attempt,
-    };
-    let done = repository.complete(session, lease, b"ok").await.unwrap();
+    let id = RecordId::new(TARGET, "new");
+    let done = repository
+        .complete(session, id, lease, Some(b"ok"))
+        .await
+        .unwrap();
     assert_eq!(done, Completion::Done);
     sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {quoted} CASCADE")))
         .execute(&db.pool)
         .await
         .unwrap();
+}
+
+/// A schema at migration 2 with failures and an unencodable result recorded the earlier way
+/// (kinds only in the message text, the marker bytes for a result) is brought up to date:
+/// each failure gets its kind from its message, the marker becomes a Finished record without
+/// a result (answered as a codec error, never run again), and running migration 3 again
+/// changes nothing.
+#[tokio::test]
+async fn migration_3_gives_failures_their_kinds_and_drops_the_unencodable_marker() {
+    use ana_core::{Error, Manager, operation};
+    use ana_pg::PgSession;
+
+    let db = TestDb::new().await;
+    let schema = common::unique_schema();
+    let quoted = format!("\"{schema}\"");
+    let marker = "\\xff616e613a2074686520726573756c7420636f756c64206e6f7420626520656e636f646564ff";
+    let fingerprint = "\\x".to_owned() + &hex(*"payload".fingerprint().as_bytes());
+    let failed = [
+        (
+            "cancelled",
+            "Operation cancelled before it finished.",
+            "cancelled",
+        ),
+        (
+            "timed-out",
+            "Operation timed out before it finished.",
+            "timed_out",
+        ),
+        (
+            "expired",
+            "Operation expired before it finished.",
+            "expired",
+        ),
+        (
+            "begin",
+            "The operation''s transaction could not be opened.",
+            "begin_failed",
+        ),
+        (
+            "commit",
+            "The operation''s transaction could not be committed.",
+            "commit_failed",
+        ),
+        ("panic", "Got panic \"boom\"", "panic"),
+        ("declined", "card declined", "error"),
+        ("empty", "", "error"),
+    ];
+    let mut rows = String::new();
+    for (key, message, _) in failed {
+        rows += &format!(
+            "INSERT INTO {quoted}.tracked_operations
+                (target, key, status, fingerprint, reference_time, error, error_count, attempt)
+                VALUES ('{TARGET}', '{key}', 'failed', '{fingerprint}'::bytea, now(),
+                        '{message}', 1, 1);"
+        );
+    }
+    let mut conn = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE SCHEMA {quoted};
+         CREATE TABLE {quoted}.schema_migrations (
+            version bigint PRIMARY KEY,
+            description text NOT NULL,
+            applied_at timestamptz NOT NULL DEFAULT now());
+         INSERT INTO {quoted}.schema_migrations (version, description)
+            VALUES (1, 'tracked_operations'), (2, 'claims');
+         {}
+         {}
+         {rows}
+         INSERT INTO {quoted}.tracked_operations
+            (target, key, status, fingerprint, reference_time, started_at, error, error_count,
+             attempt)
+            VALUES ('{TARGET}', 'retrying', 'running', '{fingerprint}'::bytea, now(), now(),
+                    'Got panic \"once\"', 1, 2);
+         INSERT INTO {quoted}.tracked_operations
+            (target, key, status, fingerprint, reference_time, result, finished_at, attempt)
+            VALUES ('{TARGET}', 'unencodable', 'finished', '{fingerprint}'::bytea, now(),
+                    '{marker}'::bytea, now(), 1),
+                   ('{TARGET}', 'paid', 'finished', '{fingerprint}'::bytea, now(),
+                    '\"paid\"'::bytea, now(), 1);",
+        include_str!("../migrations/0001_tracked_operations.sql").replace("{schema}", &quoted),
+        include_str!("../migrations/0002_claims.sql").replace("{schema}", &quoted),
+    )))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+
+    let repository = PgRepository::with_schema(db.pool.clone(), &schema).unwrap();
+    repository.migrate().await.unwrap();
+    let check = || async {
+        for (key, message, kind) in failed {
+            let record = repository.get(TARGET, key).await.unwrap().unwrap();
+            assert_eq!(record.failure.map(FailureKind::as_str), Some(kind), "{key}");
+            assert_eq!(
+                record.error.as_deref(),
+                Some(&*message.replace("''", "'")),
+                "{key}"
+            );
+        }
+        let retrying = repository.get(TARGET, "retrying").await.unwrap().unwrap();
+        assert_eq!(retrying.failure, Some(FailureKind::Panic));
+        let unencodable = repository
+            .get(TARGET, "unencodable")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (unencodable.status, unencodable.result),
+            (Status::Finished, None)
+        );
+        let paid = repository.get(TARGET, "paid").await.unwrap().unwrap();
+        assert_eq!(paid.result.as_deref(), Some(&b"\"paid\""[..]));
+        assert_eq!(paid.failure, None);
+    };
+    check().await;
+    // Migration 3 run again (as by hand, or a repeated deploy) changes nothing.
+    sqlx::raw_sql(AssertSqlSafe(
+        include_str!("../migrations/0003_failure_kinds.sql").replace("{schema}", &quoted),
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    check().await;
+
+    let manager: Manager<&str, String, PgSession> = Manager::new(repository.clone());
+    let runs = std::sync::atomic::AtomicUsize::new(0);
+    for key in ["unencodable", "unencodable"] {
+        let out = manager
+            .call(operation(TARGET, key, "payload", |_: PgSession| async {
+                runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok::<_, std::io::Error>("again".to_owned())
+            }))
+            .await;
+        assert!(matches!(out, Err(Error::Codec(_))), "{out:?}");
+    }
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 0);
+    drop(conn);
+    sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA {quoted} CASCADE")))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+fn hex(bytes: impl IntoIterator<Item = u8>) -> String {
+    bytes
+        .into_iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -369,7 +537,7 @@ async fn migrations_run_twice_and_concurrently() {
     .fetch_all(&db.pool)
     .await
     .unwrap();
-    assert_eq!(versions, [1, 2]);
+    assert_eq!(versions, [1, 2, 3]);
     // The schema works.
     assert_eq!(repository.get(TARGET, "k").await.unwrap(), None);
     sqlx::raw_sql(AssertSqlSafe(format!("DROP SCHEMA \"{schema}\" CASCADE")))

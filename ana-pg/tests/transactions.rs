@@ -8,12 +8,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use ana_core::{
-    BoxError, EXPIRED_BEFORE_FINISH, Error, IdempotencyRepository, Manager, Outcome,
-    RepositoryError, Status, operation,
+    BoxError, Error, FailureKind, IdempotencyRepository, Manager, Outcome, RepositoryError, Status,
+    operation,
 };
+use ana_pg::PgSession;
 use ana_pg::sqlx::pool::PoolConnection;
 use ana_pg::sqlx::{self, AssertSqlSafe, Postgres};
-use ana_pg::{BEGIN_FAILED, COMMIT_FAILED, PgSession};
 use common::TestDb;
 use tokio::sync::oneshot;
 
@@ -232,7 +232,11 @@ async fn expiry_found_at_finish_rolls_the_writes_back() {
     assert!(db.ledger().await.is_empty());
     let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
     assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some(EXPIRED_BEFORE_FINISH));
+    assert_eq!(record.failure, Some(FailureKind::Expired));
+    assert_eq!(
+        record.error.as_deref(),
+        Some(FailureKind::Expired.message())
+    );
 }
 
 #[tokio::test]
@@ -262,7 +266,11 @@ async fn an_aborted_transaction_fails_the_attempt_and_the_next_call_runs() {
     assert!(db.ledger().await.is_empty());
     let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
     assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some(COMMIT_FAILED));
+    assert_eq!(record.failure, Some(FailureKind::CommitFailed));
+    assert_eq!(
+        record.error.as_deref(),
+        Some(FailureKind::CommitFailed.message())
+    );
 
     let schema = db.schema.clone();
     let retry = operation(
@@ -536,7 +544,11 @@ async fn a_failed_begin_fails_the_attempt() {
     manager.flush().await;
     let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
     assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some(BEGIN_FAILED));
+    assert_eq!(record.failure, Some(FailureKind::BeginFailed));
+    assert_eq!(
+        record.error.as_deref(),
+        Some(FailureKind::BeginFailed.message())
+    );
 
     // What the operation saw: the store's error, then a closed session.
     let (first, second, closed) = seen_rx.await.unwrap();
@@ -574,7 +586,7 @@ async fn a_finish_without_a_transaction_survives_a_dropped_connection() {
 }
 
 /// A `transaction()` call dropped while its `BEGIN` is in flight: the connection comes back
-/// to the pool outside any transaction, and the attempt is Failed (`BEGIN_FAILED`). On one
+/// to the pool outside any transaction, and the attempt is Failed (`FailureKind::BeginFailed`). On one
 /// thread, so nothing can answer `BEGIN` between the first poll and the drop.
 #[tokio::test]
 async fn a_cancelled_begin_leaves_no_transaction_behind() {
@@ -607,7 +619,11 @@ async fn a_cancelled_begin_leaves_no_transaction_behind() {
     );
     let record = db.repository.get(TARGET, "k").await.unwrap().unwrap();
     assert_eq!(record.status, Status::Failed);
-    assert_eq!(record.error.as_deref(), Some(BEGIN_FAILED));
+    assert_eq!(record.failure, Some(FailureKind::BeginFailed));
+    assert_eq!(
+        record.error.as_deref(),
+        Some(FailureKind::BeginFailed.message())
+    );
     // The pool's one connection: `SAVEPOINT` works only inside a transaction block.
     let mut connection = db.pool.acquire().await.unwrap();
     let stale = sqlx::query("SAVEPOINT ana_probe")
@@ -623,7 +639,7 @@ async fn a_cancelled_begin_leaves_no_transaction_behind() {
 /// Superseded.
 #[tokio::test]
 async fn a_finish_already_applied_by_the_same_claim_is_done() {
-    use ana_core::{Claim, ClaimRequest, Completion, IdempotencyRepository, Lease, Payload};
+    use ana_core::{Claim, ClaimRequest, Completion, IdempotencyRepository, Payload, RecordId};
 
     let db = TestDb::new().await;
     let now = db.now().await;
@@ -637,11 +653,11 @@ async fn a_finish_already_applied_by_the_same_claim_is_done() {
             timeout: Some(MINUTE),
             expiration: None,
         };
-        let Claim::Acquired { attempt, session } = db.repository.claim(&request).await.unwrap()
+        let Claim::Acquired { lease, session } = db.repository.claim(&request).await.unwrap()
         else {
             panic!("a new key is claimed");
         };
-        sessions.push((key, attempt, session));
+        sessions.push((key, lease, session));
     }
     // The lost try's effect on "mine"; "theirs" finished by another claim of the same attempt.
     sqlx::query(AssertSqlSafe(db.sql(
@@ -652,13 +668,13 @@ async fn a_finish_already_applied_by_the_same_claim_is_done() {
     .execute(&db.pool)
     .await
     .unwrap();
-    for (key, attempt, session) in sessions {
-        let lease = Lease {
-            target: TARGET,
-            key,
-            attempt,
-        };
-        let done = db.repository.complete(session, lease, b"ok").await.unwrap();
+    for (key, lease, session) in sessions {
+        let id = RecordId::new(TARGET, key);
+        let done = db
+            .repository
+            .complete(session, id, lease, Some(b"ok"))
+            .await
+            .unwrap();
         let expected = if key == "mine" {
             Completion::Done
         } else {

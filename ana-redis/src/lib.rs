@@ -39,10 +39,19 @@
 //! | `status` | `ready`, `running`, `finished` or `failed` |
 //! | `fp` | the payload fingerprint, 16 raw bytes |
 //! | `ref`, `start`, `timeout`, `exp`, `fin` | reference time, start of the current attempt, its lock deadline, expiration, finish time: integer microseconds since the Unix epoch |
-//! | `res` | the encoded result, once Finished |
+//! | `res` | the encoded result, once Finished; absent on a Finished record whose result could not be encoded |
 //! | `err` | the last error message, while Failed |
-//! | `errs`, `att` | failed attempts, and the current attempt number (the fencing token) |
-//! | `tok` | the claim token of the current attempt (see below) |
+//! | `fail` | the last failure's [`FailureKind`](ana_core::FailureKind) name (`error`, `panic`, `cancelled`, `timed_out`, `expired`, …), while Failed |
+//! | `errs`, `att` | failed attempts, and the current attempt number ([`Lease::attempt`](ana_core::Lease::attempt)) |
+//! | `tok` | the claim number of the current attempt ([`Lease::claim`](ana_core::Lease::claim)): the server's time of the claim in microseconds, decimal |
+//!
+//! A Failed record without a `fail` field (one written without it) is read with the kind its
+//! message stands for: a kind's [default message](ana_core::FailureKind::message) gives that
+//! kind, `Got panic "…"` gives [`Panic`](ana_core::FailureKind::Panic), any other message
+//! [`Error`](ana_core::FailureKind::Error). A `fail` field naming no known kind makes the
+//! record corrupt. A `res` holding the bytes `\xffana: the result could not be encoded\xff`
+//! is read as no result too: it is the marker of an unencodable result from a writer that sets
+//! `res` on every Finished record.
 //!
 //! ## One round trip per step, on the server's clock
 //!
@@ -53,10 +62,11 @@
 //!   [`TrackedOperation::is_claimable_at`](ana_core::TrackedOperation::is_claimable_at) holds
 //!   (same fingerprint, not expired, and Ready, Failed or Running past its timeout), or
 //!   returns the record as it stands with the server's time. Never check-then-insert.
-//! - **complete** and **fail** are a compare-and-set on the attempt number *and* the claim
-//!   token; a record expired before `complete` becomes Failed with
-//!   [`EXPIRED_BEFORE_FINISH`](ana_core::EXPIRED_BEFORE_FINISH) and the call gets
-//!   [`Completion::Expired`](ana_core::Completion::Expired).
+//! - **complete** and **fail** are a compare-and-set on the [`Lease`](ana_core::Lease): the
+//!   attempt number *and* the claim number; a record expired before `complete` becomes Failed
+//!   with [`FailureKind::Expired`](ana_core::FailureKind::Expired) and the call gets
+//!   [`Completion::Expired`](ana_core::Completion::Expired). `fail` stores the failure's kind
+//!   in `fail` and its message in `err`.
 //!
 //! Every deadline is computed and compared on the Redis server's clock (`TIME` inside the
 //! script; Redis replicates a script's effects, not the script, so replicas agree), never on
@@ -97,7 +107,7 @@
 //!   fails with [`RepositoryError::Unavailable`](ana_core::RepositoryError::Unavailable) and
 //!   nothing runs.
 //! - One attempt at a time holds a record until its timeout; a late attempt never overwrites
-//!   a newer one (fencing on the attempt number and the claim token, which also fences an
+//!   a newer one (fencing on the attempt number and the claim number, which also fences an
 //!   attempt whose record vanished and was created anew with attempt 1).
 //! - **There is no shared transaction** with the operation: unlike the Postgres store, what
 //!   the operation writes is not rolled back when the attempt fails, is superseded or

@@ -1,7 +1,7 @@
 //! The stored form of a record: one Redis hash, and reading it back.
 
 use ana_core::chrono::{DateTime, Utc};
-use ana_core::{Fingerprint, RepositoryError, Status, TrackedOperation};
+use ana_core::{FailureKind, Fingerprint, RepositoryError, Status, TrackedOperation};
 use redis::Value;
 
 /// Hash fields. Times are integer microseconds since the Unix epoch.
@@ -14,6 +14,7 @@ pub(crate) const EXPIRATION: &str = "exp";
 pub(crate) const FINISHED_AT: &str = "fin";
 pub(crate) const RESULT: &str = "res";
 pub(crate) const ERROR: &str = "err";
+pub(crate) const FAILURE: &str = "fail";
 pub(crate) const ERROR_COUNT: &str = "errs";
 pub(crate) const ATTEMPT: &str = "att";
 
@@ -24,6 +25,26 @@ pub(crate) const MAX_MICROS: i64 = (1 << 53) - 1;
 /// `at` as stored: microseconds, clamped to what the scripts compute with exactly.
 pub(crate) fn micros(at: DateTime<Utc>) -> i64 {
     at.timestamp_micros().clamp(-MAX_MICROS, MAX_MICROS)
+}
+
+/// The result bytes that mark "could not be encoded" in records whose writer sets `res` on
+/// every Finished record: read as no result.
+const UNENCODABLE_MARKER: &[u8] = b"\xffana: the result could not be encoded\xff";
+
+/// The kind of a failure stored without a `fail` field, from its message: the default
+/// message of a kind (the texts stored for cancellations, expirations and transaction
+/// failures), `Got panic "…"` for a panic, the operation's own error otherwise.
+fn kind_of_message(message: &[u8]) -> FailureKind {
+    FailureKind::ALL
+        .iter()
+        .copied()
+        .filter(|kind| *kind != FailureKind::Error && *kind != FailureKind::Panic)
+        .find(|kind| kind.message().as_bytes() == message)
+        .unwrap_or(if message.starts_with(b"Got panic \"") {
+            FailureKind::Panic
+        } else {
+            FailureKind::Error
+        })
 }
 
 /// A duration in microseconds, clamped so that `now + duration` stays exact in Lua.
@@ -58,6 +79,9 @@ pub(crate) fn fields(record: &TrackedOperation) -> Vec<(&'static str, Vec<u8>)> 
     }
     if let Some(error) = &record.error {
         out.push((ERROR, error.as_bytes().to_vec()));
+    }
+    if let Some(failure) = record.failure {
+        out.push((FAILURE, failure.as_str().as_bytes().to_vec()));
     }
     out
 }
@@ -104,6 +128,7 @@ pub(crate) fn decode(
             b"fin" => &mut fields.finished_at,
             b"res" => &mut fields.result,
             b"err" => &mut fields.error,
+            b"fail" => &mut fields.failure,
             b"errs" => &mut fields.error_count,
             b"att" => &mut fields.attempt,
             // `tok` (the attempt's ownership token) and fields of later versions.
@@ -125,6 +150,7 @@ struct Fields {
     finished_at: Option<Vec<u8>>,
     result: Option<Vec<u8>>,
     error: Option<Vec<u8>>,
+    failure: Option<Vec<u8>>,
     error_count: Option<Vec<u8>>,
     attempt: Option<Vec<u8>>,
 }
@@ -152,6 +178,18 @@ impl Fields {
             .ok_or_else(|| corrupt(name, "missing or malformed fingerprint"))?;
         let reference_time = time(name, REFERENCE_TIME, self.reference_time)?
             .ok_or_else(|| corrupt(name, "no reference time"))?;
+        let failure = match (status, self.failure, &self.error) {
+            (Status::Failed, Some(raw), _) => Some(
+                std::str::from_utf8(&raw)
+                    .ok()
+                    .and_then(|text| text.parse::<FailureKind>().ok())
+                    .ok_or_else(|| corrupt(name, "unknown failure kind"))?,
+            ),
+            (Status::Failed, None, error) => {
+                Some(kind_of_message(error.as_deref().unwrap_or_default()))
+            }
+            _ => None,
+        };
         Ok(TrackedOperation {
             target: target.to_owned(),
             key: key.to_owned(),
@@ -162,11 +200,14 @@ impl Fields {
             timeout: time(name, TIMEOUT, self.timeout)?,
             expiration: time(name, EXPIRATION, self.expiration)?,
             finished_at: time(name, FINISHED_AT, self.finished_at)?,
-            result: self.result.filter(|_| status == Status::Finished),
+            result: self
+                .result
+                .filter(|result| status == Status::Finished && result != UNENCODABLE_MARKER),
             error: self
                 .error
                 .filter(|_| status == Status::Failed)
                 .map(|raw| String::from_utf8_lossy(&raw).into_owned()),
+            failure,
             error_count: integer::<u64>(name, ERROR_COUNT, self.error_count)?
                 .map_or(0, |n| u32::try_from(n).unwrap_or(u32::MAX)),
             attempt: integer(name, ATTEMPT, self.attempt)?.unwrap_or(0),
@@ -213,5 +254,26 @@ fn time(
 pub(crate) fn corrupt(name: &str, what: &str) -> RepositoryError {
     RepositoryError::Corrupt {
         detail: format!("record {name:?}: {what}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_stored_without_a_kind_get_the_kind_of_their_message() {
+        for kind in [
+            FailureKind::Cancelled,
+            FailureKind::TimedOut,
+            FailureKind::Expired,
+            FailureKind::BeginFailed,
+            FailureKind::CommitFailed,
+        ] {
+            assert_eq!(kind_of_message(kind.message().as_bytes()), kind);
+        }
+        assert_eq!(kind_of_message(b"Got panic \"boom\""), FailureKind::Panic);
+        assert_eq!(kind_of_message(b"card declined"), FailureKind::Error);
+        assert_eq!(kind_of_message(b""), FailureKind::Error);
     }
 }

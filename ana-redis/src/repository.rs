@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
-    Claim, ClaimRequest, Completion, EXPIRED_BEFORE_FINISH, IdempotencyRepository, Lease,
+    Claim, ClaimRequest, Completion, Failure, FailureKind, IdempotencyRepository, Lease, RecordId,
     RepositoryError, Status, TrackedOperation,
 };
 use redis::aio::{ConnectionLike, MultiplexedConnection};
@@ -44,7 +44,7 @@ pub const DEFAULT_RETENTION_AFTER_EXPIRATION: Duration = Duration::from_secs(360
 /// The default retention of a record without an expiration: seven days from its last write.
 pub const DEFAULT_RETENTION_WITHOUT_EXPIRATION: Duration = Duration::from_secs(7 * 24 * 3600);
 
-/// The context of an attempt on a [`RedisRepository`]: the attempt's fencing token.
+/// The context of an attempt on a [`RedisRepository`]: the attempt number.
 ///
 /// **Redis cannot share a transaction with the operation.** Unlike the Postgres store, nothing
 /// the operation writes (to Redis or anywhere else) is committed or rolled back together with
@@ -55,8 +55,8 @@ pub const DEFAULT_RETENTION_WITHOUT_EXPIRATION: Duration = Duration::from_secs(7
 /// - the operation only runs after a successful claim, and at most one attempt at a time
 ///   holds a record until its `timeout` passes;
 /// - a record is only finished or failed by the attempt that holds it (a compare-and-set on
-///   the attempt number and a per-claim token), so a late attempt never overwrites a newer
-///   one's result.
+///   the [`Lease`]: the attempt number and the claim number), so a late attempt never
+///   overwrites a newer one's result.
 ///
 /// Pass [`attempt`](Self::attempt) to downstream systems that can reject stale writers (a
 /// fencing token: a write tagged with a lower attempt than one already seen is refused), and
@@ -64,7 +64,6 @@ pub const DEFAULT_RETENTION_WITHOUT_EXPIRATION: Duration = Duration::from_secs(7
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RedisSession {
     attempt: u64,
-    token: Arc<str>,
 }
 
 impl RedisSession {
@@ -398,31 +397,36 @@ impl RedisRepository {
             .await
     }
 
+    /// The finish script: `step` is `complete` (`data` the result, `detail` `1`, or `0` when
+    /// there is none) or `fail` (`data` the message, `detail` the failure kind).
     async fn finish(
         &self,
-        session: &RedisSession,
-        lease: Lease<'_>,
+        id: RecordId<'_>,
+        lease: Lease,
         step: &str,
         data: &[u8],
+        detail: &str,
     ) -> Result<FinishAnswer, RepositoryError> {
-        let mut invocation = self.invocation(&FINISH, lease.target, lease.key);
+        let mut invocation = self.invocation(&FINISH, id.target, id.key);
         invocation
             .arg(step)
             .arg(lease.attempt)
-            .arg(session.token.as_ref())
+            .arg(lease.claim)
             .arg(data)
-            .arg(EXPIRED_BEFORE_FINISH);
+            .arg(detail)
+            .arg(FailureKind::Expired.message())
+            .arg(FailureKind::Expired.as_str());
         match self.invoke::<i64>(&invocation).await? {
             0 => Ok(FinishAnswer::Done),
             1 => Ok(FinishAnswer::Superseded),
             2 => Ok(FinishAnswer::Expired),
             3 => Ok(FinishAnswer::Gone),
             4 => Err(corrupt(
-                &self.record_key(lease.target, lease.key),
+                &self.record_key(id.target, id.key),
                 "a stored time is not an integer",
             )),
             other => Err(corrupt(
-                &self.record_key(lease.target, lease.key),
+                &self.record_key(id.target, id.key),
                 &format!("the finish script answered {other}"),
             )),
         }
@@ -494,21 +498,15 @@ impl IdempotencyRepository for RedisRepository {
         let name = || self.record_key(request.target, request.key);
         let mut reply = reply.into_iter();
         match (reply.next(), reply.next(), reply.next(), reply.next()) {
-            (Some(Value::Int(1)), Some(Value::Int(attempt)), Some(token), None) => {
+            (Some(Value::Int(1)), Some(Value::Int(attempt)), Some(Value::Int(claim)), None) => {
                 let attempt =
                     u64::try_from(attempt).map_err(|_| corrupt(&name(), "negative attempt"))?;
-                let token = match token {
-                    Value::BulkString(bytes) => String::from_utf8(bytes).ok(),
-                    Value::SimpleString(text) => Some(text),
-                    _ => None,
-                }
-                .ok_or_else(|| corrupt(&name(), "malformed attempt token"))?;
+                // The server's time in microseconds: positive on any clock Redis runs on.
+                let claim =
+                    u64::try_from(claim).map_err(|_| corrupt(&name(), "negative claim number"))?;
                 Ok(Claim::Acquired {
-                    attempt,
-                    session: RedisSession {
-                        attempt,
-                        token: token.into(),
-                    },
+                    lease: Lease { attempt, claim },
+                    session: RedisSession { attempt },
                 })
             }
             (Some(Value::Int(0)), Some(Value::BulkString(now)), Some(hash), None) => {
@@ -527,12 +525,17 @@ impl IdempotencyRepository for RedisRepository {
 
     async fn complete(
         &self,
-        session: RedisSession,
-        lease: Lease<'_>,
-        result: &[u8],
+        _session: RedisSession,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
     ) -> Result<Completion, RepositoryError> {
+        let (data, has_result) = match result {
+            Some(result) => (result, "1"),
+            None => (&[][..], "0"),
+        };
         Ok(
-            match self.finish(&session, lease, "complete", result).await? {
+            match self.finish(id, lease, "complete", data, has_result).await? {
                 FinishAnswer::Done => Completion::Done,
                 FinishAnswer::Superseded => Completion::Superseded,
                 // Gone: the record outlived its retention (its expiration plus the retention
@@ -544,20 +547,17 @@ impl IdempotencyRepository for RedisRepository {
 
     async fn fail(
         &self,
-        session: RedisSession,
-        lease: Lease<'_>,
-        error: &str,
+        _session: RedisSession,
+        id: RecordId<'_>,
+        lease: Lease,
+        failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
-        Ok(
-            match self
-                .finish(&session, lease, "fail", error.as_bytes())
-                .await?
-            {
-                FinishAnswer::Done | FinishAnswer::Expired => Completion::Done,
-                // A record gone under its attempt has nothing left to mark Failed.
-                FinishAnswer::Superseded | FinishAnswer::Gone => Completion::Superseded,
-            },
-        )
+        let (message, kind) = (failure.message.as_bytes(), failure.kind.as_str());
+        Ok(match self.finish(id, lease, "fail", message, kind).await? {
+            FinishAnswer::Done | FinishAnswer::Expired => Completion::Done,
+            // A record gone under its attempt has nothing left to mark Failed.
+            FinishAnswer::Superseded | FinishAnswer::Gone => Completion::Superseded,
+        })
     }
 
     async fn get(

@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use ana_core::chrono::{DateTime, TimeDelta, Utc};
 use ana_core::{
-    Claim, ClaimRequest, Completion, Error, Fingerprint, IdempotencyRepository, Lease, Manager,
-    RepositoryError, Status, TrackedOperation, operation,
+    Claim, ClaimRequest, Completion, Error, Failure, FailureKind, Fingerprint,
+    IdempotencyRepository, Lease, Manager, RecordId, RepositoryError, Status, TrackedOperation,
+    operation,
 };
 use ana_redis::redis::{self, AsyncCommands};
 use ana_redis::{RedisRepository, RedisSession};
@@ -45,19 +46,22 @@ fn request<'a>(key: &'a str, fingerprint: Fingerprint) -> ClaimRequest<'a> {
     }
 }
 
-async fn acquire(repository: &RedisRepository, request: &ClaimRequest<'_>) -> RedisSession {
+async fn acquire(
+    repository: &RedisRepository,
+    request: &ClaimRequest<'_>,
+) -> (Lease, RedisSession) {
     match repository.claim(request).await.expect("claim") {
-        Claim::Acquired { session, .. } => session,
+        Claim::Acquired { lease, session } => (lease, session),
         Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
     }
 }
 
-fn lease(key: &str, attempt: u64) -> Lease<'_> {
-    Lease {
-        target: TARGET,
-        key,
-        attempt,
-    }
+fn id(key: &str) -> RecordId<'_> {
+    RecordId::new(TARGET, key)
+}
+
+fn failure(message: &str) -> Failure<'_> {
+    Failure::new(FailureKind::Error, message)
 }
 
 /// A record with an expiration lives until its expiration plus the retention after it, while
@@ -71,7 +75,7 @@ async fn ttl_is_the_expiration_plus_the_retention() {
         expiration: Some(expiration),
         ..request("ttl", Fingerprint::of("body"))
     };
-    let session = acquire(&repository, &request).await;
+    let (lease, session) = acquire(&repository, &request).await;
     let name = repository.record_key(TARGET, "ttl");
     let expected_ms = (expiration.timestamp_micros() + 3_600_000_000).div_euclid(1000);
     let (pttl, at) = expiry(&mut redis, &name).await;
@@ -82,7 +86,7 @@ async fn ttl_is_the_expiration_plus_the_retention() {
     );
 
     let done = repository
-        .complete(session.clone(), lease("ttl", session.attempt()), b"\"ok\"")
+        .complete(session.clone(), id("ttl"), lease, Some(b"\"ok\""))
         .await
         .expect("complete");
     assert_eq!(done, Completion::Done);
@@ -133,9 +137,9 @@ async fn running_record_lives_until_its_timeout() {
 async fn ttl_without_expiration_is_the_retention_floor() {
     let repository = repository();
     let mut redis = connect(&redis_url()).await;
-    let session = acquire(&repository, &request("floor", Fingerprint::of("body"))).await;
+    let (lease, session) = acquire(&repository, &request("floor", Fingerprint::of("body"))).await;
     repository
-        .complete(session.clone(), lease("floor", session.attempt()), b"1")
+        .complete(session.clone(), id("floor"), lease, Some(b"1"))
         .await
         .expect("complete");
     let name = repository.record_key(TARGET, "floor");
@@ -147,9 +151,10 @@ async fn ttl_without_expiration_is_the_retention_floor() {
     );
 
     let repository = repository.with_retention_without_expiration(HOUR);
-    let session = acquire(&repository, &request("floor-1h", Fingerprint::of("body"))).await;
+    let (lease, session) =
+        acquire(&repository, &request("floor-1h", Fingerprint::of("body"))).await;
     repository
-        .fail(session.clone(), lease("floor-1h", session.attempt()), "no")
+        .fail(session.clone(), id("floor-1h"), lease, failure("no"))
         .await
         .expect("fail");
     let (pttl, _) = expiry(&mut redis, &repository.record_key(TARGET, "floor-1h")).await;
@@ -214,8 +219,8 @@ async fn concurrent_claims_acquire_once() {
     let (mut acquired, mut running) = (0, 0);
     for task in tasks {
         match task.await.expect("task").expect("claim") {
-            Claim::Acquired { attempt, .. } => {
-                assert_eq!(attempt, 1);
+            Claim::Acquired { lease, .. } => {
+                assert_eq!(lease.attempt, 1);
                 acquired += 1;
             }
             Claim::Existing { record, .. } => {
@@ -228,19 +233,19 @@ async fn concurrent_claims_acquire_once() {
 }
 
 /// An attempt whose record vanished and was created again by a new claim (same attempt
-/// number 1) cannot finish the new record: the per-claim token fences it.
+/// number 1) cannot finish the new record: the lease's claim number fences it.
 #[tokio::test]
 async fn stale_attempt_cannot_finish_a_recreated_record() {
     let repository = repository();
     let mut redis = connect(&redis_url()).await;
     let request = request("again", Fingerprint::of("body"));
-    let stale = acquire(&repository, &request).await;
+    let (stale_lease, stale) = acquire(&repository, &request).await;
     let name = repository.record_key(TARGET, "again");
     let _: i64 = redis.del(&name).await.unwrap();
 
     assert_eq!(
         repository
-            .complete(stale.clone(), lease("again", 1), b"\"stale\"")
+            .complete(stale.clone(), id("again"), stale_lease, Some(b"\"stale\""))
             .await
             .unwrap(),
         Completion::Expired,
@@ -248,18 +253,20 @@ async fn stale_attempt_cannot_finish_a_recreated_record() {
     );
     assert_eq!(
         repository
-            .fail(stale.clone(), lease("again", 1), "stale")
+            .fail(stale.clone(), id("again"), stale_lease, failure("stale"))
             .await
             .unwrap(),
         Completion::Superseded
     );
     assert_eq!(repository.get(TARGET, "again").await.unwrap(), None);
 
-    let fresh = acquire(&repository, &request).await;
+    let (fresh_lease, fresh) = acquire(&repository, &request).await;
     assert_eq!((stale.attempt(), fresh.attempt()), (1, 1));
+    assert_eq!((stale_lease.attempt, fresh_lease.attempt), (1, 1));
+    assert_ne!(stale_lease.claim, fresh_lease.claim);
     assert_eq!(
         repository
-            .complete(stale, lease("again", 1), b"\"stale\"")
+            .complete(stale, id("again"), stale_lease, Some(b"\"stale\""))
             .await
             .unwrap(),
         Completion::Superseded
@@ -268,7 +275,7 @@ async fn stale_attempt_cannot_finish_a_recreated_record() {
     assert_eq!(record.status, Status::Running);
     assert_eq!(
         repository
-            .complete(fresh, lease("again", 1), b"\"fresh\"")
+            .complete(fresh, id("again"), fresh_lease, Some(b"\"fresh\""))
             .await
             .unwrap(),
         Completion::Done
@@ -374,6 +381,7 @@ async fn restore_round_trips_every_field() {
         at(0),
     );
     failed.error = Some("card declined ✗".to_owned());
+    failed.failure = Some(FailureKind::Cancelled);
     failed.error_count = 1;
     failed.attempt = 1;
     repository.restore(&failed).await.unwrap();
@@ -416,14 +424,14 @@ async fn scripts_reload_after_a_flush() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    let session = acquire(&repository, &request("flushed", Fingerprint::of("b"))).await;
+    let (lease, session) = acquire(&repository, &request("flushed", Fingerprint::of("b"))).await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut redis)
         .await
         .unwrap();
     let done = repository
-        .complete(session.clone(), lease("flushed", session.attempt()), b"1")
+        .complete(session.clone(), id("flushed"), lease, Some(b"1"))
         .await
         .unwrap();
     assert_eq!(done, Completion::Done);
@@ -502,11 +510,11 @@ async fn a_dropped_connection_is_replaced() {
 async fn a_complete_sent_again_by_its_claim_is_done() {
     let repository = repository();
     let request = request("twice", Fingerprint::of("body"));
-    let session = acquire(&repository, &request).await;
+    let (lease, session) = acquire(&repository, &request).await;
     for _ in 0..2 {
         assert_eq!(
             repository
-                .complete(session.clone(), lease("twice", 1), b"\"paid\"")
+                .complete(session.clone(), id("twice"), lease, Some(b"\"paid\""))
                 .await
                 .unwrap(),
             Completion::Done
@@ -516,10 +524,118 @@ async fn a_complete_sent_again_by_its_claim_is_done() {
     assert_eq!(record.result.as_deref(), Some(&b"\"paid\""[..]));
     assert_eq!(
         repository
-            .fail(session, lease("twice", 1), "late")
+            .fail(session, id("twice"), lease, failure("late"))
             .await
             .unwrap(),
         Completion::Superseded,
         "a finished record is not failed"
     );
+}
+
+/// Records written without a `fail` field get the kind their message stands for; a result
+/// of the marker bytes once stored for a result that could not be encoded reads as none; an
+/// unknown kind is corrupt.
+#[tokio::test]
+async fn failure_kinds_and_missing_results_read_back() {
+    let repository = repository();
+    let mut redis = connect(&redis_url()).await;
+    let fingerprint = Fingerprint::of("body");
+    let write = |key: &'static str, fields: Vec<(&'static str, Vec<u8>)>| {
+        let name = repository.record_key(TARGET, key);
+        let mut base: Vec<(&'static str, Vec<u8>)> = vec![
+            ("fp", fingerprint.as_bytes().to_vec()),
+            ("ref", b"1".to_vec()),
+            ("att", b"1".to_vec()),
+        ];
+        base.extend(fields);
+        (name, base)
+    };
+    let cases = [
+        (
+            "cancelled",
+            vec![
+                ("status", b"failed".to_vec()),
+                ("err", FailureKind::Cancelled.message().as_bytes().to_vec()),
+            ],
+        ),
+        (
+            "panicked",
+            vec![
+                ("status", b"failed".to_vec()),
+                ("err", b"Got panic \"boom\"".to_vec()),
+            ],
+        ),
+        (
+            "declined",
+            vec![
+                ("status", b"failed".to_vec()),
+                ("err", b"card declined".to_vec()),
+            ],
+        ),
+        (
+            "marker",
+            vec![
+                ("status", b"finished".to_vec()),
+                (
+                    "res",
+                    b"\xffana: the result could not be encoded\xff".to_vec(),
+                ),
+            ],
+        ),
+        (
+            "bogus",
+            vec![
+                ("status", b"failed".to_vec()),
+                ("err", b"x".to_vec()),
+                ("fail", b"bogus".to_vec()),
+            ],
+        ),
+    ];
+    for (key, fields) in cases {
+        let (name, fields) = write(key, fields);
+        let _: () = redis.hset_multiple(&name, &fields).await.unwrap();
+    }
+    let get = |key| {
+        let repository = repository.clone();
+        async move { repository.get(TARGET, key).await }
+    };
+    let failure_of = |record: Option<TrackedOperation>| record.unwrap().failure;
+    assert_eq!(
+        failure_of(get("cancelled").await.unwrap()),
+        Some(FailureKind::Cancelled)
+    );
+    assert_eq!(
+        failure_of(get("panicked").await.unwrap()),
+        Some(FailureKind::Panic)
+    );
+    assert_eq!(
+        failure_of(get("declined").await.unwrap()),
+        Some(FailureKind::Error)
+    );
+    let marker = get("marker").await.unwrap().unwrap();
+    assert_eq!((marker.status, marker.result), (Status::Finished, None));
+    assert!(matches!(
+        get("bogus").await,
+        Err(RepositoryError::Corrupt { .. })
+    ));
+
+    // Written by this store: a Finished record without a result, and a failure's kind.
+    let (lease, session) = acquire(&repository, &request("unencodable", fingerprint)).await;
+    let done = repository
+        .complete(session, id("unencodable"), lease, None)
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Done);
+    let record = get("unencodable").await.unwrap().unwrap();
+    assert_eq!((record.status, record.result), (Status::Finished, None));
+    let (lease, session) = acquire(&repository, &request("timed-out", fingerprint)).await;
+    let failure = Failure::new(FailureKind::TimedOut, "slow");
+    let done = repository
+        .fail(session, id("timed-out"), lease, failure)
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Done);
+    let record = get("timed-out").await.unwrap().unwrap();
+    assert_eq!(record.failure, Some(FailureKind::TimedOut));
+    assert_eq!(record.error.as_deref(), Some("slow"));
 }

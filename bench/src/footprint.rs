@@ -2,7 +2,9 @@
 
 use anyhow::{Context, Result, bail};
 
-use ana_core::{Claim, ClaimRequest, Fingerprint, IdempotencyRepository, Lease, MemoryRepository};
+use ana_core::{
+    Claim, ClaimRequest, Fingerprint, IdempotencyRepository, MemoryRepository, RecordId,
+};
 
 /// Resident set size of this process, in bytes.
 fn resident_bytes() -> Result<u64> {
@@ -36,15 +38,13 @@ pub(crate) async fn measure(records: usize, result: &[u8]) -> Result<u64> {
             timeout: Some(std::time::Duration::from_secs(30)),
             expiration: Some(now + chrono::TimeDelta::hours(24)),
         };
-        let Claim::Acquired { attempt, session } = repository.claim(&request).await? else {
+        let Claim::Acquired { lease, session } = repository.claim(&request).await? else {
             bail!("key {key} was not new");
         };
-        let lease = Lease {
-            target: "[POST]/bench",
-            key: &key,
-            attempt,
-        };
-        repository.complete(session, lease, result).await?;
+        let id = RecordId::new("[POST]/bench", &key);
+        repository
+            .complete(session, id, lease, Some(result))
+            .await?;
     }
     let after = resident_bytes()?;
     if repository.len() != records {

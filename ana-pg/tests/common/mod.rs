@@ -202,15 +202,15 @@ impl TestDb {
         sqlx::query(AssertSqlSafe(self.sql(
             "INSERT INTO {s}.tracked_operations
                 (target, key, status, fingerprint, reference_time, started_at, timeout,
-                 expiration, result, error, finished_at, error_count, attempt)
-             VALUES ($1, $2, $3::text::{s}.operation_status, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 expiration, result, error, finished_at, error_count, attempt, failure)
+             VALUES ($1, $2, $3::text::{s}.operation_status, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
              ON CONFLICT (target, key) DO UPDATE SET
                 status = excluded.status, fingerprint = excluded.fingerprint,
                 reference_time = excluded.reference_time, started_at = excluded.started_at,
                 timeout = excluded.timeout, expiration = excluded.expiration,
                 result = excluded.result, error = excluded.error,
                 finished_at = excluded.finished_at, error_count = excluded.error_count,
-                attempt = excluded.attempt",
+                attempt = excluded.attempt, failure = excluded.failure",
         )))
         .bind(&record.target)
         .bind(&record.key)
@@ -225,6 +225,7 @@ impl TestDb {
         .bind(record.finished_at)
         .bind(i32::try_from(record.error_count).unwrap())
         .bind(i64::try_from(record.attempt).unwrap())
+        .bind(record.failure.map(|kind| kind.as_str()))
         .execute(&self.pool)
         .await
         .unwrap();

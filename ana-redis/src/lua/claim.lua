@@ -1,9 +1,10 @@
 -- claim: ARGV[3] fingerprint (16 bytes), ARGV[4] reference time, ARGV[5] timeout duration or
 -- '', ARGV[6] expiration or ''.
--- Returns {1, attempt, token} when this call now owns the record, or
+-- Returns {1, attempt, claim} when this call now owns the record, or
 -- {0, now, {field, value, ...}} with the record as it stands.
+-- The claim number (the lease's, stored as `tok`) is the server's time in microseconds.
 -- The first read (HGETALL) tells an absent record and is the answer when the record stands.
-local token = clock[1] .. '.' .. clock[2]
+local token = int(now)
 local timeout = nil
 if ARGV[5] ~= '' then
   timeout = now + tonumber(ARGV[5])
@@ -26,7 +27,7 @@ if #hash == 0 then
   end
   redis.call('HSET', key, unpack(fields))
   retain(exp, true, timeout)
-  return {1, 1, token}
+  return {1, 1, now}
 end
 
 -- The fields the decision needs, by name (cheaper than walking the hash in Lua).
@@ -49,11 +50,11 @@ attempt = attempt + 1
 if timeout then
   redis.call('HSET', key, 'status', 'running', 'start', start, 'att', int(attempt),
     'tok', token, 'timeout', int(timeout))
-  redis.call('HDEL', key, 'res', 'err', 'fin')
+  redis.call('HDEL', key, 'res', 'err', 'fail', 'fin')
 else
   redis.call('HSET', key, 'status', 'running', 'start', start, 'att', int(attempt),
     'tok', token)
-  redis.call('HDEL', key, 'timeout', 'res', 'err', 'fin')
+  redis.call('HDEL', key, 'timeout', 'res', 'err', 'fail', 'fin')
 end
 retain(exp, true, timeout)
-return {1, attempt, token}
+return {1, attempt, now}
