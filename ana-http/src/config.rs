@@ -9,10 +9,9 @@ use http::StatusCode;
 use http::header::{self, HeaderMap, HeaderName};
 use http::request::Parts;
 
-use super::grpc::{
-    GRPC_ENCODING, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS, default_grpc_recordable,
-    grpc_status,
-};
+use super::grpc::{GRPC_ENCODING, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS};
+#[cfg(feature = "grpc")]
+use super::grpc::{default_grpc_recordable, grpc_status};
 use super::headers::{self as parse, HeaderProblem};
 use super::problem::Rejection;
 use ana_core::{Fingerprint, FingerprintHasher};
@@ -139,6 +138,7 @@ type TargetFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
 type PayloadFn = Arc<dyn Fn(&Parts, &[u8]) -> Fingerprint + Send + Sync>;
 type ScopeFn = Arc<dyn Fn(&Parts) -> Option<Vec<u8>> + Send + Sync>;
 type StatusFn = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+#[cfg(feature = "grpc")]
 type GrpcStatusFn = Arc<dyn Fn(i32) -> bool + Send + Sync>;
 
 /// How the idempotency layer reads requests and records responses. Cheap to clone (one `Arc`);
@@ -186,6 +186,7 @@ struct Inner {
     max_stored_response: usize,
     replay_headers: Vec<HeaderName>,
     recordable: StatusFn,
+    #[cfg(feature = "grpc")]
     grpc_recordable: GrpcStatusFn,
     unavailable_retry_after: Duration,
     max_still_running_retry_after: Duration,
@@ -217,6 +218,7 @@ impl Default for IdempotencyConfig {
                 max_stored_response: 1 << 20,
                 replay_headers: default_replay_headers(),
                 recordable: Arc::new(default_recordable),
+                #[cfg(feature = "grpc")]
                 grpc_recordable: Arc::new(default_grpc_recordable),
                 unavailable_retry_after: Duration::from_secs(1),
                 max_still_running_retry_after: Duration::from_secs(5),
@@ -407,6 +409,7 @@ impl IdempotencyConfig {
     /// Which gRPC statuses (`grpc-status` of an HTTP 2xx response) are recorded as Finished;
     /// the others are recorded as Failed, so a retry runs the handler again. Default:
     /// [`default_grpc_recordable`].
+    #[cfg(feature = "grpc")]
     #[must_use]
     pub fn with_grpc_recordable(
         mut self,
@@ -550,10 +553,15 @@ impl IdempotencyConfig {
         headers: &HeaderMap,
         trailers: Option<&HeaderMap>,
     ) -> bool {
-        match grpc_status(headers, trailers) {
-            Some(code) if status.is_success() => (self.inner.grpc_recordable)(code),
-            _ => self.is_recordable(status),
+        #[cfg(feature = "grpc")]
+        if let Some(code) = grpc_status(headers, trailers)
+            && status.is_success()
+        {
+            return (self.inner.grpc_recordable)(code);
         }
+        #[cfg(not(feature = "grpc"))]
+        let _ = (headers, trailers);
+        self.is_recordable(status)
     }
 
     /// The `Retry-After` of a 503.

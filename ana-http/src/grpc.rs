@@ -2,7 +2,9 @@
 //! (a trailer, or a header in a trailers-only response), so recording and rejecting read and
 //! write that status rather than the HTTP one.
 
-use http::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+#[cfg(feature = "grpc")]
+use http::header::HeaderValue;
+use http::header::{CONTENT_TYPE, HeaderMap, HeaderName};
 
 /// The gRPC status header (or trailer).
 pub const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
@@ -13,9 +15,11 @@ pub const GRPC_STATUS_DETAILS: HeaderName = HeaderName::from_static("grpc-status
 /// The gRPC response compression: replayed with the body it describes.
 pub const GRPC_ENCODING: HeaderName = HeaderName::from_static("grpc-encoding");
 /// How long a gRPC client with a retry policy waits before it retries, in milliseconds.
+#[cfg(feature = "grpc")]
 pub const GRPC_RETRY_PUSHBACK: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
 /// gRPC status codes, as `grpc-status` carries them.
+#[cfg(feature = "grpc")]
 pub mod code {
     /// Success.
     pub const OK: i32 = 0;
@@ -55,11 +59,13 @@ pub mod code {
 
 /// Whether a request is a gRPC call (`Content-Type: application/grpc`, `application/grpc+proto`
 /// and the like). gRPC-Web (`application/grpc-web`) is not: it carries its trailers in the
-/// body, and is answered like any HTTP request.
+/// body, and is answered like any HTTP request. Always `false` without the `grpc` feature: a
+/// gRPC call then gets problem responses and is recorded by its HTTP status.
 pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|value| is_grpc_content_type(value.as_bytes()))
+    cfg!(feature = "grpc")
+        && headers
+            .get(CONTENT_TYPE)
+            .is_some_and(|value| is_grpc_content_type(value.as_bytes()))
 }
 
 /// Whether a `Content-Type` value is gRPC's (see [`is_grpc`]).
@@ -73,6 +79,7 @@ pub fn is_grpc_content_type(value: &[u8]) -> bool {
 /// The `grpc-status` of a response: from its trailers, else from its headers (a trailers-only
 /// response). `None` when neither has one: the response is not a gRPC answer, or it is one
 /// whose trailers have not been read. A status that is not a number reads as `UNKNOWN`.
+#[cfg(feature = "grpc")]
 pub fn grpc_status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<i32> {
     let value = trailers
         .and_then(|trailers| trailers.get(GRPC_STATUS))
@@ -93,6 +100,7 @@ pub fn grpc_status(headers: &HeaderMap, trailers: Option<&HeaderMap>) -> Option<
 /// `UNAUTHENTICATED`) is recorded; `CANCELLED`, `UNKNOWN`, `DEADLINE_EXCEEDED`,
 /// `RESOURCE_EXHAUSTED`, `ABORTED`, `INTERNAL`, `UNAVAILABLE`, `DATA_LOSS` and codes gRPC does
 /// not define are recorded Failed, so a retry runs again.
+#[cfg(feature = "grpc")]
 pub fn default_grpc_recordable(status: i32) -> bool {
     matches!(
         status,
@@ -110,6 +118,7 @@ pub fn default_grpc_recordable(status: i32) -> bool {
 
 /// A `grpc-message` value: the text, percent-encoded as the gRPC protocol asks (every byte
 /// outside printable ASCII, and `%`).
+#[cfg(feature = "grpc")]
 pub(crate) fn encode_message(text: &str) -> HeaderValue {
     let mut out = String::with_capacity(text.len());
     for byte in text.bytes() {
@@ -125,9 +134,10 @@ pub(crate) fn encode_message(text: &str) -> HeaderValue {
     HeaderValue::from_str(&out).unwrap_or(HeaderValue::from_static(""))
 }
 
+#[cfg(feature = "grpc")]
 const HEX: &[u8; 16] = b"0123456789ABCDEF";
 
-#[cfg(test)]
+#[cfg(all(test, feature = "grpc"))]
 mod tests {
     use super::*;
 

@@ -71,9 +71,10 @@ pub use engine::{
     Attempt, Claimed, Engine, HttpManager, InsideAttempt, Outcome, Plan, Prepared, ResponseBody,
 };
 pub use grpc::{
-    GRPC_ENCODING, GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, GRPC_STATUS_DETAILS,
-    code as grpc_code, default_grpc_recordable, grpc_status, is_grpc, is_grpc_content_type,
+    GRPC_ENCODING, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS, is_grpc, is_grpc_content_type,
 };
+#[cfg(feature = "grpc")]
+pub use grpc::{GRPC_RETRY_PUSHBACK, code as grpc_code, default_grpc_recordable, grpc_status};
 pub use headers::{MAX_KEY_LEN, is_valid_key};
 pub use problem::{PROBLEM_BASE, PROBLEM_JSON, PROBLEM_TYPE_HEADER, Rejection};
 pub use recorded::{

@@ -8,7 +8,9 @@ use bytes::Bytes;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use http::{Response, StatusCode};
 
-use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, code, encode_message, is_grpc};
+use super::grpc::is_grpc;
+#[cfg(feature = "grpc")]
+use super::grpc::{GRPC_MESSAGE, GRPC_RETRY_PUSHBACK, GRPC_STATUS, code, encode_message};
 use super::headers::display_name;
 use ana_core::{BoxError, RepositoryError};
 
@@ -252,6 +254,7 @@ impl Rejection {
     /// The gRPC status code of the rejection, for gRPC calls: `INVALID_ARGUMENT` (400s, 422
     /// payload mismatch), `RESOURCE_EXHAUSTED` (413), `FAILED_PRECONDITION` (422 expired),
     /// `ABORTED` (409 still running, superseded), `UNAVAILABLE` (503), `INTERNAL` (other 500s).
+    #[cfg(feature = "grpc")]
     pub fn grpc_code(&self) -> i32 {
         match self {
             Self::MissingKey { .. }
@@ -273,6 +276,7 @@ impl Rejection {
     /// `detail` in `grpc-message`, its `type` in `idempotency-problem`, and the `Retry-After`
     /// delay in `grpc-retry-pushback-ms` (what gRPC retry policies wait for). The `Rejection`
     /// is in the extensions.
+    #[cfg(feature = "grpc")]
     pub fn to_grpc_response(&self) -> Response<Bytes> {
         let mut response = Response::new(Bytes::new());
         let headers = response.headers_mut();
@@ -290,21 +294,22 @@ impl Rejection {
         response
     }
 
-    /// The response for a request with these headers: [`to_grpc_response`](Self::to_grpc_response)
-    /// for a gRPC call, else [`to_response`](Self::to_response).
+    /// The response for a request with these headers: a gRPC status for a gRPC call (feature
+    /// `grpc`), else [`to_response`](Self::to_response).
     pub fn to_response_for(&self, request: &HeaderMap) -> Response<Bytes> {
         self.to_response_as(is_grpc(request))
     }
 
-    /// [`to_grpc_response`](Self::to_grpc_response) when `grpc`, else
+    /// A gRPC status when `grpc` (and the `grpc` feature is on), else
     /// [`to_response`](Self::to_response): for adapters that tell a gRPC call themselves
     /// (with [`is_grpc_content_type`](super::is_grpc_content_type)).
     pub fn to_response_as(&self, grpc: bool) -> Response<Bytes> {
+        #[cfg(feature = "grpc")]
         if grpc {
-            self.to_grpc_response()
-        } else {
-            self.to_response()
+            return self.to_grpc_response();
         }
+        let _ = grpc;
+        self.to_response()
     }
 
     /// The problem response, with the `Rejection` in its extensions.
