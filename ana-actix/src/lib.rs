@@ -110,3 +110,8 @@ pub use ana_core::{IdempotencyRepository, MemoryRepository, MemorySession};
 /// The HTTP rules, re-exported so users get a matching version.
 pub use ana_http;
 pub use ana_http::{Engine, IdempotencyConfig, Rejection, value};
+
+// This crate's README runs as doc tests, so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

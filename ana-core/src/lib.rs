@@ -104,7 +104,7 @@ pub use repository::{
 /// Re-exported for store crates and users: the time type of every record.
 pub use chrono;
 
-// The README's Rust blocks run as doc tests, so its examples stay true.
+// This crate's README runs as doc tests, so its examples stay true.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

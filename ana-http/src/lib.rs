@@ -83,3 +83,8 @@ pub use recorded::{
 
 #[cfg(test)]
 mod proptests;
+
+// This crate's README runs as doc tests, so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

@@ -188,3 +188,8 @@ pub use session::{PgSession, PgTransaction};
 
 /// The sqlx crate this store is built on, so applications use the same version.
 pub use sqlx;
+
+// This crate's README runs as doc tests, so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;

@@ -150,3 +150,8 @@ pub use repository::{
 pub use deadpool_redis;
 /// The Redis client (redis 1.x) under deadpool-redis.
 pub use deadpool_redis::redis;
+
+// This crate's README runs as doc tests, so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;
