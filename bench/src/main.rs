@@ -464,8 +464,48 @@ fn format_latency(latency: Option<Duration>) -> String {
     )
 }
 
+/// Prints the report and writes it into PERFORMANCE.md, between its `bench:begin` and
+/// `bench:end` markers, so the document holds the figures of the last run.
 fn print_report(settings: &Settings, rows: &[Row], targets: &[Target], uncached: &[(&str, f64)]) {
-    let mut out = std::io::stdout().lock();
+    let report = report(settings, rows, targets, uncached);
+    let _ = std::io::stdout().lock().write_all(report.as_bytes());
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../PERFORMANCE.md");
+    match write_between_markers(&path, report.trim()) {
+        Ok(()) => eprintln!("bench: the table is in {}", path.display()),
+        Err(error) => eprintln!("bench: PERFORMANCE.md not updated: {error:#}"),
+    }
+}
+
+const BEGIN_MARKER: &str = "<!-- bench:begin -->";
+const END_MARKER: &str = "<!-- bench:end -->";
+
+/// Replaces what lies between the markers of the file at `path` with `report`.
+fn write_between_markers(path: &Path, report: &str) -> Result<()> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let (Some(begin), Some(end)) = (text.find(BEGIN_MARKER), text.find(END_MARKER)) else {
+        bail!(
+            "{} has no {BEGIN_MARKER} … {END_MARKER} markers",
+            path.display()
+        );
+    };
+    if end < begin {
+        bail!("{} has its markers in the wrong order", path.display());
+    }
+    let head = &text[..begin + BEGIN_MARKER.len()];
+    let tail = &text[end..];
+    std::fs::write(path, format!("{head}\n{report}\n{tail}"))
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn report(
+    settings: &Settings,
+    rows: &[Row],
+    targets: &[Target],
+    uncached: &[(&str, f64)],
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let cores = std::thread::available_parallelism().map_or(0, usize::from);
     let _ = writeln!(
         out,
@@ -528,4 +568,5 @@ fn print_report(settings: &Settings, rows: &[Row], targets: &[Target], uncached:
     for (name, value) in uncached {
         let _ = writeln!(out, "| {name} | {value:.3} |");
     }
+    out
 }
