@@ -177,9 +177,9 @@ struct Inner {
     timeout_header: HeaderName,
     expiration_header: HeaderName,
     key_required: bool,
-    default_timeout: Duration,
+    default_timeout: Option<Duration>,
     max_timeout: Option<Duration>,
-    default_expiration: Duration,
+    default_expiration: Option<Duration>,
     max_expiration: Option<Duration>,
     max_clock_skew: Duration,
     max_request_body: usize,
@@ -209,9 +209,9 @@ impl Default for IdempotencyConfig {
                 timeout_header: TIMEOUT_HEADER,
                 expiration_header: EXPIRATION_HEADER,
                 key_required: true,
-                default_timeout: Duration::from_secs(60),
+                default_timeout: Some(Duration::from_secs(60)),
                 max_timeout: Some(Duration::from_secs(3600)),
-                default_expiration: Duration::from_secs(24 * 3600),
+                default_expiration: Some(Duration::from_secs(24 * 3600)),
                 max_expiration: Some(Duration::from_secs(7 * 24 * 3600)),
                 max_clock_skew: Duration::from_secs(300),
                 max_request_body: 1 << 20,
@@ -325,11 +325,11 @@ impl IdempotencyConfig {
         self
     }
 
-    /// How long one attempt holds the key when the request does not say (default 60s; zero:
-    /// until it finishes). Past it a retry may take over.
+    /// How long one attempt holds the key when the request does not say (default 60s; `None`:
+    /// until it finishes). Past it a retry may take over. Takes a `Duration` or an `Option`.
     #[must_use]
-    pub fn with_default_timeout(mut self, timeout: Duration) -> Self {
-        self.inner().default_timeout = timeout;
+    pub fn with_default_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.inner().default_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
         self
     }
 
@@ -341,10 +341,10 @@ impl IdempotencyConfig {
     }
 
     /// How long after its reference time a request may run when it does not say (default 24h;
-    /// zero: forever).
+    /// `None`: forever). Takes a `Duration` or an `Option`.
     #[must_use]
-    pub fn with_default_expiration(mut self, expiration: Duration) -> Self {
-        self.inner().default_expiration = expiration;
+    pub fn with_default_expiration(mut self, expiration: impl Into<Option<Duration>>) -> Self {
+        self.inner().default_expiration = expiration.into().filter(|e| !e.is_zero());
         self
     }
 
@@ -629,13 +629,13 @@ impl IdempotencyConfig {
             None => parse::read_duration(headers, &inner.timeout_header, inner.max_timeout)
                 .map_err(rejection)?,
         }
-        .unwrap_or(inner.default_timeout);
+        .map_or(inner.default_timeout, nonzero);
         let expiration = match &inner.expiration {
             Some(expiration) => expiration(parts)?,
             None => parse::read_duration(headers, &inner.expiration_header, inner.max_expiration)
                 .map_err(rejection)?,
         }
-        .unwrap_or(inner.default_expiration);
+        .map_or(inner.default_expiration, nonzero);
         let target = match &inner.target {
             Some(target) => target(parts),
             None => default_target(parts),
@@ -649,12 +649,13 @@ impl IdempotencyConfig {
             key,
             target,
             reference_time,
-            timeout: nonzero(timeout),
-            expiration: nonzero(expiration),
+            timeout,
+            expiration,
         }))
     }
 }
 
+/// A duration from a header or a request function: zero means never, as in the Go original.
 fn nonzero(duration: Duration) -> Option<Duration> {
     (!duration.is_zero()).then_some(duration)
 }
