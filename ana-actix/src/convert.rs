@@ -76,7 +76,7 @@ pub(crate) fn response_headers(headers: &actix_header::HeaderMap) -> HeaderMap {
 }
 
 /// An `http` 1 response (a replay or a problem) as an actix response, the [`Rejection`] (if
-/// any) in its extensions. Its `Content-Length` (the body's length) is kept, as ana-core set
+/// any) in its extensions. Its `Content-Length` (the body's length) is kept, as ana-http set
 /// it; on the wire actix writes its own from the body, the same value.
 pub(crate) fn to_actix(response: &Response<Bytes>) -> HttpResponse {
     let status = ActixStatus::from_u16(response.status().as_u16())

@@ -15,8 +15,8 @@ use crate::convert::to_actix;
 /// target.
 ///
 /// Take `Option<Attempt<Ctx>>` on routes where keys are optional. Without the
-/// [`IdempotencyMiddleware`](crate::IdempotencyMiddleware) middleware (with that session type) in front of the
-/// route, extraction fails with a 500 problem ([`MissingMiddleware`]).
+/// [`IdempotencyMiddleware`](crate::IdempotencyMiddleware) (with that session type) in front
+/// of the route, extraction fails with a 500 problem ([`MissingMiddleware`]).
 ///
 /// ```
 /// use ana_actix::Attempt;

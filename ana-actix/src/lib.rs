@@ -6,7 +6,7 @@
 //!
 //! [`IdempotencyMiddleware`] is thin glue over [`ana_http`], where the rules live (the same ones
 //! `ana-axum` uses, checked by the same conformance suite): the headers, the status table, the
-//! configuration, the problem responses. Read that module's docs for the full contract.
+//! configuration, the problem responses. Read that crate's docs for the full contract.
 //!
 //! ```no_run
 //! use actix_web::{App, HttpServer, web};
@@ -40,9 +40,9 @@
 //!   `idempotency.with_config(config)`; the config's `Key`, `Target`, `Payload`,
 //!   `ReferenceTime`, `Timeout`, `Expiration` and `Scope` are functions of the request
 //!   ([`IdempotencyConfig`]). Middlewares do not stack: a request is handled by the outermost
-//!   `IdempotencyMiddleware` it meets, and nested ones pass it through (one attempt per request, never
-//!   a second claim of the same key). So give a scope its own settings by wrapping the scopes,
-//!   not the whole `App`:
+//!   `IdempotencyMiddleware` it meets, and nested ones pass it through (one attempt per
+//!   request, never a second claim of the same key). So give a scope its own settings by
+//!   wrapping the scopes, not the whole `App`:
 //!
 //! ```
 //! use std::time::Duration;
@@ -69,8 +69,9 @@
 //!
 //! - Every rejection is an `application/problem+json` response with the typed [`Rejection`]
 //!   in its extensions. The one exception: when the request went into the handler and did not
-//!   come back (the handler panicked, or the inner service returned an error), the problem is
-//!   returned as an actix error ([`Rejected`]), which actix renders as the same response.
+//!   come back (the handler panicked, or the inner service returned an error that could not be
+//!   recorded), the problem is returned as an actix error ([`Rejected`]), which actix renders
+//!   as the same response.
 //!
 //! ## How it runs on actix
 //!

@@ -1,5 +1,5 @@
-//! The HTTP conformance suite of ana-core, unchanged, driving the actix middleware with actix's
-//! test utilities (`test::init_service` / `test::try_call_service`, no socket).
+//! The HTTP conformance suite of ana-http, driving the actix middleware with actix's test
+//! utilities (`test::init_service` / `test::try_call_service`, no socket).
 //!
 //! The suite sends requests from a multi-threaded tokio runtime and needs `Send` futures;
 //! actix services are `!Send`. So each app lives on its own thread, inside an actix `System`
@@ -129,7 +129,7 @@ fn from_actix(
     response
 }
 
-/// The suite's handler behind an actix route; the context comes through the [`Attempt`]
+/// The suite's handler behind an actix route; the attempt comes through the [`Attempt`]
 /// extractor.
 async fn handle<Ctx: Clone + Send + Sync + 'static>(
     routes: &Routes<Ctx>,

@@ -148,18 +148,18 @@ impl Db {
 /// Writes the order in the session's transaction; a body containing `fail` then answers 500,
 /// `panic` panics.
 async fn create_order(
-    session: Attempt<PgSession>,
+    attempt: Attempt<PgSession>,
     item: String,
     schema: web::Data<String>,
 ) -> HttpResponse {
-    let mut tx = session.session().transaction().await.unwrap();
+    let mut tx = attempt.session().transaction().await.unwrap();
     let id: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
         "INSERT INTO {}.orders (idempotency_key, item, attempt) VALUES ($1, $2, $3) RETURNING id",
         schema.as_str()
     )))
-    .bind(session.key())
+    .bind(attempt.key())
     .bind(&item)
-    .bind(i64::try_from(session.session().attempt()).unwrap())
+    .bind(i64::try_from(attempt.session().attempt()).unwrap())
     .fetch_one(&mut *tx)
     .await
     .unwrap();
@@ -170,7 +170,7 @@ async fn create_order(
     if item.contains("fail") {
         return HttpResponse::InternalServerError().body(format!("order {id} failed"));
     }
-    HttpResponse::Created().body(format!("order {id} for {}", session.key()))
+    HttpResponse::Created().body(format!("order {id} for {}", attempt.key()))
 }
 
 /// Sends `POST /orders` with `$key` and `$body` through `$app` (actix's test utilities) and

@@ -45,6 +45,8 @@
 //! - Response trailers are recorded and replayed after the body (allow-listed like headers:
 //!   gRPC's `grpc-status`, `grpc-message`, `grpc-status-details-bin` by default), and a
 //!   gRPC answer is recorded or not by its `grpc-status` (see below).
+//! - A handler body that fails while being read becomes a bare 500, recorded Failed.
+//! - An error of the inner service is returned to the caller as is, and recorded Failed.
 //!
 //! ## gRPC (tonic)
 //!
@@ -63,8 +65,6 @@
 //!   `UNAVAILABLE` when the store is down;
 //! - a streamed answer over the stored-response limit reaches its caller whole and is recorded
 //!   without its body: retries get `INTERNAL` `response-not-stored`, never a second run.
-//! - A handler body that fails while being read becomes a bare 500, recorded Failed.
-//! - An error of the inner service is returned to the caller as is, and recorded Failed.
 
 mod body;
 mod extract;

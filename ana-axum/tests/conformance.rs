@@ -1,4 +1,4 @@
-//! The HTTP conformance suite of ana-core, driving the tower layer with `oneshot` (no socket).
+//! The HTTP conformance suite of ana-http, driving the tower layer with `oneshot` (no socket).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -81,7 +81,7 @@ impl Payments {
         request: tonic::Request<PayRequest>,
     ) -> Result<tonic::Response<PayReply>, Status> {
         let run = self.state.pay_runs.fetch_add(1, Ordering::SeqCst) + 1;
-        // The layer's context reaches tonic handlers through the request extensions (with
+        // The layer's `Attempt` reaches tonic handlers through the request extensions (with
         // ana-pg, its session is the transaction that records the reply).
         let key = request
             .extensions()

@@ -14,10 +14,10 @@
 //! # fn main() {}
 //! ```
 //!
-//! where `harness()` is an `async fn` returning a fresh, isolated harness. The suite covers the
-//! original `ana` test cases (replays, expiry before storage, Running with a future or no
-//! timeout, runnable states, unwrapped errors, panics, exactly-once close) and the stronger
-//! guarantees of this crate (concurrency, fencing, payload mismatch, cancellation).
+//! where `harness()` is an `async fn` returning a fresh, isolated harness. The suite covers
+//! replays, expiry before storage, Running with a future or no timeout, runnable states,
+//! unwrapped errors, panics, exactly-once close, concurrency, fencing, payload mismatch and
+//! cancellation.
 
 // Test code: a failed expectation is a panic.
 #![allow(clippy::panic)]

@@ -19,8 +19,8 @@ pub trait Operation<Ctx>: Send + Sized {
     type Payload: Payload + ?Sized;
     /// The result, stored and replayed to later calls.
     type Output: Send;
-    /// The operation's own error, returned unwrapped in [`Error::Operation`](crate::Error::Operation);
-    /// its text is stored on the Failed record.
+    /// The operation's own error, returned unwrapped in
+    /// [`Error::Operation`](crate::Error::Operation); its text is stored on the Failed record.
     type Error: fmt::Display + Send;
 
     /// What the key is scoped to (an operation name, a route, a queue).

@@ -16,16 +16,16 @@
 //! struct Direct;
 //!
 //! struct DirectApp<Ctx> {
-//!     service: Engine<Ctx>,
+//!     engine: Engine<Ctx>,
 //!     routes: Routes<Ctx>,
 //! }
 //!
 //! impl Adapter for Direct {
-//!     fn app<Ctx>(&self, service: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
+//!     fn app<Ctx>(&self, engine: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
 //!     where
 //!         Ctx: Clone + Send + Sync + 'static,
 //!     {
-//!         DirectApp { service, routes }
+//!         DirectApp { engine, routes }
 //!     }
 //! }
 //!
@@ -36,7 +36,7 @@
 //!             let response = routes.handle(http::Request::from_parts(parts, body)).await;
 //!             response.map(ResponseBody::<()>::Full)
 //!         };
-//!         self.service.handle(request, next).await.map(|body| match body {
+//!         self.engine.handle(request, next).await.map(|body| match body {
 //!             ResponseBody::Full(bytes) => bytes,
 //!             ResponseBody::WithTrailers { data, .. } => data,
 //!             ResponseBody::Streaming(()) => Bytes::new(),
@@ -84,9 +84,9 @@ use ana_core::{
 /// A web framework adapter under test.
 pub trait Adapter: Send + Sync + 'static {
     /// An app that sends every request through the adapter's idempotency layer, built over
-    /// `service`, to [`Routes::handle`]. The handler must see the request's extensions as the
+    /// `engine`, to [`Routes::handle`]. The handler must see the request's extensions as the
     /// layer set them (the [`Attempt`]).
-    fn app<Ctx>(&self, service: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
+    fn app<Ctx>(&self, engine: Engine<Ctx>, routes: Routes<Ctx>) -> impl App
     where
         Ctx: Clone + Send + Sync + 'static;
 }
@@ -1273,7 +1273,7 @@ pub async fn request_functions_override_the_defaults<Ad: Adapter>(adapter: Ad) {
         .send(post("/hello").header(request_id.clone(), "r1").build())
         .await;
     assert_eq!(text(&first), r#"{"message":"Hello r1!","run":1}"#);
-    // The X-Idempotency-Key header is not read any more.
+    // With a key function, the X-Idempotency-Key header is not read.
     problem(
         &world.send(post("/hello").key("r1").build()).await,
         StatusCode::BAD_REQUEST,

@@ -165,7 +165,8 @@ impl fmt::Display for NotRecorded {
     }
 }
 
-/// The HTTP rules of SPEC section 3 over a [`Manager`], independent of any web framework.
+/// The HTTP rules of the [crate docs](crate) over a [`Manager`], independent of any web
+/// framework.
 ///
 /// An adapter (`ana-axum`, `ana-actix`) calls, per request:
 /// 1. [`plan`](Self::plan) on the request head: a [`Rejection`] (400, 413 by

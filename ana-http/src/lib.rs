@@ -3,7 +3,7 @@
 //! The HTTP rules of idempotency, written once for every web framework.
 //!
 //! `ana-axum` (a tower layer) and `ana-actix` are thin adapters over [`Engine`];
-//! this module holds everything they share: reading the headers, the configuration, the
+//! this crate holds everything they share: reading the headers, the configuration, the
 //! recorded response and its codec, the problem responses, and (with `test-utils`) the HTTP
 //! [`conformance`] suite every adapter passes.
 //!

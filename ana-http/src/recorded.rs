@@ -164,9 +164,9 @@ fn filter(headers: &HeaderMap, allowed: &[HeaderName]) -> HeaderMap {
 /// The compact binary form of a [`RecordedResponse`] (big-endian):
 /// `version, flags, status u16, headers, body len u32, body`, then, in version 2 only,
 /// `trailers`; a header list is `count u16, (name len u16, name, value len u32, value)*`.
-/// Flag bit 0: the body was not stored. A response without trailers is written as version 1
-/// (as earlier versions wrote it, and can read it); one with trailers as version 2, which a
-/// reader that does not know trailers refuses rather than replays incomplete.
+/// Flag bit 0: the body was not stored. A response without trailers is written as version 1,
+/// which every reader knows; one with trailers as version 2, which a reader that does not know
+/// trailers refuses rather than replays incomplete.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct RecordedResponseCodec;
 
@@ -383,7 +383,7 @@ mod tests {
         let bytes = RecordedResponseCodec.encode(&recorded).unwrap();
         assert_eq!(bytes[0], VERSION_WITH_TRAILERS);
         assert_eq!(RecordedResponseCodec.decode(&bytes).unwrap(), recorded);
-        // Without trailers the bytes are version 1, as ana 0.1 wrote and reads them.
+        // Without trailers the bytes are version 1, which readers without trailers know.
         assert_eq!(RecordedResponseCodec.encode(&sample()).unwrap()[0], VERSION);
         // Empty trailers are still trailers.
         let empty = sample().with_trailers(&HeaderMap::new(), &[]);
@@ -418,7 +418,7 @@ mod tests {
 
     #[test]
     fn a_forged_header_count_is_an_error_not_a_panic() {
-        // Found by the property test: 65535 headers once overflowed the map's capacity.
+        // A count of 65535 headers with no bytes behind it: nothing is reserved for it.
         let forged = [VERSION, 0, 0, 200, 0xff, 0xff];
         assert!(RecordedResponseCodec.decode(&forged).is_err());
     }

@@ -4,7 +4,7 @@
 -- the kind their message stood for (the messages below are the ones ana-pg wrote for those
 -- kinds; `Got panic "…"` is a panic; any other message is the operation's own error).
 -- A Finished row whose result is the marker ana-pg stored for a result the codec refused
--- loses it: a Finished row without a result is exactly that now.
+-- loses it: a Finished row without a result is what stands for such a run.
 -- Every statement is a no-op when run again.
 -- `{schema}` is replaced by the repository's (validated, quoted) schema name.
 

@@ -135,14 +135,13 @@
 //!   `BEGIN` runs as a task of its own, so a `transaction()` call cancelled while it is in
 //!   flight never puts the connection back in the pool inside a transaction (sqlx 0.9 would).
 //! - **Finish.** `complete` updates the record in the session's transaction, conditional on
-//!   the attempt token, the claim number, Running status and expiration, then commits. When the operation
-//!   opened no transaction the `UPDATE` runs alone, and once more on another pooled
-//!   connection if the claim's connection failed meanwhile (it held no transaction, and the
-//!   statement is a compare-and-set). When no row matched it
-//!   rolls back and tells this claim's own earlier finish (the `UPDATE` applied on the claim's
-//!   connection, its answer lost: [`Completion::Done`](ana_core::Completion::Done)) and an
-//!   expired record (marked Failed with
-//!   [`FailureKind::Expired`](ana_core::FailureKind::Expired), answered
+//!   the attempt token, the claim number, Running status and expiration, then commits. When
+//!   the operation opened no transaction the `UPDATE` runs alone, and once more on another
+//!   pooled connection if the claim's connection failed meanwhile (it held no transaction,
+//!   and the statement is a compare-and-set). When no row matched it rolls back and tells
+//!   this claim's own earlier finish (the `UPDATE` applied on the claim's connection, its
+//!   answer lost: [`Completion::Done`](ana_core::Completion::Done)) and an expired record
+//!   (marked Failed with [`FailureKind::Expired`](ana_core::FailureKind::Expired), answered
 //!   [`Completion::Expired`](ana_core::Completion::Expired)) from a record another attempt
 //!   owns ([`Completion::Superseded`](ana_core::Completion::Superseded)). When the transaction
 //!   itself fails (a statement of the operation aborted it, a deferred constraint, the

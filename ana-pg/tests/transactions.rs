@@ -586,8 +586,8 @@ async fn a_finish_without_a_transaction_survives_a_dropped_connection() {
 }
 
 /// A `transaction()` call dropped while its `BEGIN` is in flight: the connection comes back
-/// to the pool outside any transaction, and the attempt is Failed (`FailureKind::BeginFailed`). On one
-/// thread, so nothing can answer `BEGIN` between the first poll and the drop.
+/// to the pool outside any transaction, and the attempt is Failed (`FailureKind::BeginFailed`).
+/// On one thread, so nothing can answer `BEGIN` between the first poll and the drop.
 #[tokio::test]
 async fn a_cancelled_begin_leaves_no_transaction_behind() {
     let db = TestDb::with_pool_size(1).await;

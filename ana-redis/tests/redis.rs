@@ -533,8 +533,8 @@ async fn a_complete_sent_again_by_its_claim_is_done() {
 }
 
 /// Records written without a `fail` field get the kind their message stands for; a result
-/// of the marker bytes once stored for a result that could not be encoded reads as none; an
-/// unknown kind is corrupt.
+/// holding the marker bytes of a result that could not be encoded reads as none; an unknown
+/// kind is corrupt.
 #[tokio::test]
 async fn failure_kinds_and_missing_results_read_back() {
     let repository = repository();

@@ -2,13 +2,13 @@
 //!
 //! Run it with `make example-02` (or `cargo run -p example-02-axum`). It listens on
 //! 127.0.0.1:3000 (`PORT` overrides; `PORT=0` picks a free port) with the idempotency layer on
-//! every path and method, like the original's `app.Get("/*", …)`: any path answers
-//! `Hello <key>!`. The store is the memory store, Postgres when `DATABASE_URL` is set, Redis when
-//! `REDIS_URL` is set (Postgres wins when both are). `SLOW_MS=5000` makes the handlers take
+//! every path and method, like the Go original's `app.Get("/*", …)`: any path answers
+//! `Hello <key>!`. The store is the memory store, Postgres when `DATABASE_URL` is set, Redis
+//! when `REDIS_URL` is set (Postgres wins when both are). `SLOW_MS=5000` makes the handlers take
 //! five seconds, so you can see the 409 for yourself.
 //!
 //! ```text
-//! # the original's call: the handler runs and prints "Not persisted!"; again: replayed
+//! # the Go original's call: the handler runs and prints "Not persisted!"; again: replayed
 //! curl -i -H "X-Idempotency-Key: some-key-as-string" \
 //!   -H "X-Idempotency-Reference-Time: $(date -u +%Y-%m-%dT%H:%M:%SZ)" \
 //!   -H "X-Idempotency-Timeout: 10s" -H "X-Idempotency-Expiration: 24h" \
@@ -110,7 +110,7 @@ fn app<Ctx: Clone + Send + Sync + 'static>(layer: IdempotencyLayer<Ctx>, slow: D
         .layer(layer)
 }
 
-/// The original's handler: prints `Not persisted!` each time it really runs.
+/// The Go original's handler: prints `Not persisted!` each time it really runs.
 async fn hello<Ctx>(attempt: Attempt<Ctx>, slow: Duration) -> String {
     say("Not persisted!").await;
     tokio::time::sleep(slow).await;

@@ -2,13 +2,13 @@
 //!
 //! Run it with `make example-03` (or `cargo run -p example-03-actix`). It listens on
 //! 127.0.0.1:3000 (`PORT` overrides; `PORT=0` picks a free port) with the idempotency
-//! middleware on every path and method: any path answers `Hello <key>!`. The store is the memory store, Postgres when `DATABASE_URL` is
-//! set, Redis when `REDIS_URL` is set (Postgres wins when both are). `SLOW_MS=5000` makes the
-//! handlers take five seconds, so you can see the 409 for yourself. It is example 02 on
-//! actix-web: the same routes, the same answers.
+//! middleware on every path and method: any path answers `Hello <key>!`. The store is the
+//! memory store, Postgres when `DATABASE_URL` is set, Redis when `REDIS_URL` is set (Postgres
+//! wins when both are). `SLOW_MS=5000` makes the handlers take five seconds, so you can see
+//! the 409 for yourself. It is example 02 on actix-web: the same routes, the same answers.
 //!
 //! ```text
-//! # the original's call: the handler runs and prints "Not persisted!"; again: replayed
+//! # the Go original's call: the handler runs and prints "Not persisted!"; again: replayed
 //! curl -i -H "X-Idempotency-Key: some-key-as-string" \
 //!   -H "X-Idempotency-Reference-Time: $(date -u +%Y-%m-%dT%H:%M:%SZ)" \
 //!   -H "X-Idempotency-Timeout: 10s" -H "X-Idempotency-Expiration: 24h" \
@@ -109,7 +109,7 @@ async fn main() -> Result<(), BoxError> {
     }
 }
 
-/// Serves the `more` routes, and `hello` on every other path and method (like the
+/// Serves the `more` routes, and `hello` on every other path and method (like the Go
 /// original's `app.Get("/*", …)`), behind the middleware until Ctrl-C.
 async fn serve<Ctx, F>(
     idempotency: IdempotencyMiddleware<Ctx>,
@@ -140,7 +140,7 @@ where
     Ok(())
 }
 
-/// The original's handler: prints `Not persisted!` each time it really runs.
+/// The Go original's handler: prints `Not persisted!` each time it really runs.
 async fn hello<Ctx>(attempt: Attempt<Ctx>, slow: Duration) -> String {
     say("Not persisted!");
     tokio::time::sleep(slow).await;

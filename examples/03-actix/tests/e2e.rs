@@ -177,10 +177,10 @@ async fn curl_walkthrough_on_the_memory_store() {
     assert_eq!(server.stop().await, 1);
 }
 
-/// The original's README call, on a path no route names, with a GET: any path and method is
-/// behind the layer. Its retry is replayed; its own reference time, 1835-09-20T09:00:00Z, is
-/// answered 422 `expired` (reference time + 24h expiration passed long ago), the handler not
-/// run.
+/// The Go original's README call, on a path no route names, with a GET: any path and method
+/// is behind the middleware. Its retry is replayed; its own reference time,
+/// 1835-09-20T09:00:00Z, is answered 422 `expired` (reference time + 24h expiration passed
+/// long ago), the handler not run.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_originals_curl_is_answered_on_any_path() {
     let server = Server::start(&[]).await;
