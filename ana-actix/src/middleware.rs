@@ -16,7 +16,7 @@ use http::{Response, StatusCode};
 
 use ana_core::{IdempotencyRepository, MemorySession};
 use ana_http::{
-    Engine, IdempotencyConfig, Outcome, Plan, Rejection, ResponseBody, is_grpc,
+    Engine, IdempotencyConfig, Outcome, Plan, Rejection, ResponseBody, RouteLabel, is_grpc,
     is_grpc_content_type,
 };
 
@@ -160,7 +160,10 @@ where
     if request.extensions().contains::<InsideAttempt>() {
         return pass_through(&service, request).await;
     }
-    let plan = request_parts(&request).and_then(|parts| {
+    let plan = request_parts(&request).and_then(|mut parts| {
+        let route = request.match_pattern();
+        let label = format!("[{}]{}", parts.method, route.as_deref().unwrap_or("*"));
+        parts.extensions.insert(RouteLabel(label.into()));
         let plan = engine.plan(&parts)?;
         Ok((parts, plan))
     });

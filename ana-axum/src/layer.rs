@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
-use axum::extract::OriginalUri;
+use axum::extract::{MatchedPath, OriginalUri};
 use bytes::Bytes;
 use futures_util::FutureExt;
 use http::{Request, Response, StatusCode};
@@ -15,7 +15,7 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use ana_core::{BoxError, IdempotencyRepository, MemorySession};
-use ana_http::{Engine, IdempotencyConfig, Plan, Rejection, ResponseBody};
+use ana_http::{Engine, IdempotencyConfig, Plan, Rejection, ResponseBody, RouteLabel};
 
 use crate::body::{read_request, read_response, with_trailers};
 
@@ -185,6 +185,12 @@ where
     // router's routes would share targets and payloads: the record is made on the URI the
     // client sent (axum's `OriginalUri`), and the route is called with its own.
     let routed = original_uri(&mut parts);
+    let route = parts
+        .extensions
+        .get::<MatchedPath>()
+        .map_or("*", MatchedPath::as_str);
+    let label = format!("[{}]{route}", parts.method);
+    parts.extensions.insert(RouteLabel(label.into()));
     let prepared = match engine.plan(&parts) {
         Err(rejection) => return Ok(problem(&rejection, &parts)),
         Ok(Plan::PassThrough) => {

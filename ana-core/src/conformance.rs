@@ -38,6 +38,7 @@ use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
 use crate::manager::{Manager, Outcome};
 use crate::memory::MemoryRepository;
+use crate::observe::{CallOutcome, EventKind};
 use crate::operation::{FnOperation, operation};
 use crate::record::{FailureKind, Payload, Status, TrackedOperation};
 use crate::repository::{BoxError, IdempotencyRepository};
@@ -190,6 +191,7 @@ macro_rules! conformance_tests {
             ready_record_executes,
             failed_record_executes,
             timed_out_running_executes,
+            takeovers_are_reported,
             operation_error_passes_unwrapped,
             panic_becomes_panic_error,
             panic_before_the_future_becomes_panic_error,
@@ -474,6 +476,48 @@ pub async fn failed_record_executes<H: Harness>(harness: H) {
     assert_eq!(record.error, None);
     assert_eq!(record.failure, None);
     assert_eq!(count(&runs), 1);
+}
+
+/// A claim tells the manager what it took over: a Running record past its holder's timeout
+/// is reported as a takeover (then the call's outcome); a retry of a Failed record is not.
+pub async fn takeovers_are_reported<H: Harness>(harness: H) {
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = Arc::clone(&events);
+    let manager = manager(&harness).on_event(move |event| {
+        let mut events = log
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        events.push((event.kind, event.attempt));
+    });
+    let now = harness.clock().now();
+    let mut running = seeded("held", Status::Running, now - chrono::TimeDelta::hours(1));
+    running.timeout = Some(now - chrono::TimeDelta::minutes(30));
+    harness.seed(running).await;
+    harness.seed(seeded("failed", Status::Failed, now)).await;
+    let runs = counter();
+    executed(
+        manager
+            .run(counting(&runs, "held", "payload", "done"))
+            .await,
+    );
+    executed(
+        manager
+            .run(counting(&runs, "failed", "payload", "done"))
+            .await,
+    );
+    let events = events
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone();
+    let executed_outcome = EventKind::Outcome(CallOutcome::Executed);
+    assert_eq!(
+        events,
+        [
+            (EventKind::Takeover, Some(2)),
+            (executed_outcome, Some(2)),
+            (executed_outcome, Some(2)),
+        ]
+    );
 }
 
 /// A Running record past its timeout is taken over.

@@ -31,6 +31,8 @@
 //! - [`ReplayCache`] ([`Manager::with_replay_cache`]) answers repeated replays of Finished
 //!   records from the process's memory, before step 2, with the same payload check.
 //!
+//! - Every call reports one [`CallOutcome`] (see [Observability](#observability)).
+//!
 //! ## Example
 //!
 //! ```
@@ -60,6 +62,27 @@
 //! # Ok(()) }
 //! ```
 //!
+//! ## Observability
+//!
+//! Every call ends in exactly one [`CallOutcome`], reported three ways: as a `tracing` event
+//! inside the call's `ana.call` span (fields `target`, `key`, `store`, `attempt`; feature
+//! `tracing`, on by default, free when no subscriber listens), as `metrics` (feature
+//! `metrics`), and to the [`Manager::on_event`] hook ([`Event`]). Levels: debug for executed
+//! and replayed, info for the refusals, warn for superseded and an unavailable store, error
+//! for a panic or a corrupt record. Payloads, results, credentials and scope values are never
+//! reported; keys are a short hash unless [`Manager::with_raw_keys`] says otherwise.
+//!
+//! | metric | kind | labels |
+//! |---|---|---|
+//! | `ana_calls_total` | counter | `target` (the call's label: a route, not a key), `outcome` |
+//! | `ana_call_duration_seconds` | histogram | `outcome` |
+//! | `ana_store_duration_seconds` | histogram | `store`, `op` (`claim`, `finish`) |
+//! | `ana_in_flight` | gauge | attempts this process holds |
+//! | `ana_replay_cache_hits_total`, `ana_replay_cache_misses_total` | counter | |
+//!
+//! With the `metrics` feature, `describe_metrics()` gives them their help text in the
+//! installed recorder.
+//!
 //! ## Decisions where the contract is silent
 //!
 //! - Records keep a 128-bit payload [`Fingerprint`], never the payload.
@@ -81,6 +104,7 @@ pub mod conformance;
 mod error;
 mod manager;
 mod memory;
+mod observe;
 mod operation;
 mod record;
 mod repository;
@@ -91,6 +115,9 @@ pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
 pub use manager::{Attempt, Begun, Call, Manager, Outcome};
 pub use memory::{MemoryRepository, MemorySession};
+#[cfg(feature = "metrics")]
+pub use observe::describe_metrics;
+pub use observe::{CallOutcome, Event, EventKind, ReportedKey};
 pub use operation::{FnOperation, Operation, operation};
 pub use record::{
     FailureKind, Fingerprint, FingerprintHasher, Json, Payload, Status, TrackedOperation,

@@ -18,6 +18,7 @@ use crate::cache::ReplayCache;
 use crate::clock::{self, Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
+use crate::observe::{CallOutcome, Event, EventKind, Observed, Reporting, StoreTimer, Subject};
 use crate::operation::Operation;
 use crate::record::{FailureKind, Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
@@ -86,6 +87,7 @@ pub struct Manager<P: ?Sized, R, Ctx> {
     clock: Arc<dyn Clock>,
     cleanups: Arc<Cleanups>,
     replay_cache: Option<ReplayCache>,
+    reporting: Reporting,
     payload: PhantomData<fn(&P)>,
 }
 
@@ -97,6 +99,7 @@ impl<P: ?Sized, R, Ctx> Clone for Manager<P, R, Ctx> {
             clock: Arc::clone(&self.clock),
             cleanups: Arc::clone(&self.cleanups),
             replay_cache: self.replay_cache.clone(),
+            reporting: self.reporting.clone(),
             payload: PhantomData,
         }
     }
@@ -107,6 +110,7 @@ impl<P: ?Sized, R, Ctx> fmt::Debug for Manager<P, R, Ctx> {
         f.debug_struct("Manager")
             .field("clock", &self.clock)
             .field("pending_cleanups", &self.cleanups.pending())
+            .field("reporting", &self.reporting)
             .finish_non_exhaustive()
     }
 }
@@ -144,6 +148,7 @@ where
             clock: Arc::new(SystemClock),
             cleanups: Arc::default(),
             replay_cache: None,
+            reporting: Reporting::default(),
             payload: PhantomData,
         }
     }
@@ -163,6 +168,56 @@ where
     pub fn with_replay_cache(mut self, cache: ReplayCache) -> Self {
         self.replay_cache = Some(cache);
         self
+    }
+
+    /// Calls `hook` with every [`Event`] of every call: its outcome, and a takeover of a
+    /// timed-out holder. For an audit log, or metrics of your own; it runs on the call's task,
+    /// so keep it short. Clones of the manager share it.
+    ///
+    /// ```
+    /// use std::sync::{Arc, Mutex};
+    /// use ana_core::{operation, CallOutcome, EventKind, Manager, MemoryRepository, MemorySession};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let seen = Arc::new(Mutex::new(Vec::new()));
+    /// let log = Arc::clone(&seen);
+    /// let manager: Manager<str, u8, MemorySession> = Manager::new(MemoryRepository::new())
+    ///     .on_event(move |event| log.lock().unwrap().push(event.kind));
+    /// let work = |_| async { Ok::<_, std::io::Error>(1) };
+    /// manager.call(operation("t", "k", "p".to_owned(), work)).await?;
+    /// manager.call(operation("t", "k", "p".to_owned(), work)).await?;
+    /// assert_eq!(
+    ///     *seen.lock().unwrap(),
+    ///     [EventKind::Outcome(CallOutcome::Executed), EventKind::Outcome(CallOutcome::Replayed)]
+    /// );
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn on_event(mut self, hook: impl Fn(&Event<'_>) + Send + Sync + 'static) -> Self {
+        self.reporting = self.reporting.with_hook(Arc::new(hook));
+        self
+    }
+
+    /// Reports keys as they are stored instead of a short hash of them (the default: a key
+    /// may be personal data, or guessable).
+    #[must_use]
+    pub fn with_raw_keys(mut self, raw: bool) -> Self {
+        self.reporting.raw_keys = raw;
+        self
+    }
+
+    /// Whether calls make an `ana.call` span (default: yes; with no `tracing` subscriber
+    /// listening a span costs next to nothing).
+    #[must_use]
+    pub fn with_spans(mut self, spans: bool) -> Self {
+        self.reporting = self.reporting.with_spans(spans);
+        self
+    }
+
+    /// The store's name (`memory`, `postgres`, `redis`, …).
+    pub fn store_name(&self) -> &'static str {
+        self.repository.name()
     }
 
     /// The replay cache, when there is one.
@@ -251,15 +306,68 @@ where
     /// # Ok(()) }
     /// ```
     pub async fn begin<E>(&self, call: Call<'_>) -> Result<Begun<'_, P, R, Ctx>, Error<E>> {
+        let subject = self.subject(&call);
+        let observed = Observed::start(&self.reporting, subject);
+        let step = within(&observed, self.claim(&call)).await;
+        let outcome = match step {
+            Ok(Step::Acquired {
+                lease,
+                session,
+                cached,
+                took_over,
+            }) => {
+                observed.hold(lease.attempt);
+                if took_over {
+                    let attempt = Some(lease.attempt);
+                    observed.report(&self.reporting, subject, EventKind::Takeover, attempt);
+                }
+                return Ok(Begun::Acquired(Attempt {
+                    held: Held {
+                        manager: self,
+                        target: call.target.to_owned(),
+                        key: call.key.to_owned(),
+                        label: call.label.map(Box::from),
+                        lease,
+                        armed: Some(session.clone()),
+                        observed,
+                        reported: false,
+                    },
+                    session,
+                    cached,
+                }));
+            }
+            Ok(Step::Replayed(value)) => Ok(Begun::Replayed(value)),
+            Err(error) => Err(error),
+        };
+        let reported = match &outcome {
+            Ok(_) => CallOutcome::Replayed,
+            Err(error) => CallOutcome::of_error(error),
+        };
+        observed.report(&self.reporting, subject, EventKind::Outcome(reported), None);
+        outcome
+    }
+
+    fn subject<'c>(&self, call: &Call<'c>) -> Subject<'c> {
+        Subject {
+            target: call.target,
+            label: call.label.unwrap_or(call.target),
+            key: call.key,
+            store: self.repository.name(),
+        }
+    }
+
+    /// The expiry check, the replay cache and the claim.
+    async fn claim<E>(&self, call: &Call<'_>) -> Result<Step<R, Ctx>, Error<E>> {
         let now = self.clock.now();
         let reference_time = call.reference_time.unwrap_or(now);
         let expiration = call.expiration.map(|e| clock::add(reference_time, e));
         if expiration.is_some_and(|expiration| now > expiration) {
             return Err(call.expired());
         }
-        if let Some(replayed) = self.replay_cached(&call, now) {
-            return replayed.map(Begun::Replayed);
+        if let Some(replayed) = self.replay_cached(call, now) {
+            return replayed.map(Step::Replayed);
         }
+        let timer = StoreTimer::start();
         let claimed = self
             .repository
             .claim(&ClaimRequest {
@@ -270,39 +378,38 @@ where
                 timeout: call.timeout,
                 expiration,
             })
-            .await?;
-        let (lease, session) = match claimed {
+            .await;
+        timer.stop(self.repository.name(), "claim");
+        let (lease, session, previous) = match claimed? {
             Claim::Existing { record, now } => {
                 self.cache_finished(&record);
                 return self
                     .verdict(record, call.fingerprint, now)
-                    .map(Begun::Replayed);
+                    .map(Step::Replayed);
             }
-            Claim::Acquired { lease, session } => (lease, session),
+            Claim::Acquired {
+                lease,
+                session,
+                previous,
+            } => (lease, session, previous),
         };
         // A record this claim created has this call's expiration; one taken over keeps its
         // first call's, which only the store knows: only the first is cached.
         let cached = (lease.attempt == 1).then_some((call.fingerprint, expiration));
-        Ok(Begun::Acquired(Attempt {
-            held: Held {
-                manager: self,
-                target: call.target.to_owned(),
-                key: call.key.to_owned(),
-                lease,
-                armed: Some(session.clone()),
-            },
+        Ok(Step::Acquired {
+            lease,
             session,
             cached,
-        }))
+            took_over: previous == Some(Status::Running),
+        })
     }
 
     /// The replay cache's answer for `call`, with the same checks, in the same order, as on a
     /// Finished record in the store.
     fn replay_cached<E>(&self, call: &Call<'_>, now: DateTime<Utc>) -> Option<Result<R, Error<E>>> {
-        let hit = self
-            .replay_cache
-            .as_ref()?
-            .get(call.target, call.key, now)?;
+        let hit = self.replay_cache.as_ref()?.get(call.target, call.key, now);
+        crate::observe::replay_cache_lookup(hit.is_some());
+        let hit = hit?;
         if hit.fingerprint != call.fingerprint {
             return Some(Err(Error::PayloadMismatch {
                 target: call.target.to_owned(),
@@ -405,6 +512,7 @@ where
 #[derive(Clone, Copy, Debug)]
 pub struct Call<'a> {
     target: &'a str,
+    label: Option<&'a str>,
     key: &'a str,
     fingerprint: Fingerprint,
     reference_time: Option<DateTime<Utc>>,
@@ -418,6 +526,7 @@ impl<'a> Call<'a> {
     pub fn new(target: &'a str, key: &'a str, fingerprint: Fingerprint) -> Self {
         Self {
             target,
+            label: None,
             key,
             fingerprint,
             reference_time: None,
@@ -430,12 +539,21 @@ impl<'a> Call<'a> {
     pub fn of<Ctx, O: Operation<Ctx>>(operation: &'a O) -> Self {
         Self {
             target: operation.target(),
+            label: None,
             key: operation.key(),
             fingerprint: operation.payload().fingerprint(),
             reference_time: operation.reference_time(),
             timeout: operation.timeout(),
             expiration: operation.expiration(),
         }
+    }
+
+    /// A bounded name for the call in metrics and events (an HTTP route such as
+    /// `/payments/{id}`, where the target holds the path itself); the target when not set.
+    #[must_use]
+    pub fn label(mut self, label: &'a str) -> Self {
+        self.label = Some(label);
+        self
     }
 
     /// When the caller issued the request (`None`: now).
@@ -465,6 +583,29 @@ impl<'a> Call<'a> {
             key: self.key.to_owned(),
         }
     }
+}
+
+/// What the claim step found.
+enum Step<R, Ctx> {
+    Replayed(R),
+    Acquired {
+        lease: Lease,
+        session: Ctx,
+        cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
+        /// The record was Running, its holder's timeout past.
+        took_over: bool,
+    },
+}
+
+/// `future`, run in the call's span.
+#[cfg(feature = "tracing")]
+fn within<F: Future>(observed: &Observed, future: F) -> tracing::instrument::Instrumented<F> {
+    tracing::Instrument::instrument(future, observed.span().clone())
+}
+
+#[cfg(not(feature = "tracing"))]
+fn within<F: Future>(_: &Observed, future: F) -> F {
+    future
 }
 
 /// What [`Manager::begin`] found.
@@ -525,13 +666,19 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let manager = held.manager;
         let encoded = manager.codec.encode(value);
         let bytes = encoded.as_deref().ok();
-        // A store error leaves the guard armed: the attempt is failed in the background.
-        let done = manager
+        let timer = StoreTimer::start();
+        let finish = manager
             .repository
-            .complete(session, held.id(), held.lease, bytes)
-            .await?;
+            .complete(session, held.id(), held.lease, bytes);
+        let done = within(&held.observed, finish).await;
+        timer.stop(manager.repository.name(), "finish");
+        // A store error leaves the attempt armed: it is failed in the background.
+        let done = match done {
+            Ok(done) => done,
+            Err(error) => return Err(held.ended(Error::Repository(error))),
+        };
         held.disarm();
-        match done {
+        let ended = match done {
             Completion::Done => {
                 if let (Some(cache), Some((fingerprint, expiration)), Ok(bytes)) =
                     (&manager.replay_cache, cached, &encoded)
@@ -539,17 +686,24 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
                     let now = manager.clock.now();
                     cache.insert(&held.target, &held.key, fingerprint, bytes, now, expiration);
                 }
-                encoded.map(drop).map_err(Error::Codec)
+                match encoded {
+                    Ok(_) => {
+                        held.report(CallOutcome::Executed);
+                        return Ok(());
+                    }
+                    Err(error) => Error::Codec(error),
+                }
             }
-            Completion::Superseded => Err(Error::Superseded {
+            Completion::Superseded => Error::Superseded {
                 target: held.target.clone(),
                 key: held.key.clone(),
-            }),
-            Completion::Expired => Err(Error::Expired {
+            },
+            Completion::Expired => Error::Expired {
                 target: held.target.clone(),
                 key: held.key.clone(),
-            }),
-        }
+            },
+        };
+        Err(held.ended(ended))
     }
 
     /// Rolls the session back and records the attempt Failed with `failure` (the next call
@@ -558,12 +712,16 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let Self {
             session, mut held, ..
         } = self;
-        let done = held
-            .manager
+        let kind = failure.kind;
+        let manager = held.manager;
+        let timer = StoreTimer::start();
+        let finish = manager
             .repository
-            .fail(session, held.id(), held.lease, failure)
-            .await;
+            .fail(session, held.id(), held.lease, failure);
+        let done = within(&held.observed, finish).await;
+        timer.stop(manager.repository.name(), "finish");
         held.disarm();
+        held.report(CallOutcome::of_failure(kind));
         done.map(drop)
     }
 }
@@ -575,8 +733,12 @@ struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     manager: &'m Manager<P, R, Ctx>,
     target: String,
     key: String,
+    label: Option<Box<str>>,
     lease: Lease,
     armed: Option<Ctx>,
+    observed: Observed,
+    /// Whether the call's outcome was reported (exactly one per call).
+    reported: bool,
 }
 
 impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> fmt::Debug for Held<'_, P, R, Ctx> {
@@ -598,10 +760,34 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Held<'_, P, R, Ctx> {
     fn disarm(&mut self) {
         self.armed = None;
     }
+
+    fn report(&mut self, outcome: CallOutcome) {
+        if std::mem::replace(&mut self.reported, true) {
+            return;
+        }
+        let subject = Subject {
+            target: &self.target,
+            label: self.label.as_deref().unwrap_or(&self.target),
+            key: &self.key,
+            store: self.manager.repository.name(),
+        };
+        let attempt = Some(self.lease.attempt);
+        let kind = EventKind::Outcome(outcome);
+        self.observed
+            .report(&self.manager.reporting, subject, kind, attempt);
+    }
+
+    /// Reports the outcome of `error` and hands it back.
+    fn ended<E>(&mut self, error: Error<E>) -> Error<E> {
+        self.report(CallOutcome::of_error(&error));
+        error
+    }
 }
 
 impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for Held<'_, P, R, Ctx> {
     fn drop(&mut self) {
+        self.observed.release();
+        self.report(CallOutcome::Cancelled);
         let Some(session) = self.armed.take() else {
             return;
         };
@@ -707,6 +893,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// The object-safe face of [`IdempotencyRepository`], so a manager's type names only its
 /// session context, not its store.
 trait DynRepository<Ctx>: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
     fn claim<'a>(
         &'a self,
         request: &'a ClaimRequest<'a>,
@@ -733,6 +920,10 @@ trait DynRepository<Ctx>: Send + Sync + 'static {
 }
 
 impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
+    fn name(&self) -> &'static str {
+        IdempotencyRepository::name(self)
+    }
+
     fn claim<'a>(
         &'a self,
         request: &'a ClaimRequest<'a>,

@@ -305,7 +305,8 @@ impl MemoryRepository {
                 record.data(),
             );
             shard.records.replace(record);
-            return Ok(Some(acquired(Lease { attempt, claim }, id)));
+            let previous = Some(header.status);
+            return Ok(Some(acquired(Lease { attempt, claim }, id, previous)));
         }
         if self.len() >= self.capacity {
             if may_sweep_all {
@@ -335,7 +336,7 @@ impl MemoryRepository {
         shard.note_evictable(header.evictable_from());
         shard.records.insert(Record::new(id, header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(acquired(Lease { attempt: 1, claim }, id)))
+        Ok(Some(acquired(Lease { attempt: 1, claim }, id, None)))
     }
 
     fn next_claim(&self) -> u64 {
@@ -377,6 +378,10 @@ impl MemoryRepository {
 
 impl IdempotencyRepository for MemoryRepository {
     type Session = MemorySession;
+
+    fn name(&self) -> &'static str {
+        "memory"
+    }
 
     async fn claim(
         &self,
@@ -679,9 +684,10 @@ fn half(bytes: &[u8], at: usize) -> [u8; 8] {
     array(bytes, at)
 }
 
-fn acquired(lease: Lease, id: &Id) -> Claim<MemorySession> {
+fn acquired(lease: Lease, id: &Id, previous: Option<Status>) -> Claim<MemorySession> {
     Claim::Acquired {
         lease,
+        previous,
         session: MemorySession {
             attempt: lease.attempt,
             id: *id,
@@ -772,7 +778,7 @@ mod tests {
         request: &ClaimRequest<'_>,
     ) -> (Lease, MemorySession) {
         match claim(repo, request).await {
-            Claim::Acquired { lease, session } => (lease, session),
+            Claim::Acquired { lease, session, .. } => (lease, session),
             Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
         }
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::record::{FailureKind, Fingerprint, TrackedOperation};
+use crate::record::{FailureKind, Fingerprint, Status, TrackedOperation};
 
 /// A boxed error from a store's driver, kept as the source of a [`RepositoryError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -40,6 +40,9 @@ pub enum Claim<S> {
         lease: Lease,
         /// The context the operation runs in (a transaction for Postgres).
         session: S,
+        /// The status of the record this claim took over (`Running` for a holder whose
+        /// timeout had passed, `Failed` for a retry), `None` when it created the record.
+        previous: Option<Status>,
     },
     /// Nothing was changed: the record as it stands, and the store's clock at the claim.
     Existing {
@@ -212,6 +215,11 @@ pub trait IdempotencyRepository: Send + Sync + 'static {
         lease: Lease,
         failure: Failure<'_>,
     ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
+
+    /// The store's name in spans, events and metric labels (`memory`, `postgres`, `redis`).
+    fn name(&self) -> &'static str {
+        "custom"
+    }
 
     /// Reads a record, for inspection and tests.
     fn get(

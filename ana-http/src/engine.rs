@@ -116,6 +116,12 @@ impl<Ctx> Attempt<Ctx> {
     }
 }
 
+/// The route a request was matched to (`[POST]/payments/{id}`), set in its extensions by the
+/// adapter: the label of its calls in metrics and events, bounded where the target (the path
+/// itself) is not.
+#[derive(Clone, Debug)]
+pub struct RouteLabel(pub std::borrow::Cow<'static, str>);
+
 /// Set in the request extensions inside an attempt, so that a nested layer (an app-wide layer
 /// and a route's own) passes the request through: one request is one attempt, under the
 /// outermost layer's settings.
@@ -314,7 +320,7 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
     ) -> Result<Claimed<'_, Ctx>, Outcome<B>> {
         let values = prepared.values;
         let grpc = is_grpc(&parts.headers);
-        let call = Call::new(
+        let mut call = Call::new(
             &values.target,
             &values.scoped_key,
             self.inner.config.fingerprint(parts, body),
@@ -322,6 +328,9 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         .reference_time(values.reference_time)
         .timeout(values.timeout)
         .expiration(values.expiration);
+        if let Some(RouteLabel(label)) = parts.extensions.get::<RouteLabel>() {
+            call = call.label(label);
+        }
         let begun = self.inner.manager.begin::<Infallible>(call).await;
         let attempt = match begun {
             Ok(Begun::Acquired(attempt)) => attempt,

@@ -69,6 +69,7 @@ pub use config::{
 pub use duration::{DurationError, parse_duration};
 pub use engine::{
     Attempt, Claimed, Engine, HttpManager, InsideAttempt, Outcome, Plan, Prepared, ResponseBody,
+    RouteLabel,
 };
 pub use grpc::{
     GRPC_ENCODING, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS, is_grpc, is_grpc_content_type,

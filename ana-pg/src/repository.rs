@@ -257,10 +257,14 @@ impl PgRepository {
 impl IdempotencyRepository for PgRepository {
     type Session = PgSession;
 
+    fn name(&self) -> &'static str {
+        "postgres"
+    }
+
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim<PgSession>, RepositoryError> {
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
         let mut tries = 0;
-        let (attempt, claim) = loop {
+        let (attempt, claim, previous) = loop {
             tries += 1;
             let row = sqlx::query(self.shared.sql.claim.get())
                 .bind(request.target)
@@ -287,7 +291,11 @@ impl IdempotencyRepository for PgRepository {
                             request.target, request.key
                         ),
                     })?;
-                    break (record.attempt, claim);
+                    // The status the statement read before taking the record over (a
+                    // concurrent change in between is as good as not seen): for reports.
+                    let previous: Option<String> = row.try_get("previous").map_err(map_sqlx)?;
+                    let previous = previous.and_then(|status| status.parse().ok());
+                    break (record.attempt, claim, previous);
                 }
                 // Not taken, though the record read was one to take: a concurrent claim took
                 // it over after this statement's snapshot (the conflict arm re-checked the
@@ -311,6 +319,7 @@ impl IdempotencyRepository for PgRepository {
         Ok(Claim::Acquired {
             lease: Lease { attempt, claim },
             session: PgSession::new(conn, attempt),
+            previous,
         })
     }
 

@@ -161,9 +161,12 @@ impl Statements {
                 WHERE {claimable}
                 RETURNING {COLUMNS}
             )
-            SELECT true AS acquired, statement_timestamp() AS now, c.* FROM claimed c
+            SELECT true AS acquired, statement_timestamp() AS now,
+                   (SELECT e.status::text FROM existing e) AS previous, c.*
+            FROM claimed c
             UNION ALL
-            SELECT false AS acquired, statement_timestamp() AS now, {COLUMN_NAMES}
+            SELECT false AS acquired, statement_timestamp() AS now, NULL::text AS previous,
+                   {COLUMN_NAMES}
             FROM existing
             WHERE NOT EXISTS (SELECT 1 FROM claimed)"
         );

@@ -355,7 +355,7 @@ async fn an_earlier_schema_is_migrated_with_its_records() {
         timeout: None,
         expiration: None,
     };
-    let Claim::Acquired { lease, session } = repository.claim(&request).await.unwrap() else {
+    let Claim::Acquired { lease, session, .. } = repository.claim(&request).await.unwrap() else {
         panic!("a new key is claimed");
     };
     let id = RecordId::new(TARGET, "new");

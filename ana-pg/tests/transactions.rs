@@ -653,7 +653,7 @@ async fn a_finish_already_applied_by_the_same_claim_is_done() {
             timeout: Some(MINUTE),
             expiration: None,
         };
-        let Claim::Acquired { lease, session } = db.repository.claim(&request).await.unwrap()
+        let Claim::Acquired { lease, session, .. } = db.repository.claim(&request).await.unwrap()
         else {
             panic!("a new key is claimed");
         };

@@ -474,6 +474,10 @@ fn redis_error(error: RedisError) -> RepositoryError {
 impl IdempotencyRepository for RedisRepository {
     type Session = RedisSession;
 
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
     async fn claim(
         &self,
         request: &ClaimRequest<'_>,
@@ -498,15 +502,24 @@ impl IdempotencyRepository for RedisRepository {
         let name = || self.record_key(request.target, request.key);
         let mut reply = reply.into_iter();
         match (reply.next(), reply.next(), reply.next(), reply.next()) {
-            (Some(Value::Int(1)), Some(Value::Int(attempt)), Some(Value::Int(claim)), None) => {
+            (
+                Some(Value::Int(1)),
+                Some(Value::Int(attempt)),
+                Some(Value::Int(claim)),
+                Some(Value::BulkString(previous)),
+            ) => {
                 let attempt =
                     u64::try_from(attempt).map_err(|_| corrupt(&name(), "negative attempt"))?;
                 // The server's time in microseconds: positive on any clock Redis runs on.
                 let claim =
                     u64::try_from(claim).map_err(|_| corrupt(&name(), "negative claim number"))?;
+                let previous = std::str::from_utf8(&previous)
+                    .ok()
+                    .and_then(|status| status.parse().ok());
                 Ok(Claim::Acquired {
                     lease: Lease { attempt, claim },
                     session: RedisSession { attempt },
+                    previous,
                 })
             }
             (Some(Value::Int(0)), Some(Value::BulkString(now)), Some(hash), None) => {

@@ -51,7 +51,7 @@ async fn acquire(
     request: &ClaimRequest<'_>,
 ) -> (Lease, RedisSession) {
     match repository.claim(request).await.expect("claim") {
-        Claim::Acquired { lease, session } => (lease, session),
+        Claim::Acquired { lease, session, .. } => (lease, session),
         Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
     }
 }

@@ -38,7 +38,7 @@ pub(crate) async fn measure(records: usize, result: &[u8]) -> Result<u64> {
             timeout: Some(std::time::Duration::from_secs(30)),
             expiration: Some(now + chrono::TimeDelta::hours(24)),
         };
-        let Claim::Acquired { lease, session } = repository.claim(&request).await? else {
+        let Claim::Acquired { lease, session, .. } = repository.claim(&request).await? else {
             bail!("key {key} was not new");
         };
         let id = RecordId::new("[POST]/bench", &key);

@@ -1,6 +1,7 @@
 -- claim: ARGV[3] fingerprint (16 bytes), ARGV[4] reference time, ARGV[5] timeout duration or
 -- '', ARGV[6] expiration or ''.
--- Returns {1, attempt, claim} when this call now owns the record, or
+-- Returns {1, attempt, claim, previous status ('' for a new record)} when this call now owns
+-- the record, or
 -- {0, now, {field, value, ...}} with the record as it stands.
 -- The claim number (the lease's, stored as `tok`) is the server's time in microseconds.
 -- The first read (HGETALL) tells an absent record and is the answer when the record stands.
@@ -27,7 +28,7 @@ if #hash == 0 then
   end
   redis.call('HSET', key, unpack(fields))
   retain(exp, true, timeout)
-  return {1, 1, now}
+  return {1, 1, now, ''}
 end
 
 -- The fields the decision needs, by name (cheaper than walking the hash in Lua).
@@ -57,4 +58,4 @@ else
   redis.call('HDEL', key, 'timeout', 'res', 'err', 'fail', 'fin')
 end
 retain(exp, true, timeout)
-return {1, attempt, now}
+return {1, attempt, now, status}
