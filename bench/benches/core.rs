@@ -3,7 +3,11 @@
 //! Run with `cargo bench -p ana-bench --bench core` (or `make bench`). Results are 200-byte
 //! byte strings, the size of the HTTP benchmark's JSON responses. The `layer_*` benches drive
 //! the benchmark's axum route in process (no socket), bare and behind `IdempotencyLayer` on the
-//! memory store: their difference is what the layer costs per request.
+//! memory store: their difference is what the layer costs per request. `layer_new_key` runs
+//! with `tracing` compiled in and no subscriber; `layer_new_key_without_spans` is the same
+//! without the `ana.call` span, `layer_new_key_with_prometheus` with a Prometheus recorder
+//! taking ana's metrics (the bench builds ana-core with its `metrics` feature, so every
+//! `layer_*` row pays the metrics calls, into a no-op recorder but for that one).
 
 // A benchmark harness: a failed set-up or call must abort the run, not be measured.
 #![allow(clippy::expect_used)]
@@ -64,20 +68,34 @@ const RESPONSE: &str = concat!(
     r#""description":"benchmark payment","metadata":{"order":"ord_00000042"}}"#
 );
 
-fn router(layered: bool) -> axum::Router {
-    let routes = axum::Router::new().route(
+fn routes() -> axum::Router {
+    axum::Router::new().route(
         "/bench",
         axum::routing::post(|_body: bytes::Bytes| async {
             ([(http::header::CONTENT_TYPE, "application/json")], RESPONSE)
         }),
-    );
+    )
+}
+
+fn router(layered: bool) -> axum::Router {
     if layered {
-        routes.layer(ana_axum::IdempotencyLayer::new(
+        routes().layer(ana_axum::IdempotencyLayer::new(
             MemoryRepository::new().with_capacity(usize::MAX),
         ))
     } else {
-        routes
+        routes()
     }
+}
+
+/// The layer over a manager that makes no `ana.call` span: what `tracing` costs is the
+/// difference with `layer_new_key` (no subscriber listens in these benches).
+fn router_without_spans() -> axum::Router {
+    let repository = MemoryRepository::new().with_capacity(usize::MAX);
+    let manager =
+        Manager::with_codec(repository, ana_http::RecordedResponseCodec).with_spans(false);
+    routes().layer(ana_axum::IdempotencyLayer::from_engine(
+        ana_http::Engine::from_manager(manager),
+    ))
 }
 
 fn request(key: &str) -> http::Request<axum::body::Body> {
@@ -124,4 +142,29 @@ fn layer_replay(bencher: divan::Bencher<'_, '_>) {
     let app = router(true);
     runtime.block_on(send(&app, "replayed"));
     bencher.bench_local(|| runtime.block_on(send(&app, "replayed")));
+}
+
+/// A new key behind the layer whose manager makes no span: the baseline of `tracing`'s cost.
+#[divan::bench(sample_count = 100, sample_size = 1000)]
+fn layer_new_key_without_spans(bencher: divan::Bencher<'_, '_>) {
+    let (runtime, _) = setup();
+    let app = router_without_spans();
+    let next = AtomicU64::new(0);
+    bencher
+        .with_inputs(|| format!("key-{}", next.fetch_add(1, Ordering::Relaxed)))
+        .bench_local_refs(|key| runtime.block_on(send(&app, key)));
+}
+
+/// A new key behind the layer with a Prometheus recorder taking ana's metrics.
+#[divan::bench(sample_count = 100, sample_size = 1000)]
+fn layer_new_key_with_prometheus(bencher: divan::Bencher<'_, '_>) {
+    let (runtime, _) = setup();
+    let app = router(true);
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let next = AtomicU64::new(0);
+    bencher
+        .with_inputs(|| format!("key-{}", next.fetch_add(1, Ordering::Relaxed)))
+        .bench_local_refs(|key| {
+            metrics::with_local_recorder(&recorder, || runtime.block_on(send(&app, key)))
+        });
 }

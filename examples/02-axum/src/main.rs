@@ -24,6 +24,8 @@
 //! # in flight (start the server with SLOW_MS=5000): the second call gets 409
 //! curl -s -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow' & sleep 1; \
 //!   curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow'
+//! # what the calls above did, for Prometheus (outside the layer: no key needed)
+//! curl localhost:3000/metrics
 //! # with DATABASE_URL: the order row commits with the record, exactly once
 //! curl -i -X POST localhost:3000/orders -H 'X-Idempotency-Key: order-1' -d 'book'
 //! # ...and is rolled back when the handler fails (a body containing "fail")
@@ -39,12 +41,15 @@ use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
 use axum::Router;
 use axum::http::StatusCode;
-use axum::routing::post;
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let metrics = observability()?;
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()
@@ -91,6 +96,11 @@ async fn main() -> Result<(), BoxError> {
         )
     };
 
+    // Outside the idempotency layer: a scrape needs no key.
+    let app = app.route(
+        "/metrics",
+        get(move || std::future::ready(metrics.render())),
+    );
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let address = listener.local_addr()?;
     // Tests read this line to find the port.
@@ -101,6 +111,28 @@ async fn main() -> Result<(), BoxError> {
         })
         .await?;
     Ok(())
+}
+
+/// Logs to stderr (JSON lines with `LOG_FORMAT=json`; `RUST_LOG` filters, default `info`), and
+/// the Prometheus recorder whose text `GET /metrics` serves.
+fn observability() -> Result<PrometheusHandle, BoxError> {
+    let json = match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") | Err(_) => false,
+        Ok(other) => return Err(format!("LOG_FORMAT={other} is not json or text").into()),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().try_init()?;
+    } else {
+        logs.try_init()?;
+    }
+    let metrics = PrometheusBuilder::new().install_recorder()?;
+    ana_core::describe_metrics();
+    Ok(metrics)
 }
 
 /// Every path and method answers `hello`, behind the layer (the fallback is layered too).

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use tokio::sync::{Barrier, oneshot};
+use tokio::sync::{Barrier, oneshot, watch};
 use tokio::task::JoinHandle;
 
 const NOT_PERSISTED: &str = "Not persisted!";
@@ -24,6 +24,8 @@ struct Server {
     child: Child,
     address: String,
     reader: JoinHandle<usize>,
+    /// How many times the handler has run so far.
+    runs: watch::Receiver<usize>,
     client: Client<HttpConnector, Full<Bytes>>,
 }
 
@@ -44,6 +46,7 @@ impl Server {
         let mut child = command.spawn().expect("the example binary starts");
         let stdout = child.stdout.take().unwrap();
         let (address_tx, address_rx) = oneshot::channel();
+        let (runs_tx, runs_rx) = watch::channel(0);
         let reader = tokio::spawn(async move {
             let mut runs = 0;
             let mut lines = BufReader::new(stdout).lines();
@@ -56,6 +59,7 @@ impl Server {
                     }
                 } else if line == NOT_PERSISTED {
                     runs += 1;
+                    runs_tx.send_replace(runs);
                 }
             }
             runs
@@ -68,8 +72,18 @@ impl Server {
             child,
             address,
             reader,
+            runs: runs_rx,
             client: Client::builder(TokioExecutor::new()).build_http(),
         }
+    }
+
+    /// Waits until the handler has started `runs` times (it prints before it works).
+    async fn handler_started(&self, runs: usize) {
+        let mut seen = self.runs.clone();
+        tokio::time::timeout(Duration::from_secs(30), seen.wait_for(|n| *n >= runs))
+            .await
+            .expect("the handler starts within 30s")
+            .expect("the server is running");
     }
 
     async fn post(&self, path: &str, headers: &[(&str, &str)], body: &str) -> Response<String> {
@@ -218,6 +232,42 @@ async fn the_originals_curl_is_answered_on_any_path() {
         .await;
     assert_eq!(hello.status(), StatusCode::OK);
     assert_eq!(server.stop().await, 2);
+}
+
+/// `GET /metrics` (outside the layer: no key) counts the calls by outcome: after a new key, a
+/// replay, a key reused with another body and a duplicate in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_every_outcome() {
+    let server = Arc::new(Server::start(&[("SLOW_MS", "2000")]).await);
+    let key = unique("metrics");
+    let headers = [("x-idempotency-key", key.as_str())];
+    let first = {
+        let server = Arc::clone(&server);
+        let key = key.clone();
+        tokio::spawn(async move {
+            server
+                .post("/hello", &[("x-idempotency-key", &key)], "a")
+                .await
+        })
+    };
+    server.handler_started(1).await;
+    let busy = server.post("/hello", &headers, "a").await;
+    assert_eq!(busy.status(), StatusCode::CONFLICT);
+    assert_eq!(first.await.unwrap().status(), StatusCode::OK);
+    let replay = server.post("/hello", &headers, "a").await;
+    assert!(replayed(&replay));
+    let other = server.post("/hello", &headers, "b").await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let metrics = server.send(Method::GET, "/metrics", &[], "").await;
+    assert_eq!(metrics.status(), StatusCode::OK);
+    let text = metrics.body();
+    for outcome in ["executed", "replayed", "payload_mismatch", "still_running"] {
+        let line = format!("ana_calls_total{{target=\"[POST]*\",outcome=\"{outcome}\"}} 1");
+        assert!(text.contains(&line), "no {line} in\n{text}");
+    }
+    assert!(text.contains("ana_store_duration_seconds"), "{text}");
+    assert!(!text.contains(&key), "a key leaked into the metrics");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -39,11 +39,14 @@ use actix_web::{App, HttpResponse, HttpServer, web};
 use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository};
 use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
 #[actix_web::main]
 async fn main() -> Result<(), BoxError> {
+    let metrics = observability()?;
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()
@@ -80,9 +83,12 @@ async fn main() -> Result<(), BoxError> {
         };
         serve(
             IdempotencyMiddleware::new(repository),
-            slow,
+            Served {
+                slow,
+                metrics,
+                port,
+            },
             orders,
-            port,
             "postgres",
         )
         .await
@@ -90,9 +96,12 @@ async fn main() -> Result<(), BoxError> {
         let repository = RedisRepository::from_url(url)?;
         serve(
             IdempotencyMiddleware::new(repository),
-            slow,
+            Served {
+                slow,
+                metrics,
+                port,
+            },
             |_| {},
-            port,
             "redis",
         )
         .await
@@ -100,33 +109,78 @@ async fn main() -> Result<(), BoxError> {
         let repository = MemoryRepository::new();
         serve(
             IdempotencyMiddleware::new(repository),
-            slow,
+            Served {
+                slow,
+                metrics,
+                port,
+            },
             |_| {},
-            port,
             "memory",
         )
         .await
     }
 }
 
-/// Serves the `more` routes, and `hello` on every other path and method (like the Go
-/// original's `app.Get("/*", …)`), behind the middleware until Ctrl-C.
+/// What the server is given besides its routes.
+struct Served {
+    slow: Duration,
+    metrics: PrometheusHandle,
+    port: u16,
+}
+
+/// Logs to stderr (JSON lines with `LOG_FORMAT=json`; `RUST_LOG` filters, default `info`), and
+/// the Prometheus recorder whose text `GET /metrics` serves.
+fn observability() -> Result<PrometheusHandle, BoxError> {
+    let json = match std::env::var("LOG_FORMAT").as_deref() {
+        Ok("json") => true,
+        Ok("text") | Err(_) => false,
+        Ok(other) => return Err(format!("LOG_FORMAT={other} is not json or text").into()),
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        logs.json().try_init()?;
+    } else {
+        logs.try_init()?;
+    }
+    let metrics = PrometheusBuilder::new().install_recorder()?;
+    ana_actix::ana_core::describe_metrics();
+    Ok(metrics)
+}
+
+/// Serves `GET /metrics`, then, behind the middleware, the `more` routes and `hello` on every
+/// other path and method (like the Go original's `app.Get("/*", …)`), until Ctrl-C.
 async fn serve<Ctx, F>(
     idempotency: IdempotencyMiddleware<Ctx>,
-    slow: Duration,
+    served: Served,
     more: F,
-    port: u16,
     store: &str,
 ) -> Result<(), BoxError>
 where
     Ctx: Clone + Send + Sync + 'static,
     F: Fn(&mut web::ServiceConfig) + Clone + Send + 'static,
 {
+    let Served {
+        slow,
+        metrics,
+        port,
+    } = served;
     let server = HttpServer::new(move || {
+        let metrics = metrics.clone();
         App::new()
-            .wrap(idempotency.clone())
-            .configure(more.clone())
-            .default_service(web::to(move |attempt: Attempt<Ctx>| hello(attempt, slow)))
+            // Outside the middleware: a scrape needs no key.
+            .route(
+                "/metrics",
+                web::get().to(move || std::future::ready(metrics.render())),
+            )
+            .service(
+                web::scope("")
+                    .wrap(idempotency.clone())
+                    .configure(more.clone())
+                    .default_service(web::to(move |attempt: Attempt<Ctx>| hello(attempt, slow))),
+            )
     })
     .bind(("127.0.0.1", port))?;
     let address = server
