@@ -28,6 +28,7 @@ endif
 bench: services ## Benchmarks (under 10 min): Manager::call (divan), then HTTP and store ratios (wrk, pgbench, redis-benchmark)
 	bash scripts/bench-tools.sh
 	$(CARGO) bench -p ana-bench --bench core
+	$(CARGO) bench -p ana-bench --bench core --features metrics -- layer_new_key
 	$(CARGO) run --profile bench -q -p ana-bench
 
 test-redis-cluster: ## ana-redis conformance on a 3-master Redis Cluster it starts and stops (ports 7301-7303)

@@ -5,9 +5,8 @@
 //! the benchmark's axum route in process (no socket), bare and behind `IdempotencyLayer` on the
 //! memory store: their difference is what the layer costs per request. `layer_new_key` runs
 //! with `tracing` compiled in and no subscriber; `layer_new_key_without_spans` is the same
-//! without the `ana.call` span, `layer_new_key_with_prometheus` with a Prometheus recorder
-//! taking ana's metrics (the bench builds ana-core with its `metrics` feature, so every
-//! `layer_*` row pays the metrics calls, into a no-op recorder but for that one).
+//! without the `ana.call` span. `layer_new_key_with_prometheus` (feature `metrics`, a build of
+//! its own) takes ana's metrics into a Prometheus recorder.
 
 // A benchmark harness: a failed set-up or call must abort the run, not be measured.
 #![allow(clippy::expect_used)]
@@ -155,7 +154,9 @@ fn layer_new_key_without_spans(bencher: divan::Bencher<'_, '_>) {
         .bench_local_refs(|key| runtime.block_on(send(&app, key)));
 }
 
-/// A new key behind the layer with a Prometheus recorder taking ana's metrics.
+/// A new key behind the layer with a Prometheus recorder taking ana's metrics (feature
+/// `metrics`; `make bench` runs it in a build of its own).
+#[cfg(feature = "metrics")]
 #[divan::bench(sample_count = 100, sample_size = 1000)]
 fn layer_new_key_with_prometheus(bencher: divan::Bencher<'_, '_>) {
     let (runtime, _) = setup();
