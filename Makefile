@@ -2,7 +2,8 @@
 
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_URL ?= redis://127.0.0.1:6379
-export DATABASE_URL REDIS_URL
+MYSQL_URL ?= mysql://root@127.0.0.1:3306/test
+export DATABASE_URL REDIS_URL MYSQL_URL
 
 CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
@@ -13,10 +14,10 @@ NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
-services: ## Start the local PostgreSQL and Redis the tests use, if stopped
+services: ## Start the local PostgreSQL, MariaDB and Redis the tests use, if stopped
 	@bash scripts/services.sh
 
-test: services ## Run every test (unit, conformance, Postgres, Redis, HTTP, doc tests)
+test: services ## Run every test (unit, conformance, Postgres, SQLite, MySQL, Redis, HTTP, doc tests)
 ifeq ($(NEXTEST),yes)
 	$(CARGO) nextest run --workspace --all-features --no-fail-fast -E 'not binary_id(ana-redis::cluster)'
 else
@@ -47,7 +48,7 @@ fmt: ## Format the code
 user_set = $(filter environment% command,$(origin $(1)))
 EXAMPLE_02_ENV = $(if $(call user_set,DATABASE_URL),,-u DATABASE_URL) $(if $(call user_set,REDIS_URL),,-u REDIS_URL)
 
-example-02: ## Example 02 on :3000 (memory store; DATABASE_URL=… Postgres, REDIS_URL=… Redis, SLOW_MS=5000 slow)
+example-02: ## Example 02 on :3000 (memory store; DATABASE_URL=postgres://…, sqlite://ana.db or mysql://…; REDIS_URL=…; SLOW_MS=5000 slow)
 	env $(EXAMPLE_02_ENV) $(CARGO) run -p example-02-axum
 
 example-03: ## Example 03 (actix-web) on :3000, the same demo as example 02 (same variables)

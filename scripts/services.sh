@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# Makes sure the local PostgreSQL and Redis the tests default to are answering; starts them
-# when they are installed here but stopped. Does nothing for a DATABASE_URL / REDIS_URL that
-# points elsewhere. Bounded in time; exits non-zero with a message when a server stays down.
+# Makes sure the local PostgreSQL, MariaDB and Redis the tests default to are answering; starts
+# them when they are installed here but stopped. Does nothing for a DATABASE_URL / MYSQL_URL /
+# REDIS_URL that points elsewhere. A fresh machine gets MariaDB with
+# `apt-get install mariadb-server` (root over TCP without a password, database `test`:
+# `mysql -uroot -e "CREATE DATABASE IF NOT EXISTS test"`). Bounded in time; exits non-zero with a message when a server stays down.
 set -u
 
 pg_local() { [[ "${DATABASE_URL:-}" == *"@127.0.0.1"* || "${DATABASE_URL:-}" == *"@localhost"* ]]; }
+mysql_local() { [[ "${MYSQL_URL:-}" == *"@127.0.0.1"* || "${MYSQL_URL:-}" == *"@localhost"* ]]; }
 redis_local() { [[ "${REDIS_URL:-}" == *"//127.0.0.1"* || "${REDIS_URL:-}" == *"//localhost"* ]]; }
 
 wait_for() { # name, seconds, command...
@@ -22,6 +25,16 @@ if [ -n "${DATABASE_URL:-}" ] && pg_local && command -v pg_isready >/dev/null; t
       pg_ctlcluster --skip-systemctl-redirect "$(ls /etc/postgresql | head -1)" main start || true
     fi
     wait_for PostgreSQL 30 pg_isready -q -h 127.0.0.1 -p 5432 || status=1
+  fi
+fi
+if [ -n "${MYSQL_URL:-}" ] && mysql_local && command -v mysqladmin >/dev/null; then
+  if ! mysqladmin -h 127.0.0.1 -uroot ping >/dev/null 2>&1; then
+    if [ -x /usr/sbin/mariadbd ]; then
+      echo "services: starting MariaDB"
+      mkdir -p /run/mysqld && chown mysql:mysql /run/mysqld 2>/dev/null || true
+      start-stop-daemon --start --oknodo --background --exec /usr/sbin/mariadbd -- --user=mysql || true
+    fi
+    wait_for MariaDB 30 mysqladmin -h 127.0.0.1 -uroot ping || status=1
   fi
 fi
 if [ -n "${REDIS_URL:-}" ] && redis_local && command -v redis-cli >/dev/null; then

@@ -3,9 +3,13 @@
 //! Run it with `make example-02` (or `cargo run -p example-02-axum`). It listens on
 //! 127.0.0.1:3000 (`PORT` overrides; `PORT=0` picks a free port) with the idempotency layer on
 //! every path and method, like the Go original's `app.Get("/*", …)`: any path answers
-//! `Hello <key>!`. The store is the memory store, Postgres when `DATABASE_URL` is set, Redis
-//! when `REDIS_URL` is set (Postgres wins when both are). `SLOW_MS=5000` makes the handlers take
-//! five seconds, so you can see the 409 for yourself.
+//! `Hello <key>!`. The store is the memory store, or the database `DATABASE_URL` names:
+//! `postgres://…`, `sqlite://ana.db` (a file, created if missing; records survive a restart),
+//! `sqlite::memory:` or `mysql://…` (MySQL or MariaDB); Redis when `REDIS_URL` is set
+//! (`DATABASE_URL` wins when both are). `SLOW_MS=5000` makes the handlers take five seconds,
+//! so you can see the 409 for yourself. The `/orders` route, whose SQL commits with the
+//! record, is served on Postgres only (its SQL is Postgres's); every other path works on
+//! every store.
 //!
 //! ```text
 //! # the Go original's call: the handler runs and prints "Not persisted!"; again: replayed
@@ -26,7 +30,7 @@
 //!   curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow'
 //! # what the calls above did, for Prometheus (outside the layer: no key needed)
 //! curl localhost:3000/metrics
-//! # with DATABASE_URL: the order row commits with the record, exactly once
+//! # with DATABASE_URL=postgres://…: the order row commits with the record, exactly once
 //! curl -i -X POST localhost:3000/orders -H 'X-Idempotency-Key: order-1' -d 'book'
 //! # ...and is rolled back when the handler fails (a body containing "fail")
 //! curl -i -X POST localhost:3000/orders -H 'X-Idempotency-Key: order-2' -d 'fail me'
@@ -37,8 +41,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use ana_axum::{Attempt, IdempotencyLayer, MemoryRepository};
+use ana_mysql::MySqlRepository;
 use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
+use ana_sqlite::SqliteRepository;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::{get, post};
@@ -70,20 +76,7 @@ async fn main() -> Result<(), BoxError> {
         .filter(|url| !url.is_empty());
 
     let (app, store) = if let Some(url) = database_url {
-        let pool = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(16)
-            .acquire_timeout(Duration::from_secs(3))
-            .connect(&url)
-            .await?;
-        let repository = PgRepository::new(pool.clone());
-        repository.migrate().await?;
-        create_orders_table(&pool).await?;
-        let layer = IdempotencyLayer::new(repository);
-        let app = Router::new()
-            .route("/orders", post(move |a, b| create_order(a, b, slow)))
-            .fallback(move |attempt: Attempt<PgSession>| hello(attempt, slow))
-            .layer(layer);
-        (app, "postgres")
+        database_app(&url, slow).await?
     } else if let Some(url) = redis_url {
         (
             app(IdempotencyLayer::new(RedisRepository::from_url(url)?), slow),
@@ -133,6 +126,45 @@ fn observability() -> Result<PrometheusHandle, BoxError> {
     let metrics = PrometheusBuilder::new().install_recorder()?;
     ana_core::describe_metrics();
     Ok(metrics)
+}
+
+/// The app on the database `url` names, and the store's name.
+async fn database_app(url: &str, slow: Duration) -> Result<(Router, &'static str), BoxError> {
+    if url.starts_with("sqlite:") {
+        let repository = SqliteRepository::connect(url).await?;
+        repository.migrate().await?;
+        return Ok((app(IdempotencyLayer::new(repository), slow), "sqlite"));
+    }
+    if url.starts_with("mysql:") || url.starts_with("mariadb:") {
+        let pool = ana_mysql::sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url.replacen("mariadb:", "mysql:", 1))
+            .await?;
+        let repository = MySqlRepository::new(pool);
+        repository.migrate().await?;
+        return Ok((app(IdempotencyLayer::new(repository), slow), "mysql"));
+    }
+    if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+        return Err(format!(
+            "DATABASE_URL={url}: expected postgres://…, sqlite://file.db, sqlite::memory: or mysql://…"
+        )
+        .into());
+    }
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(16)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await?;
+    let repository = PgRepository::new(pool.clone());
+    repository.migrate().await?;
+    create_orders_table(&pool).await?;
+    let layer = IdempotencyLayer::new(repository);
+    let app = Router::new()
+        .route("/orders", post(move |a, b| create_order(a, b, slow)))
+        .fallback(move |attempt: Attempt<PgSession>| hello(attempt, slow))
+        .layer(layer);
+    Ok((app, "postgres"))
 }
 
 /// Every path and method answers `hello`, behind the layer (the fallback is layered too).

@@ -400,3 +400,56 @@ async fn redis_store_replays() {
     assert_eq!(again.body(), first.body());
     assert_eq!(server.stop().await, 1);
 }
+
+/// `DATABASE_URL=sqlite://file.db`: the records are in the file, and a server started again
+/// on it (the first one killed) replays what the first one ran.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_records_survive_a_restart() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("example-02")));
+    let url = format!("sqlite://{}", path.display());
+    let key = unique("sqlite");
+
+    let server = Server::start(&[("DATABASE_URL", &url)]).await;
+    let first = server
+        .post("/hello", &[("x-idempotency-key", &key)], "x")
+        .await;
+    assert_eq!(first.status(), StatusCode::OK, "{}", first.body());
+    assert!(!replayed(&first));
+    assert_eq!(server.stop().await, 1);
+
+    let restarted = Server::start(&[("DATABASE_URL", &url)]).await;
+    let again = restarted
+        .post("/hello", &[("x-idempotency-key", &key)], "x")
+        .await;
+    assert!(replayed(&again), "{again:?}");
+    assert_eq!(again.body(), first.body());
+    assert_eq!(restarted.stop().await, 0, "the handler did not run again");
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mysql_store_replays() {
+    let url = std::env::var("MYSQL_URL")
+        .unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let server = Server::start(&[("DATABASE_URL", &url)]).await;
+    let key = unique("mysql");
+    let first = server
+        .post("/hello", &[("x-idempotency-key", &key)], "x")
+        .await;
+    assert_eq!(
+        first.status(),
+        StatusCode::OK,
+        "MySQL or MariaDB at {url} is needed (set MYSQL_URL or run `make services`): {}",
+        first.body()
+    );
+    let again = server
+        .post("/hello", &[("x-idempotency-key", &key)], "x")
+        .await;
+    assert!(replayed(&again));
+    assert_eq!(again.body(), first.body());
+    assert_eq!(server.stop().await, 1);
+}

@@ -3,8 +3,9 @@
 //! Run it with `make example-03` (or `cargo run -p example-03-actix`). It listens on
 //! 127.0.0.1:3000 (`PORT` overrides; `PORT=0` picks a free port) with the idempotency
 //! middleware on every path and method: any path answers `Hello <key>!`. The store is the
-//! memory store, Postgres when `DATABASE_URL` is set, Redis when `REDIS_URL` is set (Postgres
-//! wins when both are). `SLOW_MS=5000` makes the handlers take five seconds, so you can see
+//! memory store, or the database `DATABASE_URL` names (`postgres://…`, `sqlite://ana.db`,
+//! `sqlite::memory:`, `mysql://…`), or Redis when `REDIS_URL` is set (`DATABASE_URL` wins
+//! when both are); `/orders` is served on Postgres only. `SLOW_MS=5000` makes the handlers take five seconds, so you can see
 //! the 409 for yourself. It is example 02 on actix-web: the same routes, the same answers.
 //!
 //! ```text
@@ -24,7 +25,7 @@
 //! # in flight (start the server with SLOW_MS=5000): the second call gets 409
 //! curl -s -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow' & sleep 1; \
 //!   curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow'
-//! # with DATABASE_URL: the order row commits with the record, exactly once
+//! # with DATABASE_URL=postgres://…: the order row commits with the record, exactly once
 //! curl -i -X POST localhost:3000/orders -H 'X-Idempotency-Key: order-1' -d 'book'
 //! # ...and is rolled back when the handler fails (a body containing "fail")
 //! curl -i -X POST localhost:3000/orders -H 'X-Idempotency-Key: order-2' -d 'fail me'
@@ -37,8 +38,10 @@ use std::time::Duration;
 use actix_web::http::StatusCode;
 use actix_web::{App, HttpResponse, HttpServer, web};
 use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository};
+use ana_mysql::MySqlRepository;
 use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
+use ana_sqlite::SqliteRepository;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -66,7 +69,52 @@ async fn main() -> Result<(), BoxError> {
         .ok()
         .filter(|url| !url.is_empty());
 
-    if let Some(url) = database_url {
+    if let Some(url) = database_url
+        .as_deref()
+        .filter(|url| url.starts_with("sqlite:"))
+    {
+        let repository = SqliteRepository::connect(url).await?;
+        repository.migrate().await?;
+        serve(
+            IdempotencyMiddleware::new(repository),
+            Served {
+                slow,
+                metrics,
+                port,
+            },
+            |_| {},
+            "sqlite",
+        )
+        .await
+    } else if let Some(url) = database_url
+        .as_deref()
+        .filter(|url| url.starts_with("mysql:") || url.starts_with("mariadb:"))
+    {
+        let pool = ana_mysql::sqlx::mysql::MySqlPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(&url.replacen("mariadb:", "mysql:", 1))
+            .await?;
+        let repository = MySqlRepository::new(pool);
+        repository.migrate().await?;
+        serve(
+            IdempotencyMiddleware::new(repository),
+            Served {
+                slow,
+                metrics,
+                port,
+            },
+            |_| {},
+            "mysql",
+        )
+        .await
+    } else if let Some(url) = database_url {
+        if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
+            return Err(format!(
+                "DATABASE_URL={url}: expected postgres://…, sqlite://file.db, sqlite::memory: or mysql://…"
+            )
+            .into());
+        }
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(16)
             .acquire_timeout(Duration::from_secs(3))
