@@ -32,6 +32,7 @@
 
 use std::error::Error;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ana_axum::{Attempt, IdempotencyLayer, MemoryRepository};
@@ -41,10 +42,72 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
 
+use ana_core::IdempotencyRepository;
+use ana_core::encryption::{Encrypted, FingerprintKey, Keyring};
+use ana_http::IdempotencyConfig;
+
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The secrets at rest the example reads: `ANA_ENCRYPTION_KEYS` (`id:base64,…`, the current
+/// key first) encrypts the stored responses, `ANA_FINGERPRINT_KEY` (base64, at least 32
+/// bytes) keys the payload fingerprints and scope hashes. Either may be unset.
+struct Secrets {
+    keyring: Option<Arc<Keyring>>,
+    fingerprint_key: Option<FingerprintKey>,
+}
+
+impl Secrets {
+    /// Reads both variables; a bad value ends the process with a one-line error.
+    fn from_env() -> Self {
+        let fail = |error: &dyn Error| -> ! {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        };
+        let keyring = Keyring::from_env().unwrap_or_else(|error| fail(&error));
+        let fingerprint_key = FingerprintKey::from_env().unwrap_or_else(|error| fail(&error));
+        Self {
+            keyring: keyring.map(Arc::new),
+            fingerprint_key,
+        }
+    }
+
+    /// `(…, encrypted, keyed fingerprints)` for the start-up line.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        if let Some(keyring) = &self.keyring {
+            out.push_str(&format!(", encrypted under key {}", keyring.current_id()));
+        }
+        if self.fingerprint_key.is_some() {
+            out.push_str(", keyed fingerprints");
+        }
+        out
+    }
+
+    /// The idempotency configuration: the default one, with the fingerprint key if set.
+    fn config(&self) -> IdempotencyConfig {
+        let config = IdempotencyConfig::default();
+        match &self.fingerprint_key {
+            Some(key) => config.with_fingerprint_key(key.clone()),
+            None => config,
+        }
+    }
+}
+
+/// The layer over `repository`, encrypted and keyed as `secrets` say.
+fn idempotency<R: IdempotencyRepository>(
+    repository: R,
+    secrets: &Secrets,
+) -> IdempotencyLayer<R::Session> {
+    let layer = match &secrets.keyring {
+        Some(keyring) => IdempotencyLayer::new(Encrypted::new(repository, Arc::clone(keyring))),
+        None => IdempotencyLayer::new(repository),
+    };
+    layer.with_config(secrets.config())
+}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let secrets = Secrets::from_env();
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()
@@ -73,7 +136,7 @@ async fn main() -> Result<(), BoxError> {
         let repository = PgRepository::new(pool.clone());
         repository.migrate().await?;
         create_orders_table(&pool).await?;
-        let layer = IdempotencyLayer::new(repository);
+        let layer = idempotency(repository, &secrets);
         let app = Router::new()
             .route("/orders", post(move |a, b| create_order(a, b, slow)))
             .fallback(move |attempt: Attempt<PgSession>| hello(attempt, slow))
@@ -81,12 +144,12 @@ async fn main() -> Result<(), BoxError> {
         (app, "postgres")
     } else if let Some(url) = redis_url {
         (
-            app(IdempotencyLayer::new(RedisRepository::from_url(url)?), slow),
+            app(idempotency(RedisRepository::from_url(url)?, &secrets), slow),
             "redis",
         )
     } else {
         (
-            app(IdempotencyLayer::new(MemoryRepository::new()), slow),
+            app(idempotency(MemoryRepository::new(), &secrets), slow),
             "memory",
         )
     };
@@ -94,7 +157,11 @@ async fn main() -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let address = listener.local_addr()?;
     // Tests read this line to find the port.
-    say(&format!("Listening on http://{address} (store: {store})")).await;
+    let secrets = secrets.describe();
+    say(&format!(
+        "Listening on http://{address} (store: {store}{secrets})"
+    ))
+    .await;
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

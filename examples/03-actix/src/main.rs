@@ -32,6 +32,7 @@
 
 use std::error::Error;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -40,10 +41,74 @@ use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository};
 use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
 
+use ana_core::IdempotencyRepository;
+use ana_core::encryption::{Encrypted, FingerprintKey, Keyring};
+use ana_http::IdempotencyConfig;
+
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The secrets at rest the example reads: `ANA_ENCRYPTION_KEYS` (`id:base64,…`, the current
+/// key first) encrypts the stored responses, `ANA_FINGERPRINT_KEY` (base64, at least 32
+/// bytes) keys the payload fingerprints and scope hashes. Either may be unset.
+struct Secrets {
+    keyring: Option<Arc<Keyring>>,
+    fingerprint_key: Option<FingerprintKey>,
+}
+
+impl Secrets {
+    /// Reads both variables; a bad value ends the process with a one-line error.
+    fn from_env() -> Self {
+        let fail = |error: &dyn Error| -> ! {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        };
+        let keyring = Keyring::from_env().unwrap_or_else(|error| fail(&error));
+        let fingerprint_key = FingerprintKey::from_env().unwrap_or_else(|error| fail(&error));
+        Self {
+            keyring: keyring.map(Arc::new),
+            fingerprint_key,
+        }
+    }
+
+    /// `(…, encrypted, keyed fingerprints)` for the start-up line.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        if let Some(keyring) = &self.keyring {
+            out.push_str(&format!(", encrypted under key {}", keyring.current_id()));
+        }
+        if self.fingerprint_key.is_some() {
+            out.push_str(", keyed fingerprints");
+        }
+        out
+    }
+
+    /// The idempotency configuration: the default one, with the fingerprint key if set.
+    fn config(&self) -> IdempotencyConfig {
+        let config = IdempotencyConfig::default();
+        match &self.fingerprint_key {
+            Some(key) => config.with_fingerprint_key(key.clone()),
+            None => config,
+        }
+    }
+}
+
+/// The middleware over `repository`, encrypted and keyed as `secrets` say.
+fn idempotency<R: IdempotencyRepository>(
+    repository: R,
+    secrets: &Secrets,
+) -> IdempotencyMiddleware<R::Session> {
+    let layer = match &secrets.keyring {
+        Some(keyring) => {
+            IdempotencyMiddleware::new(Encrypted::new(repository, Arc::clone(keyring)))
+        }
+        None => IdempotencyMiddleware::new(repository),
+    };
+    layer.with_config(secrets.config())
+}
 
 #[actix_web::main]
 async fn main() -> Result<(), BoxError> {
+    let secrets = Secrets::from_env();
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
             .parse()
@@ -79,31 +144,31 @@ async fn main() -> Result<(), BoxError> {
             );
         };
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             slow,
             orders,
             port,
-            "postgres",
+            &format!("postgres{}", secrets.describe()),
         )
         .await
     } else if let Some(url) = redis_url {
         let repository = RedisRepository::from_url(url)?;
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             slow,
             |_| {},
             port,
-            "redis",
+            &format!("redis{}", secrets.describe()),
         )
         .await
     } else {
         let repository = MemoryRepository::new();
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             slow,
             |_| {},
             port,
-            "memory",
+            &format!("memory{}", secrets.describe()),
         )
         .await
     }
