@@ -34,7 +34,7 @@ async fn the_result_field_holds_no_plaintext() {
     let url = common::redis_url();
     let store = RedisRepository::from_url(url.clone())
         .unwrap()
-        .with_prefix(&common::random_prefix());
+        .with_prefix(common::random_prefix());
     let keyring = Keyring::new(EncryptionKey::new(0, &[0x42; 32]));
     let manager: Manager<&str, String, RedisSession> =
         Manager::new(Encrypted::new(store.clone(), keyring));

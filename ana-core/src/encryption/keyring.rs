@@ -165,6 +165,9 @@ impl Keyring {
     /// Fails only when the system's random number generator does.
     pub fn encrypt(&self, id: RecordId<'_>, plaintext: &[u8]) -> Result<Vec<u8>, EncryptError> {
         let key = self.current();
+        // From the OS for every result, not a user-space generator: a process that forks
+        // (a pre-fork server) would repeat a user-space generator's nonces under the same key,
+        // which breaks AES-GCM. The system call is most of the cost of sealing.
         let nonce =
             Nonce::try_generate().map_err(|source| EncryptError(Box::new(source) as BoxError))?;
         let mut sealed = Vec::with_capacity(OVERHEAD + plaintext.len());

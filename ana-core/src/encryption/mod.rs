@@ -35,8 +35,9 @@
 //! ## Failures
 //!
 //! A result that does not open (its key is not in the keyring, another key under its id, bytes
-//! changed, or moved from another record) is [`RepositoryError::Undecryptable`]
-//! (crate::RepositoryError::Undecryptable), with a typed [`DecryptError`](crate::DecryptError):
+//! changed, or moved from another record) is
+//! [`RepositoryError::Undecryptable`](crate::RepositoryError::Undecryptable), with a typed
+//! [`DecryptError`](crate::DecryptError):
 //! over HTTP a 500 problem `internal` with a fixed detail. The record stays Finished: it is
 //! never replayed as garbage and never runs again. Nothing opened is written back to the
 //! store.
