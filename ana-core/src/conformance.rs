@@ -130,6 +130,78 @@ impl<H: Harness> Harness for Cached<H> {
     }
 }
 
+/// A harness whose store is wrapped in [`Encrypted`](crate::encryption::Encrypted) (feature
+/// `encryption`): the whole suite holds with results sealed at rest.
+///
+/// ```no_run
+/// use ana_core::conformance::{Encrypting, MemoryHarness};
+///
+/// async fn harness() -> Encrypting<MemoryHarness> {
+///     Encrypting::new(MemoryHarness::new())
+/// }
+///
+/// ana_core::conformance_tests!(harness());
+/// # fn main() {}
+/// ```
+#[cfg(feature = "encryption")]
+#[derive(Clone, Debug)]
+pub struct Encrypting<H> {
+    inner: H,
+    keyring: Arc<crate::encryption::Keyring>,
+}
+
+#[cfg(feature = "encryption")]
+impl<H: Harness> Encrypting<H> {
+    /// `inner` under a keyring of one fixed test key (id 0).
+    pub fn new(inner: H) -> Self {
+        let key = crate::encryption::EncryptionKey::new(0, &[0x5a; 32]);
+        Self::with_keyring(inner, crate::encryption::Keyring::new(key))
+    }
+
+    /// `inner` under `keyring`.
+    pub fn with_keyring(inner: H, keyring: crate::encryption::Keyring) -> Self {
+        Self {
+            inner,
+            keyring: Arc::new(keyring),
+        }
+    }
+
+    /// The harness around the store itself (which sees sealed results).
+    pub fn inner(&self) -> &H {
+        &self.inner
+    }
+}
+
+#[cfg(feature = "encryption")]
+impl<H: Harness> Harness for Encrypting<H> {
+    type Repository = crate::encryption::Encrypted<H::Repository>;
+
+    fn repository(&self) -> Self::Repository {
+        crate::encryption::Encrypted::new(self.inner.repository(), Arc::clone(&self.keyring))
+    }
+
+    fn clock(&self) -> ManualClock {
+        self.inner.clock()
+    }
+
+    fn advance_store(&self, by: Duration) -> impl Future<Output = ()> + Send {
+        self.inner.advance_store(by)
+    }
+
+    /// Seeds `record` with its result (if any) sealed, as the decorator would have stored it.
+    fn seed(&self, mut record: TrackedOperation) -> impl Future<Output = ()> + Send {
+        if let Some(result) = &record.result {
+            let id = crate::repository::RecordId::new(&record.target, &record.key);
+            record.result = self.keyring.encrypt(id, result).ok();
+        }
+        self.inner.seed(record)
+    }
+
+    fn replay_cache(&self) -> Option<ReplayCache> {
+        self.inner.replay_cache()
+    }
+}
+
 /// A [`Harness`] over a fresh [`MemoryRepository`] on a [`ManualClock`].
 #[derive(Clone, Debug)]
 pub struct MemoryHarness {
@@ -912,4 +984,208 @@ pub async fn targets_scope_keys<H: Harness>(harness: H) {
     };
     assert_eq!(executed(manager.run(other).await), "two");
     assert_eq!(count(&runs), 2);
+}
+
+/// Generates one `#[tokio::test]` per encryption case (feature `encryption`), each on a fresh
+/// harness of the *plain* store from `$harness`: the cases wrap it in
+/// [`Encrypted`](crate::encryption::Encrypted) under keyrings of their own and read the
+/// sealed bytes through the plain store.
+///
+/// ```no_run
+/// async fn harness() -> ana_core::conformance::MemoryHarness {
+///     ana_core::conformance::MemoryHarness::new()
+/// }
+///
+/// ana_core::encryption_conformance_tests!(harness());
+/// # fn main() {}
+/// ```
+#[cfg(feature = "encryption")]
+#[macro_export]
+macro_rules! encryption_conformance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@cases $harness;
+            encrypted_results_hold_no_plaintext,
+            rotated_keys_still_replay,
+            undecryptable_results_never_run_again,
+            moved_results_do_not_decrypt,
+        );
+    };
+}
+
+#[cfg(feature = "encryption")]
+pub use encryption_cases::*;
+
+#[cfg(feature = "encryption")]
+mod encryption_cases {
+    use super::*;
+    use crate::encryption::{Encrypted, EncryptionKey, Keyring};
+    use crate::repository::{DecryptError, RepositoryError};
+
+    /// The marker the cases' results carry, never to be found in the store.
+    pub const MARKER: &str = "MARKER-4242-4242-secret";
+
+    fn key(id: u32) -> EncryptionKey {
+        EncryptionKey::new(id, &[0x10 + id as u8; 32])
+    }
+
+    fn sealing<H: Harness>(harness: &H, keyring: Keyring) -> TestManager<H> {
+        Manager::new(Encrypted::new(harness.repository(), keyring)).with_clock(harness.clock())
+    }
+
+    /// The stored bytes of `key`'s result, as the plain store holds them.
+    async fn stored<H: Harness>(harness: &H, key: &str) -> Vec<u8> {
+        match record(harness, key).await.result {
+            Some(bytes) => bytes,
+            None => panic!("no stored result for {key}"),
+        }
+    }
+
+    fn undecryptable(outcome: Result<Outcome<String>, Error<Declined>>) -> DecryptError {
+        match outcome {
+            Err(Error::Repository(RepositoryError::Undecryptable { source, .. })) => source,
+            other => panic!("expected Undecryptable, got {other:?}"),
+        }
+    }
+
+    fn contains(haystack: &[u8], needle: &str) -> bool {
+        haystack
+            .windows(needle.len())
+            .any(|window| window == needle.as_bytes())
+    }
+
+    /// The store holds the result sealed (no plaintext of it), the decorator reads it back,
+    /// and a replay writes nothing back.
+    pub async fn encrypted_results_hold_no_plaintext<H: Harness>(harness: H) {
+        let manager = sealing(&harness, Keyring::new(key(0)));
+        let runs = counter();
+        executed(manager.run(counting(&runs, "k", "payload", MARKER)).await);
+        let sealed = stored(&harness, "k").await;
+        assert!(!contains(&sealed, MARKER), "plaintext in the store");
+        assert!(!contains(&sealed, "4242"), "plaintext in the store");
+        let plain = format!("\"{MARKER}\"");
+        assert_eq!(sealed.len(), plain.len() + crate::encryption::OVERHEAD);
+        let opened = manager.get(TARGET, "k").await.ok().flatten();
+        assert_eq!(
+            opened.and_then(|record| record.result),
+            Some(plain.into_bytes())
+        );
+        assert_eq!(
+            replayed(manager.run(counting(&runs, "k", "payload", "again")).await),
+            MARKER
+        );
+        assert_eq!(count(&runs), 1);
+        assert_eq!(stored(&harness, "k").await, sealed, "written back");
+    }
+
+    /// A result sealed under key 0 replays after key 1 becomes current (key 0 kept after it);
+    /// new results are sealed under key 1; without key 0 the old one is an error.
+    pub async fn rotated_keys_still_replay<H: Harness>(harness: H) {
+        let runs = counter();
+        let before = sealing(&harness, Keyring::new(key(0)));
+        executed(
+            before
+                .run(counting(&runs, "old", "payload", "under 0"))
+                .await,
+        );
+        let rotated = match Keyring::new(key(1)).with_previous(key(0)) {
+            Ok(keyring) => keyring,
+            Err(error) => panic!("{error}"),
+        };
+        let after = sealing(&harness, rotated);
+        let old = after.run(counting(&runs, "old", "payload", "rerun")).await;
+        assert_eq!(replayed(old), "under 0");
+        executed(
+            after
+                .run(counting(&runs, "new", "payload", "under 1"))
+                .await,
+        );
+        assert_eq!(stored(&harness, "old").await[1..5], 0u32.to_be_bytes());
+        assert_eq!(stored(&harness, "new").await[1..5], 1u32.to_be_bytes());
+        let dropped = sealing(&harness, Keyring::new(key(1)));
+        let old = dropped
+            .run(counting(&runs, "old", "payload", "rerun"))
+            .await;
+        assert_eq!(undecryptable(old), DecryptError::UnknownKey { id: 0 });
+        let new = dropped
+            .run(counting(&runs, "new", "payload", "rerun"))
+            .await;
+        assert_eq!(replayed(new), "under 1");
+        assert_eq!(count(&runs), 2);
+    }
+
+    /// A wrong key, a missing key, or a result stored in plaintext is a typed error: the
+    /// record stays Finished, unchanged, and the operation never runs again.
+    pub async fn undecryptable_results_never_run_again<H: Harness>(harness: H) {
+        let runs = counter();
+        let manager = sealing(&harness, Keyring::new(key(0)));
+        executed(manager.run(counting(&runs, "k", "payload", MARKER)).await);
+        let sealed = stored(&harness, "k").await;
+        let impostor = sealing(&harness, Keyring::new(EncryptionKey::new(0, &[0xee; 32])));
+        let missing = sealing(&harness, Keyring::new(key(7)));
+        for _ in 0..2 {
+            let out = impostor.run(counting(&runs, "k", "payload", "rerun")).await;
+            assert_eq!(undecryptable(out), DecryptError::Unauthentic { id: 0 });
+            let out = missing.run(counting(&runs, "k", "payload", "rerun")).await;
+            assert_eq!(undecryptable(out), DecryptError::UnknownKey { id: 0 });
+        }
+        assert!(matches!(
+            impostor.get(TARGET, "k").await,
+            Err(RepositoryError::Undecryptable { .. })
+        ));
+        let plain = manager_without_cache(&harness);
+        executed(
+            plain
+                .run(counting(&runs, "plain", "payload", "clear"))
+                .await,
+        );
+        let out = manager
+            .run(counting(&runs, "plain", "payload", "rerun"))
+            .await;
+        assert_eq!(undecryptable(out), DecryptError::NotEncrypted);
+        assert_eq!(count(&runs), 2);
+        let record = record(&harness, "k").await;
+        assert_eq!(record.status, Status::Finished);
+        assert_eq!(record.result, Some(sealed));
+        assert_eq!(record.attempt, 1);
+    }
+
+    /// A sealed result copied onto another record (another key, another target) does not
+    /// open there: the identity is the associated data.
+    pub async fn moved_results_do_not_decrypt<H: Harness>(harness: H) {
+        let runs = counter();
+        let manager = sealing(&harness, Keyring::new(key(0)));
+        executed(manager.run(counting(&runs, "a", "payload", "for a")).await);
+        executed(manager.run(counting(&runs, "b", "payload", "for b")).await);
+        let mut b = record(&harness, "b").await;
+        b.result = Some(stored(&harness, "a").await);
+        harness.seed(b).await;
+        let out = manager.run(counting(&runs, "b", "payload", "rerun")).await;
+        assert_eq!(undecryptable(out), DecryptError::Unauthentic { id: 0 });
+        let mut elsewhere = record(&harness, "a").await;
+        elsewhere.target = "[POST]/elsewhere".to_owned();
+        harness.seed(elsewhere).await;
+        let other = {
+            let runs = Arc::clone(&runs);
+            operation(
+                "[POST]/elsewhere",
+                "a",
+                "payload",
+                move |_: Session<H>| async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    Ok::<_, Declined>("rerun".to_owned())
+                },
+            )
+        };
+        assert_eq!(
+            undecryptable(manager.run(other).await),
+            DecryptError::Unauthentic { id: 0 }
+        );
+        let a = manager.run(counting(&runs, "a", "payload", "rerun")).await;
+        assert_eq!(replayed(a), "for a");
+        assert_eq!(count(&runs), 2);
+    }
+
+    fn manager_without_cache<H: Harness>(harness: &H) -> TestManager<H> {
+        Manager::new(harness.repository()).with_clock(harness.clock())
+    }
 }

@@ -101,6 +101,8 @@ mod clock;
 mod codec;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
+#[cfg(feature = "encryption")]
+pub mod encryption;
 mod error;
 mod manager;
 mod memory;
@@ -124,8 +126,8 @@ pub use record::{
     UnknownFailureKind, UnknownStatus,
 };
 pub use repository::{
-    BoxError, Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
-    RepositoryError,
+    BoxError, Claim, ClaimRequest, Completion, DecryptError, Failure, IdempotencyRepository, Lease,
+    RecordId, RepositoryError,
 };
 
 /// Re-exported for store crates and users: the time type of every record.

@@ -156,7 +156,7 @@ impl FromStr for FailureKind {
     }
 }
 
-/// A 128-bit digest (truncated SHA-256) of a request's payload.
+/// A 128-bit digest (truncated SHA-256, or HMAC-SHA256 under a key) of a request's payload.
 ///
 /// Stores keep the fingerprint, never the payload itself, so a record holds no request data
 /// and a key reused for a different request is still detected.
@@ -214,34 +214,69 @@ impl fmt::Debug for Fingerprint {
 /// (an HTTP method, a path and a streamed body).
 ///
 /// Each piece given to [`field`](Self::field) is length-prefixed, so `("ab", "c")` and
-/// `("a", "bc")` differ.
+/// `("a", "bc")` differ. The default hasher is SHA-256; with the `encryption` feature,
+/// [`FingerprintKey::hasher`](crate::encryption::FingerprintKey::hasher) gives one that is
+/// HMAC-SHA256 under a secret key, whose fingerprints reveal nothing to someone who can read
+/// the store but not the key.
 #[derive(Clone, Default)]
-pub struct FingerprintHasher(Sha256);
+pub struct FingerprintHasher(HasherState);
+
+#[derive(Clone)]
+enum HasherState {
+    Plain(Sha256),
+    #[cfg(feature = "encryption")]
+    Keyed(hmac::Hmac<Sha256>),
+}
+
+impl Default for HasherState {
+    fn default() -> Self {
+        Self::Plain(Sha256::default())
+    }
+}
 
 impl FingerprintHasher {
+    /// A hasher that is HMAC-SHA256 under the key `mac` was keyed with.
+    #[cfg(feature = "encryption")]
+    pub(crate) fn keyed(mac: hmac::Hmac<Sha256>) -> Self {
+        Self(HasherState::Keyed(mac))
+    }
+
     /// Feeds raw bytes (no framing).
     pub fn update(&mut self, bytes: &[u8]) {
-        self.0.update(bytes);
+        match &mut self.0 {
+            HasherState::Plain(sha) => sha.update(bytes),
+            #[cfg(feature = "encryption")]
+            HasherState::Keyed(mac) => hmac::Mac::update(mac, bytes),
+        }
     }
 
     /// Feeds one length-prefixed field.
     pub fn field(&mut self, bytes: &[u8]) {
-        self.0.update((bytes.len() as u64).to_le_bytes());
-        self.0.update(bytes);
+        self.update(&(bytes.len() as u64).to_le_bytes());
+        self.update(bytes);
     }
 
     /// The fingerprint of everything fed so far.
     pub fn finish(self) -> Fingerprint {
-        let digest = self.0.finalize();
         let mut out = [0; Fingerprint::LEN];
-        out.copy_from_slice(&digest[..Fingerprint::LEN]);
+        match self.0 {
+            HasherState::Plain(sha) => out.copy_from_slice(&sha.finalize()[..Fingerprint::LEN]),
+            #[cfg(feature = "encryption")]
+            HasherState::Keyed(mac) => {
+                out.copy_from_slice(&hmac::Mac::finalize(mac).into_bytes()[..Fingerprint::LEN]);
+            }
+        }
         Fingerprint(out)
     }
 }
 
 impl fmt::Debug for FingerprintHasher {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FingerprintHasher")
+        f.write_str(match self.0 {
+            HasherState::Plain(_) => "FingerprintHasher",
+            #[cfg(feature = "encryption")]
+            HasherState::Keyed(_) => "FingerprintHasher(keyed)",
+        })
     }
 }
 

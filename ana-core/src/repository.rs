@@ -147,11 +147,54 @@ pub enum RepositoryError {
     /// The session was used after the attempt finished, or is otherwise unusable.
     #[error("the operation's session is closed")]
     SessionClosed,
+    /// A stored result did not decrypt or authenticate (see `ana_core::encryption`, feature
+    /// `encryption`): a wrong or missing key, or bytes changed or moved from another record.
+    /// The record is left as it is (Finished): it is never replayed, and never run again.
+    #[error("the stored result of {target}/{key} could not be decrypted")]
+    Undecryptable {
+        /// The record's target.
+        target: String,
+        /// The record's key.
+        key: String,
+        /// Why.
+        #[source]
+        source: DecryptError,
+    },
+}
+
+/// Why a stored result could not be decrypted, the source of
+/// [`RepositoryError::Undecryptable`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DecryptError {
+    /// The bytes do not start with the encrypted format's version byte: a result stored
+    /// before encryption was turned on, or not by ana.
+    #[error("the stored result is not in an encrypted format this version reads")]
+    NotEncrypted,
+    /// Shorter than the format's header and tag.
+    #[error("the stored result is truncated ({len} bytes)")]
+    Truncated {
+        /// Its length.
+        len: usize,
+    },
+    /// Sealed under a key id the keyring does not hold (a key removed too early).
+    #[error("the stored result was encrypted under key {id}, which the keyring does not hold")]
+    UnknownKey {
+        /// The key id written in the stored bytes.
+        id: u32,
+    },
+    /// The authentication tag does not verify: another key under the same id, bytes changed,
+    /// or a result moved from another record (its identity is the associated data).
+    #[error("the stored result does not authenticate under key {id}")]
+    Unauthentic {
+        /// The key id written in the stored bytes.
+        id: u32,
+    },
 }
 
 impl RepositoryError {
     /// Whether retrying later may succeed (the store is down or full), as opposed to a
-    /// corrupt record or a misuse.
+    /// corrupt or undecryptable record or a misuse.
     pub fn is_transient(&self) -> bool {
         matches!(
             self,

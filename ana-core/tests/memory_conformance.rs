@@ -14,3 +14,25 @@ mod cached {
 
     ana_core::conformance_tests!(harness());
 }
+
+/// The same suite with results encrypted at rest.
+mod encrypted {
+    use ana_core::conformance::{Encrypting, MemoryHarness};
+
+    async fn harness() -> Encrypting<MemoryHarness> {
+        Encrypting::new(MemoryHarness::new())
+    }
+
+    ana_core::conformance_tests!(harness());
+}
+
+/// Encrypted at rest, with a replay cache in front (which keeps plaintext, in memory only).
+mod encrypted_cached {
+    use ana_core::conformance::{Cached, Encrypting, MemoryHarness};
+
+    async fn harness() -> Encrypting<Cached<MemoryHarness>> {
+        Encrypting::new(Cached::new(MemoryHarness::new()))
+    }
+
+    ana_core::conformance_tests!(harness());
+}

@@ -14,6 +14,8 @@ use super::grpc::{GRPC_ENCODING, GRPC_MESSAGE, GRPC_STATUS, GRPC_STATUS_DETAILS}
 use super::grpc::{default_grpc_recordable, grpc_status};
 use super::headers::{self as parse, HeaderProblem};
 use super::problem::Rejection;
+#[cfg(feature = "encryption")]
+use ana_core::encryption::FingerprintKey;
 use ana_core::{Fingerprint, FingerprintHasher};
 
 /// Default name of the key header.
@@ -197,6 +199,17 @@ struct Inner {
     timeout: Option<ValueFn<Duration>>,
     expiration: Option<ValueFn<Duration>>,
     scope: Option<ScopeFn>,
+    #[cfg(feature = "encryption")]
+    fingerprint_key: Option<KeyedHashes>,
+}
+
+/// A fingerprint key, and the scope hash of requests without credentials under it (computed
+/// once).
+#[cfg(feature = "encryption")]
+#[derive(Clone)]
+struct KeyedHashes {
+    key: FingerprintKey,
+    unscoped: Fingerprint,
 }
 
 impl Default for IdempotencyConfig {
@@ -229,6 +242,8 @@ impl Default for IdempotencyConfig {
                 timeout: None,
                 expiration: None,
                 scope: None,
+                #[cfg(feature = "encryption")]
+                fingerprint_key: None,
             }),
         }
     }
@@ -237,7 +252,8 @@ impl Default for IdempotencyConfig {
 impl fmt::Debug for IdempotencyConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let inner = &*self.inner;
-        f.debug_struct("IdempotencyConfig")
+        let mut debug = f.debug_struct("IdempotencyConfig");
+        debug
             .field("key_header", &inner.key_header)
             .field("ietf_key_header", &inner.ietf_key_header)
             .field("reference_time_header", &inner.reference_time_header)
@@ -251,8 +267,10 @@ impl fmt::Debug for IdempotencyConfig {
             .field("max_clock_skew", &inner.max_clock_skew)
             .field("max_request_body", &inner.max_request_body)
             .field("max_stored_response", &inner.max_stored_response)
-            .field("replay_headers", &inner.replay_headers)
-            .finish_non_exhaustive()
+            .field("replay_headers", &inner.replay_headers);
+        #[cfg(feature = "encryption")]
+        debug.field("fingerprint_key", &inner.fingerprint_key.is_some());
+        debug.finish_non_exhaustive()
     }
 }
 
@@ -519,6 +537,35 @@ impl IdempotencyConfig {
         self
     }
 
+    /// Keys the default payload fingerprint and the scope hash with `key`: both become
+    /// HMAC-SHA256 under it ([`keyed_payload`], [`keyed_scoped_key`]), so that someone who
+    /// reads the store cannot test guesses of a request body or of a bearer token against
+    /// them. A payload function of [`with_payload`](Self::with_payload) is used as it is (key
+    /// it with [`FingerprintKey::hasher`]).
+    ///
+    /// **Changing the key** changes the scope hash, which is part of every stored key: a
+    /// retry of a request recorded under the old key finds no record and **runs again** (it
+    /// is not answered 422). Records made under the old key are left to expire. Change it
+    /// when a second run of requests retried across the change is acceptable, or drain the
+    /// traffic first (at most the expiration, 24 hours by default).
+    ///
+    /// ```
+    /// use ana_core::encryption::FingerprintKey;
+    /// use ana_http::IdempotencyConfig;
+    ///
+    /// let key = FingerprintKey::from_base64("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=")?;
+    /// let config = IdempotencyConfig::default().with_fingerprint_key(key);
+    /// # let _ = config;
+    /// # Ok::<(), ana_core::encryption::FingerprintKeyError>(())
+    /// ```
+    #[cfg(feature = "encryption")]
+    #[must_use]
+    pub fn with_fingerprint_key(mut self, key: FingerprintKey) -> Self {
+        let unscoped = scope_hash(key.hasher(), None);
+        self.inner().fingerprint_key = Some(KeyedHashes { key, unscoped });
+        self
+    }
+
     /// The key header's name.
     pub fn key_header(&self) -> &HeaderName {
         &self.inner.key_header
@@ -578,8 +625,25 @@ impl IdempotencyConfig {
     pub fn fingerprint(&self, parts: &Parts, body: &[u8]) -> Fingerprint {
         match &self.inner.payload {
             Some(payload) => payload(parts, body),
+            #[cfg(feature = "encryption")]
+            None if let Some(keyed) = &self.inner.fingerprint_key => {
+                keyed_payload(&keyed.key, parts, body)
+            }
             None => default_payload(parts, body),
         }
+    }
+
+    /// `<scope hash>:<key>`, the scope hash keyed when a fingerprint key is set.
+    fn scoped_key(&self, scope: Option<&[u8]>, key: &str) -> String {
+        #[cfg(feature = "encryption")]
+        if let Some(keyed) = &self.inner.fingerprint_key {
+            let hash = match scope {
+                Some(_) => scope_hash(keyed.key.hasher(), scope),
+                None => keyed.unscoped,
+            };
+            return join(hash, key);
+        }
+        scoped_key(scope, key)
     }
 
     /// Reads the idempotency values of a request; `Ok(None)` when it has no key and keys are
@@ -645,7 +709,7 @@ impl IdempotencyConfig {
             None => default_scope(parts),
         };
         Ok(Some(RequestValues {
-            scoped_key: scoped_key(scope.as_deref(), &key),
+            scoped_key: self.scoped_key(scope.as_deref(), &key),
             key,
             target,
             reference_time,
@@ -673,7 +737,17 @@ pub fn default_target(parts: &Parts) -> String {
 
 /// The fingerprint of the method, the path and query, and the body, each length-framed.
 pub fn default_payload(parts: &Parts, body: &[u8]) -> Fingerprint {
-    let mut hasher = FingerprintHasher::default();
+    payload(FingerprintHasher::default(), parts, body)
+}
+
+/// [`default_payload`] as HMAC-SHA256 under `key`: what
+/// [`IdempotencyConfig::with_fingerprint_key`] fingerprints requests with.
+#[cfg(feature = "encryption")]
+pub fn keyed_payload(key: &FingerprintKey, parts: &Parts, body: &[u8]) -> Fingerprint {
+    payload(key.hasher(), parts, body)
+}
+
+fn payload(mut hasher: FingerprintHasher, parts: &Parts, body: &[u8]) -> Fingerprint {
     hasher.field(parts.method.as_str().as_bytes());
     let path_and_query = parts
         .uri
@@ -696,11 +770,27 @@ pub fn default_scope(parts: &Parts) -> Option<Vec<u8>> {
 /// The hash has a fixed length, so no key can forge another scope's prefix.
 pub fn scoped_key(scope: Option<&[u8]>, key: &str) -> String {
     // Requests without credentials all share one scope hash: computed once.
-    static UNSCOPED: LazyLock<Fingerprint> = LazyLock::new(|| scope_hash(None));
+    static UNSCOPED: LazyLock<Fingerprint> =
+        LazyLock::new(|| scope_hash(FingerprintHasher::default(), None));
     let hash = match scope {
-        Some(_) => scope_hash(scope),
+        Some(_) => scope_hash(FingerprintHasher::default(), scope),
         None => *UNSCOPED,
     };
+    join(hash, key)
+}
+
+/// [`scoped_key`] with the scope hash HMAC-SHA256 under `fingerprint_key`: what
+/// [`IdempotencyConfig::with_fingerprint_key`] stores keys under.
+#[cfg(feature = "encryption")]
+pub fn keyed_scoped_key(
+    fingerprint_key: &FingerprintKey,
+    scope: Option<&[u8]>,
+    key: &str,
+) -> String {
+    join(scope_hash(fingerprint_key.hasher(), scope), key)
+}
+
+fn join(hash: Fingerprint, key: &str) -> String {
     let mut scoped = String::with_capacity(2 * Fingerprint::LEN + 1 + key.len());
     hash.push_hex(&mut scoped);
     scoped.push(':');
@@ -708,8 +798,7 @@ pub fn scoped_key(scope: Option<&[u8]>, key: &str) -> String {
     scoped
 }
 
-fn scope_hash(scope: Option<&[u8]>) -> Fingerprint {
-    let mut hasher = FingerprintHasher::default();
+fn scope_hash(mut hasher: FingerprintHasher, scope: Option<&[u8]>) -> Fingerprint {
     hasher.field(b"ana-scope-v1");
     match scope {
         Some(scope) => {

@@ -36,7 +36,7 @@
 //! | handler panic | 500; recorded Failed, a retry runs again | `handler-panicked` |
 //! | handler outlived its timeout and was taken over | 500; result discarded | `superseded` |
 //! | retry of a response too large to store | 500; the handler never runs twice | `response-not-stored` |
-//! | record unreadable | 500 | `internal` |
+//! | record unreadable, or its response does not decrypt (`ana_core::encryption`) | 500; the handler does not run again | `internal` |
 //!
 //! A gRPC call (`Content-Type: application/grpc`) gets each rejection as a gRPC status
 //! ([`Rejection::to_grpc_response`]), its answer is recorded or not by its `grpc-status`
@@ -50,6 +50,13 @@
 //! A record's identity is `(target, "<scope hash>:<key>")`: the target defaults to
 //! `[METHOD]path` and the scope to a hash of the `Authorization` header, so the same key sent
 //! by another client, or to another route, is another operation.
+//!
+//! ## Secrets at rest (feature `encryption`)
+//!
+//! Wrap the store in `ana_core::encryption::Encrypted` to keep recorded responses encrypted,
+//! and give [`IdempotencyConfig::with_fingerprint_key`] a key to make payload fingerprints
+//! and scope hashes HMAC-SHA256 under it. Changing that key changes the stored keys: a retry
+//! across the change runs again (see the method's docs).
 
 mod config;
 #[cfg(feature = "test-utils")]
@@ -66,6 +73,8 @@ pub use config::{
     REFERENCE_TIME_HEADER, RequestValue, TIMEOUT_HEADER, default_payload, default_recordable,
     default_replay_headers, default_scope, default_target, scoped_key, value,
 };
+#[cfg(feature = "encryption")]
+pub use config::{keyed_payload, keyed_scoped_key};
 pub use duration::{DurationError, parse_duration};
 pub use engine::{
     Attempt, Claimed, Engine, HttpManager, InsideAttempt, Outcome, Plan, Prepared, ResponseBody,

@@ -7,12 +7,15 @@
 //! with `tracing` compiled in and no subscriber; `layer_new_key_without_spans` is the same
 //! without the `ana.call` span. `layer_new_key_with_prometheus` (feature `metrics`, a build of
 //! its own) takes ana's metrics into a Prometheus recorder.
+//! The `encrypted_*` benches are `new_key` and `replay` with the store behind `Encrypted`
+//! (AES-256-GCM).
 
 // A benchmark harness: a failed set-up or call must abort the run, not be measured.
 #![allow(clippy::expect_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use ana_core::encryption::{Encrypted, EncryptionKey, Keyring};
 use ana_core::{BytesCodec, Manager, MemoryRepository, MemorySession, operation};
 
 /// Counts allocations: divan prints them per iteration beside the times.
@@ -31,6 +34,16 @@ fn setup() -> (tokio::runtime::Runtime, BenchManager) {
         .expect("a tokio runtime");
     let repository = MemoryRepository::new().with_capacity(usize::MAX);
     (runtime, Manager::with_codec(repository, BytesCodec))
+}
+
+/// The same store behind `Encrypted` (AES-256-GCM): compared with `new_key` and `replay`,
+/// what encryption at rest costs per call.
+fn setup_encrypted() -> (tokio::runtime::Runtime, BenchManager) {
+    let (runtime, _) = setup();
+    let repository = MemoryRepository::new().with_capacity(usize::MAX);
+    let keyring = Keyring::new(EncryptionKey::new(0, &[7; 32]));
+    let manager = Manager::with_codec(Encrypted::new(repository, keyring), BytesCodec);
+    (runtime, manager)
 }
 
 async fn call(manager: &BenchManager, key: &str) -> Vec<u8> {
@@ -57,6 +70,24 @@ fn new_key(bencher: divan::Bencher<'_, '_>) {
 #[divan::bench(sample_count = 100, sample_size = 1000)]
 fn replay(bencher: divan::Bencher<'_, '_>) {
     let (runtime, manager) = setup();
+    runtime.block_on(call(&manager, "replayed"));
+    bencher.bench_local(|| runtime.block_on(call(&manager, "replayed")));
+}
+
+/// A new key with results encrypted at rest: the seal (a fresh nonce, AES-256-GCM) added.
+#[divan::bench(sample_count = 100, sample_size = 1000)]
+fn encrypted_new_key(bencher: divan::Bencher<'_, '_>) {
+    let (runtime, manager) = setup_encrypted();
+    let next = AtomicU64::new(0);
+    bencher
+        .with_inputs(|| format!("key-{}", next.fetch_add(1, Ordering::Relaxed)))
+        .bench_local_refs(|key| runtime.block_on(call(&manager, key)));
+}
+
+/// A replay with results encrypted at rest: the stored result opened on each call.
+#[divan::bench(sample_count = 100, sample_size = 1000)]
+fn encrypted_replay(bencher: divan::Bencher<'_, '_>) {
+    let (runtime, manager) = setup_encrypted();
     runtime.block_on(call(&manager, "replayed"));
     bencher.bench_local(|| runtime.block_on(call(&manager, "replayed")));
 }

@@ -38,6 +38,7 @@
 
 use std::error::Error;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use ana_axum::{Attempt, IdempotencyLayer, MemoryRepository};
@@ -51,10 +52,72 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+use ana_core::IdempotencyRepository;
+use ana_core::encryption::{Encrypted, FingerprintKey, Keyring};
+use ana_http::IdempotencyConfig;
+
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The secrets at rest the example reads: `ANA_ENCRYPTION_KEYS` (`id:base64,…`, the current
+/// key first) encrypts the stored responses, `ANA_FINGERPRINT_KEY` (base64, at least 32
+/// bytes) keys the payload fingerprints and scope hashes. Either may be unset.
+struct Secrets {
+    keyring: Option<Arc<Keyring>>,
+    fingerprint_key: Option<FingerprintKey>,
+}
+
+impl Secrets {
+    /// Reads both variables; a bad value ends the process with a one-line error.
+    fn from_env() -> Self {
+        let fail = |error: &dyn Error| -> ! {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        };
+        let keyring = Keyring::from_env().unwrap_or_else(|error| fail(&error));
+        let fingerprint_key = FingerprintKey::from_env().unwrap_or_else(|error| fail(&error));
+        Self {
+            keyring: keyring.map(Arc::new),
+            fingerprint_key,
+        }
+    }
+
+    /// `(…, encrypted, keyed fingerprints)` for the start-up line.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        if let Some(keyring) = &self.keyring {
+            out.push_str(&format!(", encrypted under key {}", keyring.current_id()));
+        }
+        if self.fingerprint_key.is_some() {
+            out.push_str(", keyed fingerprints");
+        }
+        out
+    }
+
+    /// The idempotency configuration: the default one, with the fingerprint key if set.
+    fn config(&self) -> IdempotencyConfig {
+        let config = IdempotencyConfig::default();
+        match &self.fingerprint_key {
+            Some(key) => config.with_fingerprint_key(key.clone()),
+            None => config,
+        }
+    }
+}
+
+/// The layer over `repository`, encrypted and keyed as `secrets` say.
+fn idempotency<R: IdempotencyRepository>(
+    repository: R,
+    secrets: &Secrets,
+) -> IdempotencyLayer<R::Session> {
+    let layer = match &secrets.keyring {
+        Some(keyring) => IdempotencyLayer::new(Encrypted::new(repository, Arc::clone(keyring))),
+        None => IdempotencyLayer::new(repository),
+    };
+    layer.with_config(secrets.config())
+}
 
 #[tokio::main]
 async fn main() -> Result<(), BoxError> {
+    let secrets = Secrets::from_env();
     let metrics = observability()?;
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
@@ -76,15 +139,15 @@ async fn main() -> Result<(), BoxError> {
         .filter(|url| !url.is_empty());
 
     let (app, store) = if let Some(url) = database_url {
-        database_app(&url, slow).await?
+        database_app(&url, slow, &secrets).await?
     } else if let Some(url) = redis_url {
         (
-            app(IdempotencyLayer::new(RedisRepository::from_url(url)?), slow),
+            app(idempotency(RedisRepository::from_url(url)?, &secrets), slow),
             "redis",
         )
     } else {
         (
-            app(IdempotencyLayer::new(MemoryRepository::new()), slow),
+            app(idempotency(MemoryRepository::new(), &secrets), slow),
             "memory",
         )
     };
@@ -97,7 +160,11 @@ async fn main() -> Result<(), BoxError> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     let address = listener.local_addr()?;
     // Tests read this line to find the port.
-    say(&format!("Listening on http://{address} (store: {store})")).await;
+    let secrets = secrets.describe();
+    say(&format!(
+        "Listening on http://{address} (store: {store}{secrets})"
+    ))
+    .await;
     axum::serve(listener, app)
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;
@@ -129,11 +196,15 @@ fn observability() -> Result<PrometheusHandle, BoxError> {
 }
 
 /// The app on the database `url` names, and the store's name.
-async fn database_app(url: &str, slow: Duration) -> Result<(Router, &'static str), BoxError> {
+async fn database_app(
+    url: &str,
+    slow: Duration,
+    secrets: &Secrets,
+) -> Result<(Router, &'static str), BoxError> {
     if url.starts_with("sqlite:") {
         let repository = SqliteRepository::connect(url).await?;
         repository.migrate().await?;
-        return Ok((app(IdempotencyLayer::new(repository), slow), "sqlite"));
+        return Ok((app(idempotency(repository, secrets), slow), "sqlite"));
     }
     if url.starts_with("mysql:") || url.starts_with("mariadb:") {
         let pool = ana_mysql::sqlx::mysql::MySqlPoolOptions::new()
@@ -143,7 +214,7 @@ async fn database_app(url: &str, slow: Duration) -> Result<(Router, &'static str
             .await?;
         let repository = MySqlRepository::new(pool);
         repository.migrate().await?;
-        return Ok((app(IdempotencyLayer::new(repository), slow), "mysql"));
+        return Ok((app(idempotency(repository, secrets), slow), "mysql"));
     }
     if !(url.starts_with("postgres:") || url.starts_with("postgresql:")) {
         return Err(format!(
@@ -159,7 +230,7 @@ async fn database_app(url: &str, slow: Duration) -> Result<(Router, &'static str
     let repository = PgRepository::new(pool.clone());
     repository.migrate().await?;
     create_orders_table(&pool).await?;
-    let layer = IdempotencyLayer::new(repository);
+    let layer = idempotency(repository, secrets);
     let app = Router::new()
         .route("/orders", post(move |a, b| create_order(a, b, slow)))
         .fallback(move |attempt: Attempt<PgSession>| hello(attempt, slow))

@@ -37,6 +37,8 @@ impl Server {
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env_remove("SLOW_MS")
+            .env_remove("ANA_ENCRYPTION_KEYS")
+            .env_remove("ANA_FINGERPRINT_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -452,4 +454,85 @@ async fn mysql_store_replays() {
     assert!(replayed(&again));
     assert_eq!(again.body(), first.body());
     assert_eq!(server.stop().await, 1);
+}
+
+const KEYS: &str =
+    "1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=,0:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const FINGERPRINT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A bad secret ends the example at once: a non-zero exit and one line naming the variable,
+/// never the key material.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_secrets_exit_with_one_line() {
+    for (name, value) in [
+        ("ANA_ENCRYPTION_KEYS", "0:c2VjcmV0LWJ1dC1zaG9ydA=="),
+        (
+            "ANA_ENCRYPTION_KEYS",
+            "zero:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
+        ("ANA_FINGERPRINT_KEY", "c2VjcmV0LWJ1dC1zaG9ydA=="),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_example-02-axum"))
+            .env("PORT", "0")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env(name, value)
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{name}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(!stderr.contains(value), "{stderr}");
+    }
+}
+
+/// With both secrets set, the walkthrough's replay holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_replays_with_secrets_on() {
+    let server = Server::start(&[
+        ("ANA_ENCRYPTION_KEYS", KEYS),
+        ("ANA_FINGERPRINT_KEY", FINGERPRINT_KEY),
+    ])
+    .await;
+    let key = unique("secret");
+    let headers = [("x-idempotency-key", key.as_str())];
+    let first = server.post("/hello", &headers, "{\"amount\":10}").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let again = server.post("/hello", &headers, "{\"amount\":10}").await;
+    assert!(replayed(&again));
+    assert_eq!(again.body(), first.body());
+    let other = server.post("/hello", &headers, "{\"amount\":99}").await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(server.stop().await, 1);
+}
+
+/// `ANA_ENCRYPTION_KEYS=… DATABASE_URL=… make example-02`: the walkthrough replays, and
+/// `ana.tracked_operations.result` holds ciphertext under the current key (id 1).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_results_are_ciphertext_with_secrets_on() {
+    let url = database_url();
+    let pool = ana_pg::sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .unwrap_or_else(|error| panic!("Postgres at {url} is needed: {error}"));
+    let server = Server::start(&[("DATABASE_URL", &url), ("ANA_ENCRYPTION_KEYS", KEYS)]).await;
+    let key = unique("cipher");
+    let headers = [("x-idempotency-key", key.as_str())];
+    let first = server.post("/hello", &headers, "{}").await;
+    assert_eq!(first.body(), &format!("Hello {key}!\n"));
+    assert!(replayed(&server.post("/hello", &headers, "{}").await));
+    assert_eq!(server.stop().await, 1);
+    let stored: Vec<u8> = ana_pg::sqlx::query_scalar(
+        "SELECT result FROM ana.tracked_operations WHERE target = '[POST]/hello' AND key LIKE '%:' || $1",
+    )
+    .bind(&key)
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(stored[0], 0xA1);
+    assert_eq!(stored[1..5], 1u32.to_be_bytes());
+    assert!(!stored.windows(5).any(|w| w == b"Hello"));
 }

@@ -33,6 +33,7 @@
 
 use std::error::Error;
 use std::io::Write;
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
@@ -45,10 +46,74 @@ use ana_sqlite::SqliteRepository;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
+use ana_core::IdempotencyRepository;
+use ana_core::encryption::{Encrypted, FingerprintKey, Keyring};
+use ana_http::IdempotencyConfig;
+
 type BoxError = Box<dyn Error + Send + Sync>;
+
+/// The secrets at rest the example reads: `ANA_ENCRYPTION_KEYS` (`id:base64,…`, the current
+/// key first) encrypts the stored responses, `ANA_FINGERPRINT_KEY` (base64, at least 32
+/// bytes) keys the payload fingerprints and scope hashes. Either may be unset.
+struct Secrets {
+    keyring: Option<Arc<Keyring>>,
+    fingerprint_key: Option<FingerprintKey>,
+}
+
+impl Secrets {
+    /// Reads both variables; a bad value ends the process with a one-line error.
+    fn from_env() -> Self {
+        let fail = |error: &dyn Error| -> ! {
+            eprintln!("error: {error}");
+            std::process::exit(2);
+        };
+        let keyring = Keyring::from_env().unwrap_or_else(|error| fail(&error));
+        let fingerprint_key = FingerprintKey::from_env().unwrap_or_else(|error| fail(&error));
+        Self {
+            keyring: keyring.map(Arc::new),
+            fingerprint_key,
+        }
+    }
+
+    /// `(…, encrypted, keyed fingerprints)` for the start-up line.
+    fn describe(&self) -> String {
+        let mut out = String::new();
+        if let Some(keyring) = &self.keyring {
+            out.push_str(&format!(", encrypted under key {}", keyring.current_id()));
+        }
+        if self.fingerprint_key.is_some() {
+            out.push_str(", keyed fingerprints");
+        }
+        out
+    }
+
+    /// The idempotency configuration: the default one, with the fingerprint key if set.
+    fn config(&self) -> IdempotencyConfig {
+        let config = IdempotencyConfig::default();
+        match &self.fingerprint_key {
+            Some(key) => config.with_fingerprint_key(key.clone()),
+            None => config,
+        }
+    }
+}
+
+/// The middleware over `repository`, encrypted and keyed as `secrets` say.
+fn idempotency<R: IdempotencyRepository>(
+    repository: R,
+    secrets: &Secrets,
+) -> IdempotencyMiddleware<R::Session> {
+    let layer = match &secrets.keyring {
+        Some(keyring) => {
+            IdempotencyMiddleware::new(Encrypted::new(repository, Arc::clone(keyring)))
+        }
+        None => IdempotencyMiddleware::new(repository),
+    };
+    layer.with_config(secrets.config())
+}
 
 #[actix_web::main]
 async fn main() -> Result<(), BoxError> {
+    let secrets = Secrets::from_env();
     let metrics = observability()?;
     let port: u16 = match std::env::var("PORT") {
         Ok(port) => port
@@ -76,14 +141,14 @@ async fn main() -> Result<(), BoxError> {
         let repository = SqliteRepository::connect(url).await?;
         repository.migrate().await?;
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             Served {
                 slow,
                 metrics,
                 port,
             },
             |_| {},
-            "sqlite",
+            &format!("sqlite{}", secrets.describe()),
         )
         .await
     } else if let Some(url) = database_url
@@ -98,14 +163,14 @@ async fn main() -> Result<(), BoxError> {
         let repository = MySqlRepository::new(pool);
         repository.migrate().await?;
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             Served {
                 slow,
                 metrics,
                 port,
             },
             |_| {},
-            "mysql",
+            &format!("mysql{}", secrets.describe()),
         )
         .await
     } else if let Some(url) = database_url {
@@ -130,40 +195,40 @@ async fn main() -> Result<(), BoxError> {
             );
         };
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             Served {
                 slow,
                 metrics,
                 port,
             },
             orders,
-            "postgres",
+            &format!("postgres{}", secrets.describe()),
         )
         .await
     } else if let Some(url) = redis_url {
         let repository = RedisRepository::from_url(url)?;
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             Served {
                 slow,
                 metrics,
                 port,
             },
             |_| {},
-            "redis",
+            &format!("redis{}", secrets.describe()),
         )
         .await
     } else {
         let repository = MemoryRepository::new();
         serve(
-            IdempotencyMiddleware::new(repository),
+            idempotency(repository, &secrets),
             Served {
                 slow,
                 metrics,
                 port,
             },
             |_| {},
-            "memory",
+            &format!("memory{}", secrets.describe()),
         )
         .await
     }

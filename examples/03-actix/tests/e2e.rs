@@ -38,6 +38,8 @@ impl Server {
             .env_remove("DATABASE_URL")
             .env_remove("REDIS_URL")
             .env_remove("SLOW_MS")
+            .env_remove("ANA_ENCRYPTION_KEYS")
+            .env_remove("ANA_FINGERPRINT_KEY")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .kill_on_drop(true);
@@ -399,5 +401,57 @@ async fn redis_store_replays() {
         .await;
     assert!(replayed(&again));
     assert_eq!(again.body(), first.body());
+    assert_eq!(server.stop().await, 1);
+}
+
+const KEYS: &str =
+    "1:AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=,0:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const FINGERPRINT_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A bad secret ends the example at once: a non-zero exit and one line naming the variable,
+/// never the key material.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_secrets_exit_with_one_line() {
+    for (name, value) in [
+        ("ANA_ENCRYPTION_KEYS", "0:c2VjcmV0LWJ1dC1zaG9ydA=="),
+        (
+            "ANA_ENCRYPTION_KEYS",
+            "zero:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=",
+        ),
+        ("ANA_FINGERPRINT_KEY", "c2VjcmV0LWJ1dC1zaG9ydA=="),
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_example-03-actix"))
+            .env("PORT", "0")
+            .env_remove("DATABASE_URL")
+            .env_remove("REDIS_URL")
+            .env(name, value)
+            .output()
+            .await
+            .unwrap();
+        assert!(!output.status.success(), "{name}={value} was accepted");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(name), "{stderr}");
+        assert!(!stderr.contains(value), "{stderr}");
+    }
+}
+
+/// With both secrets set, the walkthrough's replay holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_memory_store_replays_with_secrets_on() {
+    let server = Server::start(&[
+        ("ANA_ENCRYPTION_KEYS", KEYS),
+        ("ANA_FINGERPRINT_KEY", FINGERPRINT_KEY),
+    ])
+    .await;
+    let key = unique("secret");
+    let headers = [("x-idempotency-key", key.as_str())];
+    let first = server.post("/hello", &headers, "{\"amount\":10}").await;
+    assert_eq!(first.status(), StatusCode::OK);
+    let again = server.post("/hello", &headers, "{\"amount\":10}").await;
+    assert!(replayed(&again));
+    assert_eq!(again.body(), first.body());
+    let other = server.post("/hello", &headers, "{\"amount\":99}").await;
+    assert_eq!(other.status(), StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(server.stop().await, 1);
 }
