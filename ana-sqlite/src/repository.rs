@@ -310,7 +310,7 @@ impl SqliteRepository {
         request: &ClaimRequest<'_>,
     ) -> Result<Option<(TrackedOperation, DateTime<Utc>)>, RepositoryError> {
         Ok(match Self::find(conn, request).await? {
-            Found::Standing(record, now) => Some((record, now)),
+            Found::Standing(record, now) => Some((*record, now)),
             Found::Claimable(_) => None,
         })
     }
@@ -336,7 +336,7 @@ impl SqliteRepository {
         if claimable {
             return Ok(Found::Claimable(Some(record.status)));
         }
-        Ok(Found::Standing(record, now_of(&row)?))
+        Ok(Found::Standing(Box::new(record), now_of(&row)?))
     }
 
     /// The claim's write, waiting for SQLite's write lock in slices of [`CLAIM_SLICE_MS`]
@@ -423,7 +423,7 @@ async fn set_busy_timeout(conn: &mut SqliteConnection, ms: i64) -> Result<(), Re
 /// What the claim's first read found.
 enum Found {
     /// A record that may not run again: the claim's answer.
-    Standing(TrackedOperation, DateTime<Utc>),
+    Standing(Box<TrackedOperation>, DateTime<Utc>),
     /// None, or one the claim may take over, with its status.
     Claimable(Option<Status>),
 }
@@ -442,7 +442,12 @@ impl IdempotencyRepository for SqliteRepository {
         let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
         for _ in 0..CLAIM_TRIES {
             let previous = match Self::find(&mut conn, request).await? {
-                Found::Standing(record, now) => return Ok(Claim::Existing { record, now }),
+                Found::Standing(record, now) => {
+                    return Ok(Claim::Existing {
+                        record: *record,
+                        now,
+                    });
+                }
                 Found::Claimable(previous) => previous,
             };
             match Self::write(&mut conn, request).await {
