@@ -24,6 +24,8 @@
 //!   [`Failure`] (its [`FailureKind`] and message). [`MemoryRepository`] is the in-process
 //!   store; `ana-pg` (Postgres, the operation's writes in the same transaction as the record)
 //!   and `ana-redis` are the others. Every store passes [`conformance`] (feature `test-utils`).
+//! - [`Maintenance`] is the operator's side of a store, beside the contract: forget one
+//!   record, count records by status, clean up. The `ana` command (crate `ana-cli`) runs it.
 //! - [`TrackedOperation`] is the stored record: [`Status`], payload [`Fingerprint`], deadlines,
 //!   result, or failure kind and error message, error count and the `attempt` number.
 //! - [`Operation::timeout`] and [`Operation::expiration`] are `Option<Duration>`: `None` means
@@ -79,6 +81,7 @@ mod codec;
 #[cfg(feature = "test-utils")]
 pub mod conformance;
 mod error;
+mod maintenance;
 mod manager;
 mod memory;
 mod operation;
@@ -89,6 +92,7 @@ pub use cache::ReplayCache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
+pub use maintenance::{Cleaned, Forgotten, Maintenance, Stats};
 pub use manager::{Attempt, Begun, Call, Manager, Outcome};
 pub use memory::{MemoryRepository, MemorySession};
 pub use operation::{FnOperation, Operation, operation};
