@@ -12,7 +12,9 @@ const PREVIEW_BYTES: usize = 200;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Format {
+    /// Aligned rows, for people.
     Table,
+    /// One JSON object, for scripts.
     Json,
 }
 
@@ -38,10 +40,21 @@ fn maybe_time(at: Option<DateTime<Utc>>) -> String {
     at.map_or_else(|| "-".to_owned(), time)
 }
 
-/// `bytes` as text a terminal shows safely (escaped), cut to [`PREVIEW_BYTES`].
+/// `bytes` as text a terminal shows safely, cut to [`PREVIEW_BYTES`]: UTF-8 text with its
+/// control characters escaped, other bytes as `\xNN`.
 fn preview(bytes: &[u8]) -> String {
     let cut = &bytes[..bytes.len().min(PREVIEW_BYTES)];
-    let mut text = cut.escape_ascii().to_string();
+    let mut text = String::with_capacity(cut.len());
+    for chunk in cut.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                text.extend(c.escape_default());
+            } else {
+                text.push(c);
+            }
+        }
+        text.push_str(&chunk.invalid().escape_ascii().to_string());
+    }
     if cut.len() < bytes.len() {
         text.push('…');
     }
@@ -260,4 +273,17 @@ pub(crate) fn cleaned(cleaned: &Cleaned, limit: u32, format: Format) -> String {
         );
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn previews_escape_control_characters_and_cut() {
+        assert_eq!(preview(r#"{"a":"é"}"#.as_bytes()), r#"{"a":"é"}"#);
+        assert_eq!(preview(b"a\nb\x1b[31m\xff"), "a\\nb\\u{1b}[31m\\xff");
+        let long = vec![b'x'; PREVIEW_BYTES + 1];
+        assert_eq!(preview(&long), format!("{}…", "x".repeat(PREVIEW_BYTES)));
+    }
 }
