@@ -38,13 +38,24 @@ Exit status: 0 done; 1 the store failed or could not be reached, or a bad URL; 2
 #[derive(Debug, Parser)]
 #[command(name = "ana", version, after_help = AFTER_HELP)]
 struct Cli {
-    /// The Postgres store: postgres://user[:password]@host[:port]/database.
-    #[arg(long, env = "DATABASE_URL", hide_env_values = true, global = true)]
+    // The help is an attribute: rustdoc would read its brackets as links.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        global = true,
+        help = "The Postgres store: postgres://user[:password]@host[:port]/database"
+    )]
     database_url: Option<String>,
 
-    /// The Redis store: redis://[user:password@]host[:port][/db]; comma-separated URLs for a
-    /// Redis Cluster.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        hide_env_values = true,
+        global = true,
+        help = "The Redis store: redis://[user:password@]host[:port][/db]; comma-separated URLs \
+                for a Redis Cluster"
+    )]
     redis_url: Option<String>,
 
     /// The Postgres schema holding the records.
