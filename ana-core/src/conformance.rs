@@ -18,6 +18,10 @@
 //! replays, expiry before storage, Running with a future or no timeout, runnable states,
 //! unwrapped errors, panics, exactly-once close, concurrency, fencing, payload mismatch and
 //! cancellation.
+//!
+//! A store that implements [`Maintenance`] adds `ana_core::maintenance_tests!(harness());`
+//! for its cases: inspecting one record, forgetting one (refused while held unless forced),
+//! counting records by status and cleaning up.
 
 // Test code: a failed expectation is a panic.
 #![allow(clippy::panic)]
@@ -36,12 +40,13 @@ use crate::cache::ReplayCache;
 use crate::clock::{Clock, ManualClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
+use crate::maintenance::{Forgotten, Maintenance, Stats};
 use crate::manager::{Manager, Outcome};
 use crate::memory::MemoryRepository;
 use crate::observe::{CallOutcome, EventKind};
 use crate::operation::{FnOperation, operation};
 use crate::record::{FailureKind, Payload, Status, TrackedOperation};
-use crate::repository::{BoxError, IdempotencyRepository};
+use crate::repository::{BoxError, IdempotencyRepository, RecordId};
 
 /// An isolated instance of a store under test, with control over its time.
 pub trait Harness: Send + Sync + Sized + 'static {
@@ -285,6 +290,36 @@ macro_rules! conformance_tests {
                 $crate::conformance::$case($harness.await).await;
             }
         )*
+    };
+}
+
+/// Generates one `#[tokio::test]` per [`Maintenance`] case (inspect, forget, stats, clean-up),
+/// each on a fresh harness from `$harness`, for a store whose repository implements
+/// [`Maintenance`]. A store without it runs [`conformance_tests!`](crate::conformance_tests)
+/// alone.
+///
+/// ```no_run
+/// async fn harness() -> ana_core::conformance::MemoryHarness {
+///     ana_core::conformance::MemoryHarness::new()
+/// }
+///
+/// ana_core::conformance_tests!(harness());
+/// ana_core::maintenance_tests!(harness());
+/// # fn main() {}
+/// ```
+#[macro_export]
+macro_rules! maintenance_tests {
+    ($harness:expr) => {
+        $crate::conformance_tests!(@cases $harness;
+            inspect_reads_one_record,
+            forgetting_a_finished_record_lets_its_key_run_again,
+            forgetting_a_held_record_is_refused_unless_forced,
+            forgetting_a_timed_out_record_needs_no_force,
+            forgetting_an_absent_record_is_not_found,
+            stats_count_records_by_status,
+            cleanup_fails_timed_out_records_and_deletes_expired_ones,
+            cleanup_stops_at_its_limit,
+        );
     };
 }
 
@@ -1188,4 +1223,313 @@ mod encryption_cases {
     fn manager_without_cache<H: Harness>(harness: &H) -> TestManager<H> {
         Manager::new(harness.repository()).with_clock(harness.clock())
     }
+}
+
+/// A manager's key `k` as [`Maintenance::forget`] names it.
+const K: RecordId<'static> = RecordId::new(TARGET, "k");
+
+async fn forget<H>(harness: &H, key: &str, force: bool) -> Forgotten
+where
+    H: Harness<Repository: Maintenance>,
+{
+    match harness
+        .repository()
+        .forget(RecordId::new(TARGET, key), force)
+        .await
+    {
+        Ok(forgotten) => forgotten,
+        Err(error) => panic!("forgetting {key} failed: {error:?}"),
+    }
+}
+
+async fn absent<H: Harness>(harness: &H, key: &str) {
+    match harness.repository().get(TARGET, key).await {
+        Ok(None) => {}
+        other => panic!("expected no record for {key}, got {other:?}"),
+    }
+}
+
+/// A seeded Running record of `key` whose timeout is `timeout` from now (`None`: no timeout).
+fn held(key: &str, now: DateTime<Utc>, timeout: Option<chrono::TimeDelta>) -> TrackedOperation {
+    let mut record = seeded(key, Status::Running, now);
+    record.timeout = timeout.map(|timeout| now + timeout);
+    record
+}
+
+/// `get` reads one record back as it was stored, every field kept; an absent record is `None`.
+pub async fn inspect_reads_one_record<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    let now = harness.clock().now();
+    let mut record = seeded("k", Status::Failed, now - chrono::TimeDelta::minutes(5));
+    record.timeout = Some(now - chrono::TimeDelta::minutes(4));
+    record.expiration = Some(now + chrono::TimeDelta::hours(24));
+    record.error = Some("card declined".into());
+    record.failure = Some(FailureKind::Error);
+    record.error_count = 2;
+    record.attempt = 2;
+    harness.seed(record.clone()).await;
+    assert_eq!(self::record(&harness, "k").await, record);
+    absent(&harness, "other").await;
+}
+
+/// A Finished record forgotten is gone, and its key runs again as a first call. A replay cache
+/// in front of the store does not learn of it: it replays the key until its entry's time to
+/// live ends.
+pub async fn forgetting_a_finished_record_lets_its_key_run_again<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    let manager = manager(&harness);
+    let runs = counter();
+    executed(manager.run(counting(&runs, "k", "payload", "first")).await);
+    assert_eq!(forget(&harness, "k", false).await, Forgotten::Deleted);
+    absent(&harness, "k").await;
+    if harness.replay_cache().is_some() {
+        let cached = manager.run(counting(&runs, "k", "payload", "second")).await;
+        assert_eq!(replayed(cached), "first");
+        // Past the cache's time to live (five minutes by default).
+        advance(&harness, 10 * MINUTE).await;
+    }
+    // Forgotten with its payload too: another payload is no mismatch now.
+    let again = counting(&runs, "k", "another payload", "second");
+    assert_eq!(executed(manager.run(again).await), "second");
+    let record = record(&harness, "k").await;
+    assert_eq!((record.status, record.attempt), (Status::Finished, 1));
+    assert_eq!(count(&runs), 2);
+}
+
+/// A Running record whose holder may still be at work (timeout ahead, or none) is refused
+/// without force and deleted with it; the holder's late finish then writes nothing and its
+/// call answers Expired.
+pub async fn forgetting_a_held_record_is_refused_unless_forced<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    let manager = manager(&harness);
+    let runs = counter();
+    let (started_tx, started_rx) = oneshot::channel();
+    let (release_tx, release_rx) = oneshot::channel();
+    let op = gated(&runs, "k", "late", started_tx, release_rx).timeout(10 * MINUTE);
+    let holder = tokio::spawn({
+        let manager = manager.clone();
+        async move { manager.run(op).await }
+    });
+    let _ = started_rx.await;
+    let timeout = record(&harness, "k").await.timeout;
+    assert!(timeout.is_some());
+    assert_eq!(
+        forget(&harness, "k", false).await,
+        Forgotten::Held { timeout }
+    );
+    assert_eq!(record(&harness, "k").await.status, Status::Running);
+    assert_eq!(forget(&harness, "k", true).await, Forgotten::Deleted);
+    absent(&harness, "k").await;
+    let _ = release_tx.send(());
+    let late = holder.await.map_err(|error| error.to_string());
+    assert!(matches!(late, Ok(Err(Error::Expired { .. }))), "{late:?}");
+    absent(&harness, "k").await;
+
+    harness
+        .seed(held("untimed", harness.clock().now(), None))
+        .await;
+    assert_eq!(
+        forget(&harness, "untimed", false).await,
+        Forgotten::Held { timeout: None }
+    );
+    assert_eq!(forget(&harness, "untimed", true).await, Forgotten::Deleted);
+    absent(&harness, "untimed").await;
+}
+
+/// A Running record past its timeout (its holder crashed or is too slow) is forgotten without
+/// force.
+pub async fn forgetting_a_timed_out_record_needs_no_force<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    let now = harness.clock().now();
+    let timed_out = held("k", now, Some(-chrono::TimeDelta::minutes(1)));
+    harness.seed(timed_out).await;
+    assert_eq!(forget(&harness, "k", false).await, Forgotten::Deleted);
+    absent(&harness, "k").await;
+    let runs = counter();
+    let out = manager(&harness)
+        .run(counting(&runs, "k", "payload", "fresh"))
+        .await;
+    assert_eq!(executed(out), "fresh");
+}
+
+/// Forgetting a record that is not there deletes nothing and says so, with or without force.
+pub async fn forgetting_an_absent_record_is_not_found<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    let repository = harness.repository();
+    for force in [false, true] {
+        match repository.forget(K, force).await {
+            Ok(Forgotten::NotFound) => {}
+            other => panic!("expected NotFound, got {other:?}"),
+        }
+    }
+    let runs = counter();
+    executed(
+        manager(&harness)
+            .run(counting(&runs, "k", "payload", "a"))
+            .await,
+    );
+    let other_target = RecordId::new("[POST]/other", "k");
+    match repository.forget(other_target, false).await {
+        Ok(Forgotten::NotFound) => {}
+        other => panic!("expected NotFound for another target, got {other:?}"),
+    }
+    assert_eq!(record(&harness, "k").await.status, Status::Finished);
+}
+
+async fn stats<H>(harness: &H) -> Stats
+where
+    H: Harness<Repository: Maintenance>,
+{
+    match harness.repository().stats().await {
+        Ok(stats) => stats,
+        Err(error) => panic!("stats failed: {error:?}"),
+    }
+}
+
+/// `stats` counts the store's records by status, and among them the Running ones past their
+/// timeout and those past their expiration.
+pub async fn stats_count_records_by_status<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    assert_eq!(stats(&harness).await, Stats::default());
+    let now = harness.clock().now();
+    let hour = chrono::TimeDelta::hours(1);
+    let mut ready = seeded("ready", Status::Ready, now);
+    ready.attempt = 0;
+    ready.started_at = None;
+    let mut expired = seeded("finished-expired", Status::Finished, now - hour * 3);
+    expired.expiration = Some(now - hour);
+    expired.result = Some(b"\"old\"".to_vec());
+    let mut failed = seeded("failed", Status::Failed, now);
+    failed.error = Some("boom".into());
+    failed.failure = Some(FailureKind::Error);
+    failed.error_count = 1;
+    for record in [
+        ready,
+        held("held", now, Some(hour)),
+        held("untimed", now, None),
+        held("timed-out", now, Some(-hour)),
+        expired,
+        failed,
+    ] {
+        harness.seed(record).await;
+    }
+    let runs = counter();
+    let manager = manager(&harness);
+    for key in ["finished-1", "finished-2"] {
+        executed(manager.run(counting(&runs, key, "payload", "done")).await);
+    }
+    let stats = stats(&harness).await;
+    let counts = (stats.ready, stats.running, stats.finished, stats.failed);
+    assert_eq!(counts, (1, 3, 3, 1), "{stats:?}");
+    assert_eq!((stats.timed_out, stats.expired), (1, 1), "{stats:?}");
+    assert_eq!(stats.total(), 8);
+    assert_eq!(stats.of(Status::Running), 3);
+}
+
+async fn cleanup<H>(harness: &H, limit: u32) -> crate::maintenance::Cleaned
+where
+    H: Harness<Repository: Maintenance>,
+{
+    match harness.repository().cleanup(limit).await {
+        Ok(cleaned) => cleaned,
+        Err(error) => panic!("cleanup failed: {error:?}"),
+    }
+}
+
+/// `cleanup` marks Running records past their timeout Failed (timed out) and deletes expired
+/// records, but never one whose holder may still be at work; a store that deletes expired
+/// records by itself says so and deletes none.
+pub async fn cleanup_fails_timed_out_records_and_deletes_expired_ones<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    let now = harness.clock().now();
+    let hour = chrono::TimeDelta::hours(1);
+    let mut expired = seeded("expired", Status::Finished, now - hour * 3);
+    expired.expiration = Some(now - hour);
+    expired.result = Some(b"\"old\"".to_vec());
+    let mut held_expired = held("held-expired", now - hour * 3, Some(hour * 4));
+    held_expired.expiration = Some(now - hour);
+    let mut live = seeded("live", Status::Finished, now);
+    live.result = Some(b"\"new\"".to_vec());
+    for record in [
+        held("timed-out", now, Some(-chrono::TimeDelta::minutes(1))),
+        expired,
+        held_expired,
+        live,
+    ] {
+        harness.seed(record).await;
+    }
+    let cleaned = cleanup(&harness, 100).await;
+    assert_eq!(cleaned.failed, 1, "{cleaned:?}");
+    let timed_out = record(&harness, "timed-out").await;
+    assert_eq!(timed_out.status, Status::Failed);
+    assert_eq!(timed_out.failure, Some(FailureKind::TimedOut));
+    assert_eq!(
+        timed_out.error.as_deref(),
+        Some(FailureKind::TimedOut.message())
+    );
+    assert_eq!((timed_out.error_count, timed_out.attempt), (1, 1));
+    if cleaned.expires_itself {
+        assert_eq!(cleaned.deleted, 0, "{cleaned:?}");
+        assert_eq!(record(&harness, "expired").await.status, Status::Finished);
+    } else {
+        assert_eq!(cleaned.deleted, 1, "{cleaned:?}");
+        absent(&harness, "expired").await;
+    }
+    assert_eq!(
+        record(&harness, "held-expired").await.status,
+        Status::Running
+    );
+    assert_eq!(record(&harness, "live").await.status, Status::Finished);
+
+    let again = cleanup(&harness, 100).await;
+    assert_eq!((again.failed, again.deleted), (0, 0), "{again:?}");
+    // A record failed by the clean-up runs again on the next call.
+    let runs = counter();
+    let retry = manager(&harness)
+        .run(counting(&runs, "timed-out", "payload", "retried"))
+        .await;
+    assert_eq!(executed(retry), "retried");
+}
+
+/// `cleanup` changes at most `limit` records of each kind per call.
+pub async fn cleanup_stops_at_its_limit<H>(harness: H)
+where
+    H: Harness<Repository: Maintenance>,
+{
+    let now = harness.clock().now();
+    let hour = chrono::TimeDelta::hours(1);
+    for n in 0..3 {
+        harness
+            .seed(held(&format!("timed-out-{n}"), now, Some(-hour)))
+            .await;
+        let mut expired = seeded(&format!("expired-{n}"), Status::Failed, now - hour * 3);
+        expired.expiration = Some(now - hour);
+        expired.error = Some("boom".into());
+        expired.failure = Some(FailureKind::Error);
+        harness.seed(expired).await;
+    }
+    let first = cleanup(&harness, 2).await;
+    let second = cleanup(&harness, 2).await;
+    assert_eq!((first.failed, second.failed), (2, 1));
+    if first.expires_itself {
+        assert_eq!((first.deleted, second.deleted), (0, 0));
+    } else {
+        assert_eq!((first.deleted, second.deleted), (2, 1));
+    }
+    let stats = stats(&harness).await;
+    assert_eq!((stats.running, stats.timed_out), (0, 0), "{stats:?}");
 }

@@ -24,6 +24,8 @@
 //!   [`Failure`] (its [`FailureKind`] and message). [`MemoryRepository`] is the in-process
 //!   store; `ana-pg` (Postgres, the operation's writes in the same transaction as the record)
 //!   and `ana-redis` are the others. Every store passes [`conformance`] (feature `test-utils`).
+//! - [`Maintenance`] is the operator's side of a store, beside the contract: forget one
+//!   record, count records by status, clean up. The `ana` command (crate `ana-cli`) runs it.
 //! - [`TrackedOperation`] is the stored record: [`Status`], payload [`Fingerprint`], deadlines,
 //!   result, or failure kind and error message, error count and the `attempt` number.
 //! - [`Operation::timeout`] and [`Operation::expiration`] are `Option<Duration>`: `None` means
@@ -104,6 +106,7 @@ pub mod conformance;
 #[cfg(feature = "encryption")]
 pub mod encryption;
 mod error;
+mod maintenance;
 mod manager;
 mod memory;
 mod observe;
@@ -115,6 +118,7 @@ pub use cache::ReplayCache;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
+pub use maintenance::{Cleaned, Forgotten, Maintenance, Stats};
 pub use manager::{Attempt, Begun, Call, Manager, Outcome};
 pub use memory::{MemoryRepository, MemorySession};
 #[cfg(feature = "metrics")]

@@ -11,6 +11,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::clock::{Clock, SystemClock};
+use crate::maintenance::{Cleaned, Forgotten, Maintenance, Stats};
 use crate::record::{FailureKind, Fingerprint, FingerprintHasher, Status, TrackedOperation};
 use crate::repository::{
     Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
@@ -76,6 +77,9 @@ impl MemorySession {
 ///   340 bytes for a record with a 200-byte HTTP response. Two identities sharing a digest
 ///   would need a SHA-256 collision on 128 bits; even then the payload fingerprint is
 ///   checked before anything is replayed.
+/// - [`Maintenance`]: `forget` decides and deletes under the record's shard lock; `cleanup`
+///   marks Running records past their timeout Failed, then evicts expired records as a sweep
+///   does, each up to its limit; `stats` counts each shard under its lock in turn.
 ///
 /// Clones share the same records.
 #[derive(Clone)]
@@ -356,7 +360,7 @@ impl MemoryRepository {
         let now = micros(self.clock.now());
         let mut shard = self.shard(&id);
         let Some(record) = shard.records.get(&id) else {
-            // Only the sweeper removes records, and only expired ones no holder works on.
+            // Removed by a sweep (expired, no holder at work on it) or forgotten by force.
             return missing;
         };
         let header = record.header();
@@ -467,6 +471,92 @@ impl IdempotencyRepository for MemoryRepository {
     }
 }
 
+/// Each method takes one shard lock at a time: `forget` one, `stats` and `cleanup` each shard
+/// in turn (so their counts are not one snapshot of the whole store).
+impl Maintenance for MemoryRepository {
+    async fn forget(&self, id: RecordId<'_>, force: bool) -> Result<Forgotten, RepositoryError> {
+        let now = micros(self.clock.now());
+        let id = identity(id.target, id.key);
+        let mut shard = self.shard(&id);
+        let Some(record) = shard.records.get(&id) else {
+            return Ok(Forgotten::NotFound);
+        };
+        let header = record.header();
+        if !force && header.is_held_at(now) {
+            return Ok(Forgotten::Held {
+                timeout: time(header.timeout),
+            });
+        }
+        // The shard's earliest eviction stays a lower bound: nothing to update.
+        shard.records.remove(&id);
+        self.shared.len.fetch_sub(1, Ordering::Relaxed);
+        Ok(Forgotten::Deleted)
+    }
+
+    async fn stats(&self) -> Result<Stats, RepositoryError> {
+        let now = micros(self.clock.now());
+        let mut stats = Stats::default();
+        for shard in &self.shared.shards {
+            for record in &lock(shard).records {
+                let header = record.header();
+                stats.count(header.status, 1);
+                stats.timed_out += u64::from(header.is_timed_out_at(now));
+                stats.expired += u64::from(header.is_expired_at(now));
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Fails first, then deletes: a timed-out record that has expired goes in one call.
+    async fn cleanup(&self, limit: u32) -> Result<Cleaned, RepositoryError> {
+        let now = micros(self.clock.now());
+        let limit = u64::from(limit);
+        let mut cleaned = Cleaned::default();
+        for shard in &self.shared.shards {
+            if cleaned.failed >= limit && cleaned.deleted >= limit {
+                break;
+            }
+            let mut shard = lock(shard);
+            let left = usize::try_from(limit - cleaned.failed).unwrap_or(usize::MAX);
+            let timed_out: Vec<Id> = shard
+                .records
+                .iter()
+                .filter(|record| record.header().is_timed_out_at(now))
+                .map(|record| *record.id())
+                .take(left)
+                .collect();
+            for id in timed_out {
+                let Some(record) = shard.records.get(&id) else {
+                    continue;
+                };
+                let header = record.header();
+                let timed_out = FailureKind::TimedOut;
+                let failed = Header {
+                    status: Status::Failed,
+                    failure: Some(timed_out),
+                    error_count: header.error_count.saturating_add(1),
+                    ..header
+                };
+                shard.note_evictable(failed.evictable_from());
+                let record = Record::new(&id, failed, timed_out.message().as_bytes());
+                shard.records.replace(record);
+                cleaned.failed += 1;
+            }
+            let mut left = limit - cleaned.deleted;
+            let before = shard.records.len();
+            shard.records.retain(|record| {
+                let evict = left > 0 && record.header().is_evictable_at(now);
+                left -= u64::from(evict);
+                !evict
+            });
+            let removed = before - shard.records.len();
+            self.shared.len.fetch_sub(removed, Ordering::Relaxed);
+            cleaned.deleted += removed as u64;
+        }
+        Ok(cleaned)
+    }
+}
+
 /// A record's identity: 128 bits of SHA-256 over the length-framed target and key.
 type Id = [u8; 16];
 
@@ -505,6 +595,16 @@ impl Header {
             (Status::Running, expiration, timeout) => expiration.saturating_add(1).max(timeout),
             (_, expiration, _) => expiration.saturating_add(1),
         }
+    }
+
+    /// Running, and its holder may still be at work: no timeout, or one still ahead.
+    fn is_held_at(&self, now: i64) -> bool {
+        self.status == Status::Running && (self.timeout == NONE || now < self.timeout)
+    }
+
+    /// Running past its timeout: the next claim takes it over.
+    fn is_timed_out_at(&self, now: i64) -> bool {
+        self.status == Status::Running && self.timeout != NONE && now >= self.timeout
     }
 
     fn is_evictable_at(&self, now: i64) -> bool {

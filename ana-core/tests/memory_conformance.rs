@@ -5,6 +5,7 @@ async fn harness() -> ana_core::conformance::MemoryHarness {
 }
 
 ana_core::conformance_tests!(harness());
+ana_core::maintenance_tests!(harness());
 
 /// The same suite with a replay cache in front of the store.
 mod cached {
@@ -13,6 +14,7 @@ mod cached {
     }
 
     ana_core::conformance_tests!(harness());
+    ana_core::maintenance_tests!(harness());
 }
 
 /// The same suite with results encrypted at rest.

@@ -46,6 +46,16 @@ pub(crate) struct ClaimRace {
     pub(crate) tries: u32,
 }
 
+/// A forget statement kept reading a record that changed under it: each try, a concurrent
+/// claim or delete changed the record after its snapshot.
+#[derive(Debug, thiserror::Error)]
+#[error("forgetting {target}/{key} lost to concurrent changes {tries} times")]
+pub(crate) struct ForgetRace {
+    pub(crate) target: String,
+    pub(crate) key: String,
+    pub(crate) tries: u32,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -166,6 +166,11 @@
 //!   let a new call run beside the holder. A Finished record replays until deleted. A record
 //!   without a timeout whose holder crashed is never deleted (and its key answers Expired once
 //!   it expired): give operations a timeout.
+//! - **Operators.** [`PgRepository`] implements [`Maintenance`](ana_core::Maintenance) (the
+//!   `ana` command of crate `ana-cli` runs it): `forget` is one `DELETE` whose condition
+//!   (forced, or no holder at work) Postgres re-checks on the latest row version, so a record
+//!   claimed meanwhile is never deleted unforced; `stats` is a `count(*) … GROUP BY status`
+//!   (a scan of the table); `cleanup` is `fail_timed_out` then `delete_expired`.
 //! - **Fencing.** [`PgSession::attempt`] is the attempt number, increasing with every
 //!   takeover; pass it to systems outside the transaction that can reject a stale writer.
 //!   Every claim also gets a number of its own, its transaction's id (the `claim` column,

@@ -6,13 +6,14 @@ use std::time::Duration;
 
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
-    Claim, ClaimRequest, Completion, Failure, FailureKind, Fingerprint, IdempotencyRepository,
-    Lease, RecordId, RepositoryError, Status, TrackedOperation,
+    Claim, ClaimRequest, Cleaned, Completion, Failure, FailureKind, Fingerprint, Forgotten,
+    IdempotencyRepository, Lease, Maintenance, RecordId, RepositoryError, Stats, Status,
+    TrackedOperation,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
-use crate::error::{ClaimRace, map_sqlx};
+use crate::error::{ClaimRace, ForgetRace, map_sqlx};
 use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
 use crate::session::{PgSession, State};
 
@@ -412,6 +413,79 @@ impl IdempotencyRepository for PgRepository {
             .await
             .map_err(map_sqlx)?;
         row.as_ref().map(decode).transpose()
+    }
+}
+
+/// - `forget` is one statement: a `DELETE` whose condition (forced, or not held) Postgres
+///   re-checks on the latest row version, so a record claimed after the statement's snapshot
+///   is never deleted unforced. When the record changed under it, it runs again (three times
+///   at most).
+/// - `stats` is one `count(*) … GROUP BY status`: a scan of the table.
+/// - `cleanup` is [`fail_timed_out`](PgRepository::fail_timed_out) then
+///   [`delete_expired`](PgRepository::delete_expired), each of at most `limit` rows (expired
+///   records are deleted after the [retention](PgRepository::with_retention)).
+impl Maintenance for PgRepository {
+    async fn forget(&self, id: RecordId<'_>, force: bool) -> Result<Forgotten, RepositoryError> {
+        for _ in 0..CLAIM_TRIES {
+            let row = sqlx::query(self.shared.sql.forget.get())
+                .bind(id.target)
+                .bind(id.key)
+                .bind(force)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(map_sqlx)?;
+            let deleted: bool = row.try_get("deleted").map_err(map_sqlx)?;
+            let status: Option<String> = row.try_get("status").map_err(map_sqlx)?;
+            let timeout: Option<DateTime<Utc>> = row.try_get("timeout").map_err(map_sqlx)?;
+            let now: DateTime<Utc> = row.try_get("now").map_err(map_sqlx)?;
+            if deleted {
+                return Ok(Forgotten::Deleted);
+            }
+            let Some(status) = status else {
+                return Ok(Forgotten::NotFound);
+            };
+            let held = status == Status::Running.as_str() && timeout.is_none_or(|at| at > now);
+            if held && !force {
+                return Ok(Forgotten::Held { timeout });
+            }
+            // The record the snapshot shows was one to delete, yet the delete found it
+            // changed (claimed, or deleted, after the snapshot): again, on the record as it
+            // stands now.
+        }
+        Err(RepositoryError::Backend(Box::new(ForgetRace {
+            target: id.target.to_owned(),
+            key: id.key.to_owned(),
+            tries: CLAIM_TRIES,
+        })))
+    }
+
+    async fn stats(&self) -> Result<Stats, RepositoryError> {
+        let rows = sqlx::query(self.shared.sql.stats.get())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let status: String = row.try_get("status").map_err(map_sqlx)?;
+            let status: Status = status.parse().map_err(|error| RepositoryError::Corrupt {
+                detail: format!("{error}"),
+            })?;
+            let count = |column: &str| -> Result<u64, RepositoryError> {
+                let n: i64 = row.try_get(column).map_err(map_sqlx)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            stats.count(status, count("records")?);
+            stats.timed_out += count("timed_out")?;
+            stats.expired += count("expired")?;
+        }
+        Ok(stats)
+    }
+
+    async fn cleanup(&self, limit: u32) -> Result<Cleaned, RepositoryError> {
+        let mut cleaned = Cleaned::default();
+        cleaned.failed = self.fail_timed_out(limit).await?;
+        cleaned.deleted = self.delete_expired(limit).await?;
+        Ok(cleaned)
     }
 }
 

@@ -103,6 +103,8 @@ pub(crate) struct Statements {
     pub(crate) get: Sql,
     pub(crate) fail_timed_out: Sql,
     pub(crate) delete_expired: Sql,
+    pub(crate) forget: Sql,
+    pub(crate) stats: Sql,
 }
 
 /// A prepared SQL text, cheap to hand to `sqlx::query` again and again.
@@ -198,21 +200,26 @@ impl Statements {
                AND status = 'running'"
         );
         let get = format!("SELECT {COLUMNS} FROM {table} t WHERE t.target = $1 AND t.key = $2");
+        // The rows are picked once, in a materialized CTE: as an `IN (… LIMIT …)` subquery the
+        // planner may put them on the inner side of a nested loop and pick again for every
+        // outer row, and records of equal deadlines may then come back in another order,
+        // changing more than `limit` rows.
         let fail_timed_out = format!(
-            "UPDATE {table}
-             SET status = 'failed', error = $2, failure = $3, error_count = error_count + 1
-             WHERE (target, key) IN (
+            "WITH picked AS MATERIALIZED (
                 SELECT target, key FROM {table}
                 WHERE status = 'running' AND timeout IS NOT NULL
                   AND timeout <= clock_timestamp()
                 ORDER BY timeout
                 LIMIT $1
                 FOR UPDATE SKIP LOCKED)
-               AND status = 'running' AND timeout <= clock_timestamp()"
+             UPDATE {table} t
+             SET status = 'failed', error = $2, failure = $3, error_count = t.error_count + 1
+             FROM picked
+             WHERE t.target = picked.target AND t.key = picked.key
+               AND t.status = 'running' AND t.timeout <= clock_timestamp()"
         );
         let delete_expired = format!(
-            "DELETE FROM {table}
-             WHERE (target, key) IN (
+            "WITH picked AS MATERIALIZED (
                 SELECT target, key FROM {table}
                 WHERE expiration IS NOT NULL
                   AND expiration < clock_timestamp() - $2::bigint * interval '1 microsecond'
@@ -221,9 +228,38 @@ impl Statements {
                            AND (timeout IS NULL OR timeout > clock_timestamp()))
                 ORDER BY expiration
                 LIMIT $1
-                FOR UPDATE SKIP LOCKED)"
+                FOR UPDATE SKIP LOCKED)
+             DELETE FROM {table} t
+             USING picked
+             WHERE t.target = picked.target AND t.key = picked.key"
+        );
+        // The delete re-checks its condition on the latest row version (a claim committed
+        // after this statement's snapshot is never deleted unforced); the outer SELECT reads
+        // the snapshot, to tell an absent record from a held one.
+        let forget = format!(
+            "WITH deleted AS (
+                DELETE FROM {table}
+                WHERE target = $1 AND key = $2
+                  AND ($3 OR NOT (status = 'running'
+                                  AND (timeout IS NULL OR timeout > clock_timestamp())))
+                RETURNING 1
+            )
+            SELECT EXISTS (SELECT 1 FROM deleted) AS deleted, e.status::text AS status,
+                   e.timeout, clock_timestamp() AS now
+            FROM (SELECT 1) AS one
+            LEFT JOIN {table} e ON e.target = $1 AND e.key = $2"
+        );
+        let stats = format!(
+            "SELECT status::text AS status, count(*) AS records,
+                    count(*) FILTER (WHERE status = 'running'
+                                     AND timeout <= statement_timestamp()) AS timed_out,
+                    count(*) FILTER (WHERE expiration < statement_timestamp()) AS expired
+             FROM {table}
+             GROUP BY status"
         );
         Self {
+            forget: Sql::new(forget),
+            stats: Sql::new(stats),
             claim: Sql::new(claim),
             complete: Sql::new(complete),
             expire: Sql::new(expire),

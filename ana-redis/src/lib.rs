@@ -91,6 +91,22 @@
 //! attempt that finishes after its record is gone writes nothing: `complete` answers
 //! Expired, `fail` answers Superseded.
 //!
+//! ## Operators: forget, stats, clean-up
+//!
+//! [`RedisRepository`] implements [`Maintenance`](ana_core::Maintenance) (the `ana` command of
+//! crate `ana-cli` runs it):
+//!
+//! - **forget** is one Lua script on the record's key: it reads the status and timeout on the
+//!   server's clock and deletes, or refuses a record whose holder may still be at work, in
+//!   the same step, so no claim can come between.
+//! - **stats** walks the prefix's keys with `SCAN … MATCH <prefix>*` on the server, or on
+//!   every master of a cluster (found with `CLUSTER SLOTS`), reading each batch's `status`,
+//!   `timeout` and `exp` with one pipeline of `HMGET`s: a full pass over the keyspace, to run
+//!   now and then, not on every request.
+//! - **cleanup** walks the keys the same way and marks Running records past their timeout
+//!   Failed (one script each, which checks again). It deletes nothing: the TTLs below do,
+//!   and it says so ([`Cleaned::expires_itself`](ana_core::Cleaned::expires_itself)).
+//!
 //! ## Redis Cluster
 //!
 //! Each script touches exactly one key, the record's hash, so every step runs on the one node
@@ -137,6 +153,7 @@
 //! add deadpool-redis's `PING` each time. After a connection error that connection is
 //! dropped (the failing call answers `Unavailable`) and the next call takes a fresh one.
 
+mod maintenance;
 mod record;
 mod repository;
 

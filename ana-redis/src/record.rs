@@ -238,7 +238,7 @@ fn integer<T: std::str::FromStr>(
     .transpose()
 }
 
-fn time(
+pub(crate) fn time(
     key: &str,
     field: &str,
     raw: Option<Vec<u8>>,

@@ -37,6 +37,19 @@ static RESTORE: LazyLock<Script> = LazyLock::new(|| {
     ))
 });
 
+pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/forget.lua")
+    ))
+});
+pub(crate) static TIME_OUT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/time_out.lua")
+    ))
+});
+
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "ana:";
 /// The default retention of a record after its expiration: one hour.
@@ -119,7 +132,7 @@ impl Pool {
 
 /// A multiplexed connection to a server or a cluster; clones share it.
 #[derive(Clone)]
-enum Connection {
+pub(crate) enum Connection {
     Single(MultiplexedConnection),
     #[cfg(feature = "cluster")]
     Cluster(redis::cluster_async::ClusterConnection),
@@ -154,6 +167,127 @@ impl ConnectionLike for Connection {
             Self::Cluster(connection) => connection.get_db(),
         }
     }
+}
+
+/// One server holding records: the server of a single-node store, or a cluster's master.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Node {
+    /// The one server of a single-node store.
+    Single,
+    /// A cluster master, by the address the cluster gives for it.
+    #[cfg(feature = "cluster")]
+    Master { host: String, port: u16 },
+}
+
+impl Connection {
+    /// The servers holding records: the one server, or every master of the cluster (from
+    /// `CLUSTER SLOTS`, as the driver itself learns them).
+    pub(crate) async fn nodes(&mut self) -> Result<Vec<Node>, RedisError> {
+        match self {
+            Self::Single(_) => Ok(vec![Node::Single]),
+            #[cfg(feature = "cluster")]
+            Self::Cluster(connection) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let slots = connection
+                    .route_command(
+                        redis::cmd("CLUSTER").arg("SLOTS").clone(),
+                        RoutingInfo::SingleNode(SingleNodeRoutingInfo::Random),
+                    )
+                    .await?;
+                masters(slots)
+            }
+        }
+    }
+
+    /// Runs `command` on `node`.
+    pub(crate) async fn on_node<T: FromRedisValue>(
+        &mut self,
+        node: &Node,
+        command: redis::Cmd,
+    ) -> Result<T, RedisError> {
+        match (self, node) {
+            (Self::Single(connection), _) => command.query_async(connection).await,
+            #[cfg(feature = "cluster")]
+            (Self::Cluster(connection), Node::Master { host, port }) => {
+                use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
+                let routing = RoutingInfo::SingleNode(SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                });
+                let value = connection.route_command(command, routing).await?;
+                T::from_redis_value(value).map_err(RedisError::from)
+            }
+            #[cfg(feature = "cluster")]
+            (Self::Cluster(_), Node::Single) => Err(RedisError::from((
+                ErrorKind::Client,
+                "a cluster has no single node",
+            ))),
+        }
+    }
+
+    /// Runs `pipeline` on `node`: every key it names lives there.
+    pub(crate) async fn pipeline_on_node(
+        &mut self,
+        node: &Node,
+        pipeline: redis::Pipeline,
+    ) -> Result<Vec<Value>, RedisError> {
+        match (self, node) {
+            (Self::Single(connection), _) => pipeline.query_async(connection).await,
+            #[cfg(feature = "cluster")]
+            (Self::Cluster(connection), Node::Master { host, port }) => {
+                use redis::cluster_routing::SingleNodeRoutingInfo;
+                let count = pipeline.len();
+                let route = SingleNodeRoutingInfo::ByAddress {
+                    host: host.clone(),
+                    port: *port,
+                };
+                connection.route_pipeline(pipeline, 0, count, route).await
+            }
+            #[cfg(feature = "cluster")]
+            (Self::Cluster(_), Node::Single) => Err(RedisError::from((
+                ErrorKind::Client,
+                "a cluster has no single node",
+            ))),
+        }
+    }
+}
+
+/// The masters named by a `CLUSTER SLOTS` reply (each slot range's first node), once each.
+#[cfg(feature = "cluster")]
+fn masters(slots: Value) -> Result<Vec<Node>, RedisError> {
+    let malformed = || {
+        RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "malformed CLUSTER SLOTS reply",
+        ))
+    };
+    let Value::Array(ranges) = slots else {
+        return Err(malformed());
+    };
+    let mut nodes = Vec::new();
+    for range in ranges {
+        let Value::Array(range) = range else {
+            return Err(malformed());
+        };
+        let Some(Value::Array(master)) = range.into_iter().nth(2) else {
+            return Err(malformed());
+        };
+        let mut master = master.into_iter();
+        let host = match master.next() {
+            Some(Value::BulkString(host)) => String::from_utf8(host).map_err(|_| malformed())?,
+            Some(Value::SimpleString(host)) => host,
+            _ => return Err(malformed()),
+        };
+        let port = match master.next() {
+            Some(Value::Int(port)) => u16::try_from(port).map_err(|_| malformed())?,
+            _ => return Err(malformed()),
+        };
+        let node = Node::Master { host, port };
+        if !nodes.contains(&node) {
+            nodes.push(node);
+        }
+    }
+    Ok(nodes)
 }
 
 /// One multiplexed connection, taken from the pool for good and shared by every call of a
@@ -369,8 +503,22 @@ impl RedisRepository {
 
     /// A script invocation on the record's key with the retention arguments every script
     /// starts with.
-    fn invocation<'a>(&self, script: &'a Script, target: &str, key: &str) -> ScriptInvocation<'a> {
-        let mut invocation = script.key(self.record_key(target, key));
+    pub(crate) fn invocation<'a>(
+        &self,
+        script: &'a Script,
+        target: &str,
+        key: &str,
+    ) -> ScriptInvocation<'a> {
+        self.invocation_on(script, self.record_key(target, key))
+    }
+
+    /// A script invocation on the Redis key `name`, with the retention arguments.
+    pub(crate) fn invocation_on<'a>(
+        &self,
+        script: &'a Script,
+        name: String,
+    ) -> ScriptInvocation<'a> {
+        let mut invocation = script.key(name);
         invocation
             .arg(duration_micros(self.after_expiration))
             .arg(duration_micros(self.without_expiration));
@@ -378,7 +526,7 @@ impl RedisRepository {
     }
 
     /// Runs `invocation` (`EVALSHA`, loading the script when the server does not know it).
-    async fn invoke<T: FromRedisValue>(
+    pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
         invocation: &ScriptInvocation<'_>,
     ) -> Result<T, RepositoryError> {
@@ -387,6 +535,17 @@ impl RedisRepository {
                 invocation.invoke_async(&mut connection).await
             })
             .await
+    }
+
+    /// Runs `command` on the shared connection (see [`Shared::run`]).
+    pub(crate) async fn run<T, Fut>(
+        &self,
+        command: impl FnOnce(Connection) -> Fut,
+    ) -> Result<T, RepositoryError>
+    where
+        Fut: Future<Output = Result<T, RedisError>>,
+    {
+        self.shared.run(&self.pool, command).await
     }
 
     async fn query<T: FromRedisValue>(&self, command: &redis::Cmd) -> Result<T, RepositoryError> {

@@ -22,6 +22,7 @@ mod redis_cluster {
     }
 
     ana_core::conformance_tests!(harness());
+    ana_core::maintenance_tests!(harness());
 
     /// Records spread over the masters (no hash tag pins them to one slot), and every one of
     /// them is claimed, finished and replayed through its own node.

@@ -8,6 +8,7 @@ async fn harness() -> common::RedisHarness {
 }
 
 ana_core::conformance_tests!(harness());
+ana_core::maintenance_tests!(harness());
 
 /// The same suite with a replay cache in front of the store.
 mod cached {
@@ -18,4 +19,5 @@ mod cached {
     }
 
     ana_core::conformance_tests!(harness());
+    ana_core::maintenance_tests!(harness());
 }
