@@ -182,9 +182,9 @@ where
     /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// let seen = Arc::new(Mutex::new(Vec::new()));
     /// let log = Arc::clone(&seen);
-    /// let manager: Manager<str, u8, MemorySession> = Manager::new(MemoryRepository::new())
+    /// let manager: Manager<String, u8, MemorySession> = Manager::new(MemoryRepository::new())
     ///     .on_event(move |event| log.lock().unwrap().push(event.kind));
-    /// let work = |_| async { Ok::<_, std::io::Error>(1) };
+    /// let work = |_: MemorySession| async { Ok::<_, std::io::Error>(1) };
     /// manager.call(operation("t", "k", "p".to_owned(), work)).await?;
     /// manager.call(operation("t", "k", "p".to_owned(), work)).await?;
     /// assert_eq!(

@@ -5,8 +5,9 @@ use std::time::Duration;
 
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
-    Claim, ClaimRequest, Completion, Failure, FailureKind, Fingerprint, IdempotencyRepository,
-    Lease, RecordId, RepositoryError, Status, TrackedOperation,
+    Claim, ClaimRequest, Cleaned, Completion, Failure, FailureKind, Fingerprint, Forgotten,
+    IdempotencyRepository, Lease, Maintenance, RecordId, RepositoryError, Stats, Status,
+    TrackedOperation,
 };
 use sqlx::mysql::MySqlRow;
 use sqlx::{MySqlExecutor, MySqlPool, Row};
@@ -501,6 +502,65 @@ fn storable(message: &str) -> &str {
         end -= 1;
     }
     &message[..end]
+}
+
+impl Maintenance for MySqlRepository {
+    async fn forget(&self, id: RecordId<'_>, force: bool) -> Result<Forgotten, RepositoryError> {
+        let deleted = sqlx::query(SQL.forget.as_str())
+            .bind(id.target)
+            .bind(id.key)
+            .bind(force)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected();
+        if deleted > 0 {
+            return Ok(Forgotten::Deleted);
+        }
+        // Not deleted: absent, or held. A record claimed in between reads as held, which is
+        // what it is now.
+        let row = sqlx::query(SQL.held.as_str())
+            .bind(id.target)
+            .bind(id.key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        let Some(row) = row else {
+            return Ok(Forgotten::NotFound);
+        };
+        Ok(Forgotten::Held {
+            timeout: row.try_get("timeout").map_err(map_sqlx)?,
+        })
+    }
+
+    async fn stats(&self) -> Result<Stats, RepositoryError> {
+        let rows = sqlx::query(SQL.stats.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let status: String = row.try_get("status").map_err(map_sqlx)?;
+            let status: Status = status.parse().map_err(|error| RepositoryError::Corrupt {
+                detail: format!("{error}"),
+            })?;
+            let count = |column: &str| -> Result<u64, RepositoryError> {
+                let n: i64 = row.try_get(column).map_err(map_sqlx)?;
+                Ok(u64::try_from(n).unwrap_or(0))
+            };
+            stats.count(status, count("records")?);
+            stats.timed_out += count("timed_out")?;
+            stats.expired += count("expired")?;
+        }
+        Ok(stats)
+    }
+
+    async fn cleanup(&self, limit: u32) -> Result<Cleaned, RepositoryError> {
+        let mut cleaned = Cleaned::default();
+        cleaned.failed = self.fail_timed_out(limit).await?;
+        cleaned.deleted = self.delete_expired(limit).await?;
+        Ok(cleaned)
+    }
 }
 
 #[cfg(test)]

@@ -41,6 +41,9 @@ pub(crate) struct Statements {
     pub(crate) get: String,
     pub(crate) fail_timed_out: String,
     pub(crate) delete_expired: String,
+    pub(crate) forget: String,
+    pub(crate) held: String,
+    pub(crate) stats: String,
 }
 
 pub(crate) static SQL: LazyLock<Statements> = LazyLock::new(Statements::new);
@@ -144,7 +147,29 @@ impl Statements {
              ORDER BY expiration
              LIMIT ?"
         );
+        // Binds: target, key, force. InnoDB decides on the latest row version, under its lock:
+        // a Running record whose holder may still be at work stays unless forced.
+        let forget = format!(
+            "DELETE FROM ana_tracked_operations
+             WHERE target = ? AND `key` = ?
+               AND (? OR NOT (status = 'running' AND (timeout IS NULL OR timeout > {NOW})))"
+        );
+        // Binds: target, key.
+        let held = "SELECT status, timeout FROM ana_tracked_operations
+             WHERE target = ? AND `key` = ?"
+            .to_owned();
+        let stats = format!(
+            "SELECT CAST(status AS CHAR) AS status, COUNT(*) AS records,
+                    CAST(COALESCE(SUM(status = 'running' AND timeout IS NOT NULL
+                                      AND timeout <= {NOW}), 0) AS SIGNED) AS timed_out,
+                    CAST(COALESCE(SUM(expiration IS NOT NULL AND expiration < {NOW}), 0)
+                         AS SIGNED) AS expired
+             FROM ana_tracked_operations GROUP BY status"
+        );
         Self {
+            forget,
+            held,
+            stats,
             read,
             claim,
             complete,

@@ -7,6 +7,7 @@ async fn harness() -> common::MySqlHarness {
 }
 
 ana_core::conformance_tests!(harness());
+ana_core::maintenance_tests!(harness());
 
 /// The same suite with a replay cache in front of the store.
 mod cached {
@@ -17,4 +18,5 @@ mod cached {
     }
 
     ana_core::conformance_tests!(harness());
+    ana_core::maintenance_tests!(harness());
 }

@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
-    Claim, ClaimRequest, Completion, Failure, FailureKind, Fingerprint, IdempotencyRepository,
-    Lease, RecordId, RepositoryError, Status, TrackedOperation,
+    Claim, ClaimRequest, Cleaned, Completion, Failure, FailureKind, Fingerprint, Forgotten,
+    IdempotencyRepository, Lease, Maintenance, RecordId, RepositoryError, Stats, Status,
+    TrackedOperation,
 };
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
@@ -647,6 +648,66 @@ fn storable(message: &str) -> &str {
         end -= 1;
     }
     &message[..end]
+}
+
+impl Maintenance for SqliteRepository {
+    async fn forget(&self, id: RecordId<'_>, force: bool) -> Result<Forgotten, RepositoryError> {
+        // SQLite runs one writer at a time, so the delete decides on the record as it stands;
+        // the read after it only tells an absent record from a held one.
+        let deleted = sqlx::query(SQL.forget.as_str())
+            .bind(id.target)
+            .bind(id.key)
+            .bind(force)
+            .execute(&self.pool)
+            .await
+            .map_err(map_sqlx)?
+            .rows_affected();
+        if deleted > 0 {
+            return Ok(Forgotten::Deleted);
+        }
+        let row = sqlx::query(SQL.held.as_str())
+            .bind(id.target)
+            .bind(id.key)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        let Some(row) = row else {
+            return Ok(Forgotten::NotFound);
+        };
+        let timeout: Option<i64> = row.try_get("timeout").map_err(map_sqlx)?;
+        Ok(Forgotten::Held {
+            timeout: timeout.and_then(time),
+        })
+    }
+
+    async fn stats(&self) -> Result<Stats, RepositoryError> {
+        let rows = sqlx::query(SQL.stats.as_str())
+            .fetch_all(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        let mut stats = Stats::default();
+        for row in rows {
+            let status: String = row.try_get("status").map_err(map_sqlx)?;
+            let status = Status::from_str(&status).map_err(|error| RepositoryError::Corrupt {
+                detail: error.to_string(),
+            })?;
+            let records: i64 = row.try_get("records").map_err(map_sqlx)?;
+            let timed_out: f64 = row.try_get("timed_out").map_err(map_sqlx)?;
+            let expired: f64 = row.try_get("expired").map_err(map_sqlx)?;
+            stats.count(status, u64::try_from(records).unwrap_or(0));
+            // `total()` sums to a float; the counts are whole and far below 2^53.
+            stats.timed_out += timed_out as u64;
+            stats.expired += expired as u64;
+        }
+        Ok(stats)
+    }
+
+    async fn cleanup(&self, limit: u32) -> Result<Cleaned, RepositoryError> {
+        let mut cleaned = Cleaned::default();
+        cleaned.failed = self.fail_timed_out(limit).await?;
+        cleaned.deleted = self.delete_expired(limit).await?;
+        Ok(cleaned)
+    }
 }
 
 #[cfg(test)]

@@ -42,6 +42,9 @@ pub(crate) struct Statements {
     pub(crate) now: String,
     pub(crate) fail_timed_out: String,
     pub(crate) delete_expired: String,
+    pub(crate) forget: String,
+    pub(crate) held: String,
+    pub(crate) stats: String,
 }
 
 pub(crate) static SQL: LazyLock<Statements> = LazyLock::new(Statements::new);
@@ -131,7 +134,28 @@ impl Statements {
                 ORDER BY expiration
                 LIMIT ?1)"
         );
+        // `?1` target, `?2` key, `?3` force: a Running record whose holder may still be at
+        // work (no timeout, or its timeout ahead) stays unless forced.
+        let forget = format!(
+            "DELETE FROM ana_tracked_operations
+             WHERE target = ?1 AND key = ?2
+               AND (?3 OR NOT (status = 'running' AND (timeout IS NULL OR timeout > {NOW})))"
+        );
+        let held = format!(
+            "SELECT status, timeout, {NOW} AS now FROM ana_tracked_operations
+             WHERE target = ?1 AND key = ?2"
+        );
+        let stats = format!(
+            "SELECT status, count(*) AS records,
+                    total(status = 'running' AND timeout IS NOT NULL AND timeout <= {NOW})
+                        AS timed_out,
+                    total(expiration IS NOT NULL AND expiration < {NOW}) AS expired
+             FROM ana_tracked_operations GROUP BY status"
+        );
         Self {
+            forget,
+            held,
+            stats,
             read,
             claim,
             complete,

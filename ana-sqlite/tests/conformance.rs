@@ -7,6 +7,7 @@ async fn harness() -> common::SqliteHarness {
 }
 
 ana_core::conformance_tests!(harness());
+ana_core::maintenance_tests!(harness());
 
 /// The same suite on `sqlite::memory:` (one connection, calls taking turns).
 mod memory {
@@ -17,6 +18,7 @@ mod memory {
     }
 
     ana_core::conformance_tests!(harness());
+    ana_core::maintenance_tests!(harness());
 }
 
 /// The same suite with a replay cache in front of the store.
@@ -28,4 +30,5 @@ mod cached {
     }
 
     ana_core::conformance_tests!(harness());
+    ana_core::maintenance_tests!(harness());
 }
