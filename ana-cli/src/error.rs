@@ -25,7 +25,7 @@ pub(crate) enum CliError {
         reason: String,
     },
     /// A URL of a store this command does not know.
-    #[error("unsupported store URL {url}: expected postgres:// or redis://")]
+    #[error("unsupported store URL {url}: expected postgres://, redis://, sqlite:// or mysql://")]
     UnsupportedScheme {
         /// The URL, its password hidden.
         url: String,

@@ -8,11 +8,15 @@ use ana_core::{
     Cleaned, Forgotten, IdempotencyRepository, Maintenance, RecordId, RepositoryError, Stats,
     TrackedOperation,
 };
+use ana_mysql::MySqlRepository;
+use ana_mysql::sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions};
 use ana_pg::PgRepository;
 use ana_pg::sqlx::Connection as _;
 use ana_pg::sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
 use ana_redis::RedisRepository;
 use ana_redis::deadpool_redis::{self, PoolConfig, Runtime, Timeouts};
+use ana_sqlite::SqliteRepository;
+use ana_sqlite::sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 
 use crate::error::{CliError, redact};
 
@@ -40,6 +44,14 @@ pub(crate) enum Store {
         repository: RedisRepository,
         url: String,
     },
+    Sqlite {
+        repository: SqliteRepository,
+        url: String,
+    },
+    MySql {
+        repository: MySqlRepository,
+        url: String,
+    },
 }
 
 /// Runs `$call` on the store's repository, bound to `$repository`, naming the store in an
@@ -55,6 +67,14 @@ macro_rules! on_store {
                 repository: $repository,
                 ..
             } => $call.await,
+            Store::Sqlite {
+                repository: $repository,
+                ..
+            } => $call.await,
+            Store::MySql {
+                repository: $repository,
+                ..
+            } => $call.await,
         };
         result.map_err(|source| $store.error(source))
     }};
@@ -62,7 +82,8 @@ macro_rules! on_store {
 
 impl Store {
     /// The store named by `url`'s scheme: `postgres://` (or `postgresql://`), `redis://` (or
-    /// `rediss://`, `redis+unix://`; comma-separated URLs for a cluster).
+    /// `rediss://`, `redis+unix://`; comma-separated URLs for a cluster), `sqlite://file.db`,
+    /// `mysql://` (or `mariadb://`).
     pub(crate) fn open(url: &str, options: &StoreOptions) -> Result<Self, CliError> {
         let scheme = url
             .split_once("://")
@@ -70,6 +91,8 @@ impl Store {
         match scheme.as_deref() {
             Some("postgres" | "postgresql") => Self::postgres(url, options),
             Some("redis" | "rediss" | "redis+unix" | "unix") => Self::redis(url, options),
+            Some("mysql" | "mariadb") => Self::mysql(url, options),
+            _ if url.starts_with("sqlite:") => Self::sqlite(url, options),
             _ => Err(CliError::UnsupportedScheme { url: redact(url) }),
         }
     }
@@ -96,6 +119,59 @@ impl Store {
             url: redact(url),
             connect: Box::new(connect),
             timeout: options.connect_timeout,
+        })
+    }
+
+    fn no_store_options(options: &StoreOptions, store: &'static str) -> Result<(), CliError> {
+        if options.schema.is_some() {
+            return Err(CliError::NotForStore {
+                option: "--schema",
+                store,
+            });
+        }
+        if options.prefix.is_some() {
+            return Err(CliError::NotForStore {
+                option: "--prefix",
+                store,
+            });
+        }
+        Ok(())
+    }
+
+    /// An existing SQLite file (`sqlite://ana.db`): never created, an operator's typo must
+    /// not make an empty database.
+    fn sqlite(url: &str, options: &StoreOptions) -> Result<Self, CliError> {
+        Self::no_store_options(options, "SQLite")?;
+        let connect = SqliteConnectOptions::from_str(url)
+            .map_err(|error| CliError::BadUrl {
+                url: redact(url),
+                reason: error.to_string(),
+            })?
+            .create_if_missing(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.connect_timeout)
+            .connect_lazy_with(connect);
+        Ok(Self::Sqlite {
+            repository: SqliteRepository::new(pool),
+            url: redact(url),
+        })
+    }
+
+    fn mysql(url: &str, options: &StoreOptions) -> Result<Self, CliError> {
+        Self::no_store_options(options, "MySQL")?;
+        let url = url.replacen("mariadb:", "mysql:", 1);
+        let connect = MySqlConnectOptions::from_str(&url).map_err(|error| CliError::BadUrl {
+            url: redact(&url),
+            reason: error.to_string(),
+        })?;
+        let pool = MySqlPoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(options.connect_timeout)
+            .connect_lazy_with(connect);
+        Ok(Self::MySql {
+            repository: MySqlRepository::new(pool),
+            url: redact(&url),
         })
     }
 
@@ -174,6 +250,8 @@ impl Store {
         let (store, url) = match self {
             Self::Postgres { url, .. } => ("Postgres", url),
             Self::Redis { url, .. } => ("Redis", url),
+            Self::Sqlite { url, .. } => ("SQLite", url),
+            Self::MySql { url, .. } => ("MySQL", url),
         };
         CliError::Store {
             store,

@@ -294,6 +294,80 @@ async fn every_command_on_redis() {
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_command_on_sqlite() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ana-cli")));
+    let url = format!("sqlite://{}", path.display());
+    let repository = ana_sqlite::SqliteRepository::connect(&url).await.unwrap();
+    repository.migrate().await.unwrap();
+    seed(&repository).await;
+    let store = strings(&["--database-url", &url]);
+    tokio::task::spawn_blocking(move || walk_through(&store, false))
+        .await
+        .unwrap();
+    for suffix in ["", "-wal", "-shm"] {
+        let mut file = path.clone().into_os_string();
+        file.push(suffix);
+        let _ = std::fs::remove_file(file);
+    }
+}
+
+/// A SQLite file that is not there is an error, never a new empty database.
+#[test]
+fn a_missing_sqlite_file_is_one_line_and_stays_missing() {
+    let path = std::env::temp_dir().join(format!("{}.db", unique("ana-cli-missing")));
+    let url = format!("sqlite://{}", path.display());
+    let output = ana(&["--database-url", url.as_str(), "stats"]);
+    assert_eq!(code(&output), Some(1), "{}", stderr(&output));
+    assert_one_line_error(&output, "ana: SQLite at");
+    assert!(!path.exists());
+}
+
+/// On the shared MariaDB table: a record this test made is inspected and forgotten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inspect_and_forget_on_mysql() {
+    let url = std::env::var("MYSQL_URL")
+        .ok()
+        .filter(|url| !url.is_empty())
+        .unwrap_or_else(|| "mysql://root@127.0.0.1:3306/test".to_owned());
+    let pool = ana_mysql::sqlx::mysql::MySqlPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await
+        .expect("MySQL or MariaDB at MYSQL_URL (make services)");
+    let repository = ana_mysql::MySqlRepository::new(pool);
+    repository.migrate().await.unwrap();
+    let key = unique("cli");
+    let claim = repository
+        .claim(&request(&key, None, TimeDelta::days(1)))
+        .await;
+    let Ok(Claim::Acquired { lease, session, .. }) = claim else {
+        panic!("expected to claim {key}");
+    };
+    let id = RecordId::new(TARGET, &key);
+    repository
+        .complete(session, id, lease, Some(b"\"done\""))
+        .await
+        .unwrap();
+    let args = |command: &[&str]| -> Vec<String> {
+        ["--database-url", url.as_str()]
+            .iter()
+            .chain(command)
+            .map(|arg| (*arg).to_owned())
+            .collect()
+    };
+    let record = json(&ana(&args(&["--json", "inspect", TARGET, &key])));
+    assert_eq!(record["status"], "finished", "{record}");
+    let stats = json(&ana(&args(&["--json", "stats"])));
+    assert!(
+        stats["finished"].as_u64().is_some_and(|n| n >= 1),
+        "{stats}"
+    );
+    let forgotten = json(&ana(&args(&["--json", "forget", TARGET, &key])));
+    assert_eq!(forgotten["outcome"], "deleted", "{forgotten}");
+    assert_eq!(code(&ana(&args(&["inspect", TARGET, &key]))), Some(4));
+}
+
 /// `--http-key` finds a record of the HTTP layer by the client's key, and the table shows the
 /// recorded response.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -370,8 +444,8 @@ fn a_bad_url_is_one_line() {
     assert!(!stderr(&output).contains("secret"));
     let output = ana(&["--redis-url", "redis://h:notaport", "stats"]);
     assert_one_line_error(&output, "ana: bad store URL redis://h:notaport");
-    let output = ana(&["--database-url", "mysql://u@db/x", "stats"]);
-    assert_one_line_error(&output, "ana: unsupported store URL mysql://u@db/x");
+    let output = ana(&["--database-url", "mongodb://u@db/x", "stats"]);
+    assert_one_line_error(&output, "ana: unsupported store URL mongodb://u@db/x");
 }
 
 #[test]
