@@ -99,6 +99,7 @@
 //!   exactly that, in every store.
 
 mod cache;
+mod cleanup;
 mod clock;
 mod codec;
 #[cfg(feature = "test-utils")]
@@ -115,6 +116,7 @@ mod record;
 mod repository;
 
 pub use cache::ReplayCache;
+pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport, CleanupSteps, spawn_cleanup};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;

@@ -160,7 +160,7 @@ mod repository;
 mod schema;
 mod session;
 
-pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport};
+pub use ana_core::{CleanupConfig, CleanupHandle, CleanupReport};
 pub use repository::{MAX_KEY_LEN, MAX_TARGET_LEN, MySqlRepository};
 pub use schema::read_and_claim_sql;
 pub use session::{MySqlSession, MySqlTransaction};

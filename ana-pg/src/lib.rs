@@ -185,7 +185,7 @@ mod repository;
 mod schema;
 mod session;
 
-pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport};
+pub use ana_core::{CleanupConfig, CleanupHandle, CleanupReport};
 pub use repository::PgRepository;
 pub use schema::{DEFAULT_SCHEMA, InvalidSchemaName, claim_and_complete_sql};
 pub use session::{PgSession, PgTransaction};

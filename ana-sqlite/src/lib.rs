@@ -172,7 +172,7 @@ mod repository;
 mod schema;
 mod session;
 
-pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport};
+pub use ana_core::{CleanupConfig, CleanupHandle, CleanupReport};
 pub use repository::{DEFAULT_BUSY_TIMEOUT, SqliteRepository};
 pub use schema::claim_and_complete_sql;
 pub use session::{SqliteSession, SqliteTransaction};
