@@ -162,7 +162,7 @@ mod session;
 
 pub use ana_core::{CleanupConfig, CleanupHandle, CleanupReport};
 pub use repository::{MAX_KEY_LEN, MAX_TARGET_LEN, MySqlRepository};
-pub use schema::read_and_claim_sql;
+pub use schema::protocol_sql;
 pub use session::{MySqlSession, MySqlTransaction};
 
 /// The sqlx crate this store is built on, so applications use the same version.

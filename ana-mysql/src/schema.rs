@@ -239,9 +239,9 @@ async fn apply(conn: &mut MySqlConnection) -> Result<(), RepositoryError> {
     Ok(())
 }
 
-/// The read and claim statements, with their `?` parameters, so that a benchmark replays
-/// exactly the SQL the repository runs. Not a stable API.
+/// The read, claim and complete statements of a new key, with their `?` parameters, so that a
+/// benchmark replays exactly the SQL the repository runs. Not a stable API.
 #[doc(hidden)]
-pub fn read_and_claim_sql() -> (&'static str, &'static str) {
-    (SQL.read.as_str(), SQL.claim.as_str())
+pub fn protocol_sql() -> (&'static str, &'static str, &'static str) {
+    (SQL.read.as_str(), SQL.claim.as_str(), SQL.complete.as_str())
 }

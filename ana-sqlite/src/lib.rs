@@ -174,7 +174,7 @@ mod session;
 
 pub use ana_core::{CleanupConfig, CleanupHandle, CleanupReport};
 pub use repository::{DEFAULT_BUSY_TIMEOUT, SqliteRepository};
-pub use schema::claim_and_complete_sql;
+pub use schema::protocol_sql;
 pub use session::{SqliteSession, SqliteTransaction};
 
 /// The sqlx crate this store is built on, so applications use the same version.

@@ -209,9 +209,9 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), Repositor
     tx.commit().await.map_err(map_sqlx)
 }
 
-/// The claim and complete statements, with their `?n` parameters, so that a benchmark replays
-/// exactly the SQL the repository runs. Not a stable API.
+/// The read, claim and complete statements of a new key, with their `?n` parameters, so that
+/// a benchmark replays exactly the SQL the repository runs. Not a stable API.
 #[doc(hidden)]
-pub fn claim_and_complete_sql() -> (&'static str, &'static str) {
-    (SQL.claim.as_str(), SQL.complete.as_str())
+pub fn protocol_sql() -> (&'static str, &'static str, &'static str) {
+    (SQL.read.as_str(), SQL.claim.as_str(), SQL.complete.as_str())
 }

@@ -8,14 +8,16 @@
 //! ```
 //!
 //! Every figure comes from one run on this machine: the bare axum handler, the same handler
-//! behind `IdempotencyLayer` on the memory store, Postgres and Redis (new keys and replays,
-//! load from `wrk` in a separate process on loopback), the stores' own limits (`pgbench` with
-//! the claim + finish protocol and the replay `SELECT`; `redis-benchmark` with the claim
-//! script), and the memory store's footprint for a million records.
+//! behind `IdempotencyLayer` on the memory store, Postgres, Redis, SQLite and MySQL (new keys
+//! and replays, load from `wrk` in a separate process on loopback), the stores' own limits
+//! (`pgbench` with the claim + finish protocol and the replay `SELECT`; `redis-benchmark` with
+//! the claim script; the SQLite and MySQL repositories' statements in a sqlx loop), and the
+//! memory store's footprint for a million records.
 
 mod footprint;
 mod measure;
 mod serve;
+mod sql_limits;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -64,6 +66,14 @@ struct Settings {
     rounds: u32,
 }
 
+impl Settings {
+    /// Seconds per statement loop of the SQL stores: half a load run, to keep `make bench`
+    /// within its time (a loop's rate settles within a second).
+    fn limit_seconds(&self) -> u64 {
+        (self.seconds / 2).max(1)
+    }
+}
+
 fn run() -> Result<()> {
     let settings = Settings {
         // Six seconds a load: with the build of a fresh checkout (about 2½ minutes here),
@@ -100,13 +110,18 @@ fn run() -> Result<()> {
         ("postgres+cache", Only::Replays),
         ("redis", Only::Both),
         ("redis+cache", Only::Replays),
+        ("sqlite", Only::Both),
+        ("mysql", Only::Both),
     ];
+    // The SQL stores' statement loops run in this process.
+    let runtime = tokio::runtime::Runtime::new()?;
     let pg_scripts = pgbench_scripts()?;
     let (redis_host, redis_port) = serve::redis_address(&settings.redis_url)?;
     let claim = serve::redis_claim_command()?;
     let claim: Vec<&str> = claim.iter().map(String::as_str).collect();
     let mut http: Vec<(&str, Only, Figures, Figures)> = Vec::new();
     let (mut pg_new, mut pg_new_tx, mut pg_replay, mut redis_new) = Default::default();
+    let (mut sqlite_new, mut sqlite_replay, mut mysql_new, mut mysql_replay) = Default::default();
     for round in 0..rounds {
         for (variant, only) in variants {
             eprintln!("bench: HTTP {variant} (round {} of {rounds})...", round + 1);
@@ -146,6 +161,22 @@ fn run() -> Result<()> {
                     redis_new = best(redis_new, new);
                     clean_redis(&settings.redis_url);
                 }
+                "sqlite" => {
+                    eprintln!("bench: SQLite statements (store limit)...");
+                    let run = format!("{run_id}-{round}");
+                    let (new, replay) = runtime
+                        .block_on(sql_limits::sqlite_limits(&run, settings.limit_seconds()))?;
+                    sqlite_new = best(sqlite_new, new);
+                    sqlite_replay = best(sqlite_replay, replay);
+                }
+                "mysql" => {
+                    eprintln!("bench: MySQL statements (store limit)...");
+                    let run = format!("{run_id}-{round}");
+                    let (new, replay) = runtime
+                        .block_on(sql_limits::mysql_limits(&run, settings.limit_seconds()))?;
+                    mysql_new = best(mysql_new, new);
+                    mysql_replay = best(mysql_replay, replay);
+                }
                 _ => {}
             }
         }
@@ -171,6 +202,23 @@ fn run() -> Result<()> {
     ));
     rows.push(Row::limit("pgbench replay SELECT", &pg_replay));
     rows.push(Row::limit("redis-benchmark claim script", &redis_new));
+    rows.push(Row::limit(
+        "sqlite read+claim+complete statements",
+        &sqlite_new,
+    ));
+    rows.push(Row::limit("sqlite replay read statement", &sqlite_replay));
+    rows.push(Row::limit(
+        "mysql read+claim+complete statements",
+        &mysql_new,
+    ));
+    rows.push(Row::limit("mysql replay read statement", &mysql_replay));
+    let _ = std::fs::remove_dir_all(serve::sqlite_dir(std::process::id()));
+    if let Err(error) = runtime.block_on(sql_limits::drop_mysql_database(&serve::mysql_url())) {
+        eprintln!(
+            "bench: could not drop the {} database: {error:#}",
+            sql_limits::MYSQL_DATABASE
+        );
+    }
 
     let find = |variant: &str, replay: bool| {
         http.iter()
@@ -244,6 +292,22 @@ fn run() -> Result<()> {
             "postgres new key / pgbench claim+finish, finish in BEGIN/COMMIT",
             ratio(find("postgres", false), pg_new_tx),
         ),
+        (
+            "sqlite new key / its read+claim+complete statements",
+            ratio(find("sqlite", false), sqlite_new),
+        ),
+        (
+            "sqlite replay, no cache / its read statement",
+            ratio(find("sqlite", true), sqlite_replay),
+        ),
+        (
+            "mysql new key / its read+claim+complete statements",
+            ratio(find("mysql", false), mysql_new),
+        ),
+        (
+            "mysql replay, no cache / its read statement",
+            ratio(find("mysql", true), mysql_replay),
+        ),
     ];
     print_report(&settings, &rows, &targets, &uncached);
     Ok(())
@@ -280,6 +344,25 @@ fn limits() -> Result<()> {
         "redis-benchmark claim script {:.0} req/s",
         redis.requests_per_second
     );
+    let runtime = tokio::runtime::Runtime::new()?;
+    let run = std::process::id().to_string();
+    let half = (seconds / 2).max(1);
+    let sqlite = runtime.block_on(sql_limits::sqlite_limits(&run, half));
+    let _ = std::fs::remove_dir_all(serve::sqlite_dir(std::process::id()));
+    let (sqlite_new, sqlite_replay) = sqlite?;
+    let (mysql_new, mysql_replay) = runtime.block_on(sql_limits::mysql_limits(&run, half))?;
+    runtime.block_on(sql_limits::drop_mysql_database(&serve::mysql_url()))?;
+    for (name, figures) in [
+        ("sqlite read+claim+complete statements", sqlite_new),
+        ("sqlite replay read statement", sqlite_replay),
+        ("mysql read+claim+complete statements", mysql_new),
+        ("mysql replay read statement", mysql_replay),
+    ] {
+        println!(
+            "{name} {:.0}/s ({} failed)",
+            figures.requests_per_second, figures.errors
+        );
+    }
     Ok(())
 }
 
@@ -561,7 +644,10 @@ fn report(
         "\nFor information (no target): the store paths without the replay cache; a new key \
          on Redis runs two scripts (claim, complete), redis-benchmark one; the benchmark's \
          handler opens no transaction, so its Postgres finish is one autocommitted UPDATE \
-         (a handler writing in its session adds BEGIN and COMMIT).\n"
+         (a handler writing in its session adds BEGIN and COMMIT). The SQLite and MySQL \
+         limits are their repository's own statements sent with sqlx in a loop, one task a \
+         connection (SQLite: a file with WAL and synchronous = FULL, 8 connections; MySQL: \
+         the server at MYSQL_URL, MariaDB on this machine), for half a load run each.\n"
     );
     let _ = writeln!(out, "| ratio | measured |");
     let _ = writeln!(out, "|---|---:|");

@@ -141,6 +141,20 @@ pub(crate) fn run(variant: &str) -> Result<()> {
                 repository.migrate().await?;
                 routes.layer(layer(repository, cached))
             }
+            "sqlite" => {
+                let dir = sqlite_dir(std::os::unix::process::parent_id());
+                std::fs::create_dir_all(&dir)?;
+                let url = format!("sqlite://{}", dir.join("server.db").display());
+                let repository = ana_sqlite::SqliteRepository::connect(&url).await?;
+                repository.migrate().await?;
+                routes.layer(layer(repository, cached))
+            }
+            "mysql" => {
+                let pool = crate::sql_limits::mysql_pool(&mysql_url(), pool_size()).await?;
+                let repository = ana_mysql::MySqlRepository::new(pool);
+                repository.migrate().await?;
+                routes.layer(layer(repository, cached))
+            }
             "redis" => {
                 let url =
                     std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
@@ -340,6 +354,16 @@ pub(crate) fn redis_claim_command() -> Result<Vec<String>> {
 
 /// Database connections of the Postgres server: as many as pgbench's clients (`BENCH_PG_POOL`,
 /// 16 by default), so the HTTP path and the store's own limit load Postgres alike.
+/// `MYSQL_URL`, or the local MariaDB.
+pub(crate) fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// The folder of the SQLite files of the benchmark run by process `run_pid`.
+pub(crate) fn sqlite_dir(run_pid: u32) -> PathBuf {
+    std::env::temp_dir().join(format!("ana-bench-{run_pid}"))
+}
+
 pub(crate) fn pool_size() -> u32 {
     std::env::var("BENCH_PG_POOL")
         .ok()
