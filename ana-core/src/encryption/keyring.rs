@@ -3,6 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 
+use aes_gcm::aead::consts::U12;
 use aes_gcm::aead::{AeadInOut, Generate, KeyInit};
 use aes_gcm::{Aes256Gcm, Key, Nonce, Tag};
 use base64::Engine as _;
@@ -164,22 +165,32 @@ impl Keyring {
     ///
     /// Fails only when the system's random number generator does.
     pub fn encrypt(&self, id: RecordId<'_>, plaintext: &[u8]) -> Result<Vec<u8>, EncryptError> {
-        let key = self.current();
-        // From the OS for every result, not a user-space generator: a process that forks
-        // (a pre-fork server) would repeat a user-space generator's nonces under the same key,
-        // which breaks AES-GCM. The system call is most of the cost of sealing.
+        // From the OS: this call knows nothing that makes a nonce unique. `Encrypted` seals
+        // with nonces of a `NonceSource`, which needs no system call per result.
         let nonce =
             Nonce::try_generate().map_err(|source| EncryptError(Box::new(source) as BoxError))?;
+        self.seal(id, &nonce, plaintext)
+    }
+
+    /// `plaintext` sealed for the record `id` under the current key with `nonce`, which no
+    /// other result sealed under that key may have had.
+    pub(crate) fn seal(
+        &self,
+        id: RecordId<'_>,
+        nonce: &Nonce<U12>,
+        plaintext: &[u8],
+    ) -> Result<Vec<u8>, EncryptError> {
+        let key = self.current();
         let mut sealed = Vec::with_capacity(OVERHEAD + plaintext.len());
         sealed.push(VERSION);
         sealed.extend_from_slice(&key.id.to_be_bytes());
-        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(nonce);
         sealed.extend_from_slice(plaintext);
-        let aad = associated_data(key.id, id);
-        let tag = key
-            .cipher
-            .encrypt_inout_detached(&nonce, &aad, (&mut sealed[HEADER_LEN..]).into())
-            .map_err(|source| EncryptError(Box::new(source)))?;
+        let tag = with_associated_data(key.id, id, |aad| {
+            key.cipher
+                .encrypt_inout_detached(nonce, aad, (&mut sealed[HEADER_LEN..]).into())
+        })
+        .map_err(|source| EncryptError(Box::new(source)))?;
         sealed.extend_from_slice(&tag);
         Ok(sealed)
     }
@@ -216,26 +227,44 @@ impl Keyring {
         let tag_at = bytes.len() - TAG_LEN;
         let tag = Tag::try_from(&bytes[tag_at..])
             .map_err(|_| DecryptError::Truncated { len: bytes.len() })?;
-        let aad = associated_data(key_id, id);
-        key.cipher
-            .decrypt_inout_detached(&nonce, &aad, (&mut bytes[HEADER_LEN..tag_at]).into(), &tag)
-            .map_err(|_| DecryptError::Unauthentic { id: key_id })?;
+        with_associated_data(key_id, id, |aad| {
+            key.cipher.decrypt_inout_detached(
+                &nonce,
+                aad,
+                (&mut bytes[HEADER_LEN..tag_at]).into(),
+                &tag,
+            )
+        })
+        .map_err(|_| DecryptError::Unauthentic { id: key_id })?;
         bytes.truncate(tag_at);
         bytes.drain(..HEADER_LEN);
         Ok(())
     }
 }
 
-/// The version, the key id, then the record's identity: the target length-framed, so that
-/// `("ab", "c")` and `("a", "bc")` differ.
-fn associated_data(key_id: u32, id: RecordId<'_>) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(1 + ID_LEN + 8 + id.target.len() + id.key.len());
-    aad.push(VERSION);
-    aad.extend_from_slice(&key_id.to_be_bytes());
-    aad.extend_from_slice(&(id.target.len() as u64).to_le_bytes());
-    aad.extend_from_slice(id.target.as_bytes());
-    aad.extend_from_slice(id.key.as_bytes());
-    aad
+/// Calls `f` with the associated data of a result of the record `id` under key `key_id`: the
+/// version, the key id, then the record's identity, the target length-framed so that
+/// `("ab", "c")` and `("a", "bc")` differ. On the stack when it fits, as it does for the
+/// usual target and key.
+fn with_associated_data<T>(key_id: u32, id: RecordId<'_>, f: impl FnOnce(&[u8]) -> T) -> T {
+    const FIXED: usize = 1 + ID_LEN + 8;
+    let len = FIXED + id.target.len() + id.key.len();
+    let fill = |aad: &mut [u8]| {
+        aad[0] = VERSION;
+        aad[1..1 + ID_LEN].copy_from_slice(&key_id.to_be_bytes());
+        aad[1 + ID_LEN..FIXED].copy_from_slice(&(id.target.len() as u64).to_le_bytes());
+        aad[FIXED..FIXED + id.target.len()].copy_from_slice(id.target.as_bytes());
+        aad[FIXED + id.target.len()..].copy_from_slice(id.key.as_bytes());
+    };
+    let mut stack = [0; 256];
+    if let Some(aad) = stack.get_mut(..len) {
+        fill(aad);
+        f(aad)
+    } else {
+        let mut heap = vec![0; len];
+        fill(&mut heap);
+        f(&heap)
+    }
 }
 
 impl fmt::Debug for Keyring {

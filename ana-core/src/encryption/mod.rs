@@ -5,9 +5,10 @@
 //! against its fingerprint. Two settings close that:
 //!
 //! - [`Encrypted`] wraps any [`IdempotencyRepository`](crate::IdempotencyRepository): results
-//!   are stored sealed with AES-256-GCM under the current key of a [`Keyring`], a fresh random
-//!   96-bit nonce per result, the record's identity `(target, key)` as associated data, and the
-//!   key's id in the stored bytes so that earlier keys still open what they sealed.
+//!   are stored sealed with AES-256-GCM under the current key of a [`Keyring`], a fresh
+//!   pseudorandom 96-bit nonce per result (see below), the record's identity `(target, key)`
+//!   as associated data, and the key's id in the stored bytes so that earlier keys still open
+//!   what they sealed.
 //! - [`FingerprintKey`] makes fingerprints HMAC-SHA256 under a secret key
 //!   ([`FingerprintKey::hasher`]; `ana-http`'s `IdempotencyConfig::with_fingerprint_key` keys
 //!   its payload fingerprints and scope hashes with it).
@@ -29,8 +30,19 @@
 //! associated data: 0xA1, key id, target length (u64, little-endian), target, key
 //! ```
 //!
-//! 33 bytes over the plaintext. Random nonces keep a key safe for about 2³² results (NIST
-//! SP 800-38D): rotate well before that.
+//! 33 bytes over the plaintext.
+//!
+//! ## Nonces
+//!
+//! A system call per result for a random nonce would be most of the cost of sealing, and a
+//! generator in user space would repeat its nonces in a forked process. [`Encrypted`] derives
+//! each nonce instead, with keys drawn from the OS once:
+//! `AES-256(K1, GHASH(K2, target, key, counter, claim number))`, truncated to 96 bits. The
+//! counter keeps a process's nonces distinct; a process forked from it seals for other leases
+//! (a claim number is given to no other claim of its record), so its inputs differ too. The
+//! nonces are as unlikely to collide as random ones, which keep a key safe for about 2³²
+//! results (NIST SP 800-38D): rotate well before that. [`Keyring::encrypt`], which has no
+//! lease, takes its nonce from the OS.
 //!
 //! ## Failures
 //!
@@ -78,6 +90,7 @@
 
 mod fingerprint;
 mod keyring;
+mod nonce;
 mod repository;
 
 pub use fingerprint::{FINGERPRINT_KEY_VAR, FingerprintKey, FingerprintKeyError};

@@ -1,9 +1,10 @@
 //! [`Encrypted`]: a store whose results are sealed under a [`Keyring`].
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use super::keyring::Keyring;
+use super::nonce::NonceSource;
 use crate::record::TrackedOperation;
 use crate::repository::{
     Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
@@ -44,6 +45,8 @@ use crate::repository::{
 pub struct Encrypted<S> {
     inner: S,
     keyring: Arc<Keyring>,
+    /// Made at the first seal (its keys come from the OS); shared by clones.
+    nonces: Arc<OnceLock<NonceSource>>,
 }
 
 impl<S> Encrypted<S> {
@@ -53,6 +56,7 @@ impl<S> Encrypted<S> {
         Self {
             inner,
             keyring: keyring.into(),
+            nonces: Arc::default(),
         }
     }
 
@@ -69,6 +73,19 @@ impl<S> Encrypted<S> {
     /// The inner store.
     pub fn into_inner(self) -> S {
         self.inner
+    }
+
+    /// `plain` sealed for the holder of `lease` on the record `id`; `None` when the system's
+    /// random number generator failed to give the nonce source its keys.
+    fn seal(&self, id: RecordId<'_>, lease: Lease, plain: &[u8]) -> Option<Vec<u8>> {
+        let nonces = match self.nonces.get() {
+            Some(nonces) => nonces,
+            None => {
+                let made = NonceSource::new().ok()?;
+                self.nonces.get_or_init(|| made)
+            }
+        };
+        self.keyring.seal(id, &nonces.nonce(id, lease), plain).ok()
     }
 
     /// Opens the result of `record`, in place.
@@ -92,6 +109,7 @@ impl<S: Clone> Clone for Encrypted<S> {
         Self {
             inner: self.inner.clone(),
             keyring: Arc::clone(&self.keyring),
+            nonces: Arc::clone(&self.nonces),
         }
     }
 }
@@ -132,7 +150,7 @@ impl<S: IdempotencyRepository> IdempotencyRepository for Encrypted<S> {
     ) -> Result<Completion, RepositoryError> {
         // A result that cannot be sealed (the system's RNG failed) is recorded like one the
         // codec refused, Finished without a result: the work is done, and must not run again.
-        let sealed = result.and_then(|plain| self.keyring.encrypt(id, plain).ok());
+        let sealed = result.and_then(|plain| self.seal(id, lease, plain));
         self.inner
             .complete(session, id, lease, sealed.as_deref())
             .await
