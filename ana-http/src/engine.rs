@@ -117,10 +117,23 @@ impl<Ctx> Attempt<Ctx> {
 }
 
 /// The route a request was matched to (`[POST]/payments/{id}`), set in its extensions by the
-/// adapter: the label of its calls in metrics and events, bounded where the target (the path
-/// itself) is not.
+/// adapter when [`Engine::reports_labels`]: the label of its calls in metrics and events,
+/// bounded where the target (the path itself) is not.
 #[derive(Clone, Debug)]
 pub struct RouteLabel(pub std::borrow::Cow<'static, str>);
+
+impl RouteLabel {
+    /// `[METHOD]route`, e.g. `[POST]/payments/{id}`.
+    pub fn new(method: &http::Method, route: &str) -> Self {
+        let method = method.as_str();
+        let mut label = String::with_capacity(method.len() + route.len() + 2);
+        label.push('[');
+        label.push_str(method);
+        label.push(']');
+        label.push_str(route);
+        Self(label.into())
+    }
+}
 
 /// Set in the request extensions inside an attempt, so that a nested layer (an app-wide layer
 /// and a route's own) passes the request through: one request is one attempt, under the
@@ -287,6 +300,12 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
     /// The manager.
     pub fn manager(&self) -> &HttpManager<Ctx> {
         &self.inner.manager
+    }
+
+    /// Whether a [`RouteLabel`] in the request's extensions is read (by the manager's event
+    /// hook or its metrics): an adapter makes one only then.
+    pub fn reports_labels(&self) -> bool {
+        self.inner.manager.reports_labels()
     }
 
     /// Decides from the request head what to do (see the type's docs).
