@@ -790,6 +790,12 @@ pub fn keyed_scoped_key(
     join(scope_hash(fingerprint_key.hasher(), scope), key)
 }
 
+/// The client's key in a key made by [`scoped_key`] (or its keyed form): what follows
+/// `<scope hash>:`.
+pub(crate) fn client_key(scoped: &str) -> &str {
+    scoped.get(2 * Fingerprint::LEN + 1..).unwrap_or(scoped)
+}
+
 fn join(hash: Fingerprint, key: &str) -> String {
     let mut scoped = String::with_capacity(2 * Fingerprint::LEN + 1 + key.len());
     hash.push_hex(&mut scoped);
@@ -812,7 +818,7 @@ fn scope_hash(mut hasher: FingerprintHasher, scope: Option<&[u8]>) -> Fingerprin
 
 #[cfg(test)]
 mod tests {
-    use super::{IdempotencyConfig, default_target, scoped_key};
+    use super::{IdempotencyConfig, client_key, default_target, scoped_key};
     use http::header::{CONTENT_TYPE, ETAG, SET_COOKIE};
 
     /// A name listed twice, or one never replayed, is kept once or not at all.
@@ -846,6 +852,14 @@ mod tests {
             scoped_key(Some(b"Bearer t"), "k-1"),
             "cae1b5721025b7f255e6e2ecd17b65ac:k-1"
         );
+    }
+
+    /// Rejections name the client's key, read back from the record's (scoped) key.
+    #[test]
+    fn the_client_key_is_read_back_from_a_scoped_key() {
+        for scope in [None, Some(&b"Bearer t"[..])] {
+            assert_eq!(client_key(&scoped_key(scope, "k:1")), "k:1");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use http::header::{CONTENT_LENGTH, HeaderMap};
 use http::request::Parts;
 use http::{Extensions, Request, Response, StatusCode};
 
-use crate::config::{IdempotencyConfig, RequestValues};
+use crate::config::{IdempotencyConfig, RequestValues, client_key};
 use crate::grpc::is_grpc;
 use crate::problem::Rejection;
 use crate::recorded::{RecordedResponse, RecordedResponseCodec};
@@ -449,7 +449,7 @@ pub struct Claimed<'e, Ctx: Clone + Send + Sync + 'static> {
     grpc: bool,
 }
 
-impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
+impl<'e, Ctx: Clone + Send + Sync + 'static> Claimed<'e, Ctx> {
     /// What the handler is given: the store's session, the key and the target.
     pub fn attempt(&self) -> &Attempt<Ctx> {
         &self.context
@@ -477,21 +477,25 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
         F: FnOnce(Parts, Bytes) -> Fut,
         Fut: Future<Output = Result<Response<ResponseBody<B>>, X>>,
     {
-        self.enter(&mut parts.extensions);
+        // The attempt moves into the request: the record's own key and target name a
+        // rejection, should the recording fail.
+        let (recording, context) = self.split();
+        parts.extensions.insert(InsideAttempt);
+        parts.extensions.insert(context);
         let called = std::panic::catch_unwind(AssertUnwindSafe(|| next(parts, body)));
         let answered = match called {
             Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
             Err(panic) => Err(panic),
         };
         match answered {
-            Ok(Ok(response)) => Ok(self.finish(response).await),
+            Ok(Ok(response)) => Ok(recording.finish(response).await),
             Ok(Err(error)) => {
-                let _ = self
+                let _ = recording
                     .finish::<B>(status_only(StatusCode::INTERNAL_SERVER_ERROR))
                     .await;
                 Err(error)
             }
-            Err(panic) => Ok(self.panicked(panic).await),
+            Err(panic) => Ok(recording.panicked(panic).await),
         }
     }
 
@@ -500,6 +504,40 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
     /// [`Outcome::Rejected`] when the record could not take it (another attempt took over, it
     /// expired meanwhile, the store failed).
     pub async fn finish<B>(self, response: Response<ResponseBody<B>>) -> Outcome<B> {
+        self.split().0.finish(response).await
+    }
+
+    /// Records the attempt Failed with the handler's panic (`Got panic "…"`) and answers a 500
+    /// problem.
+    pub async fn panicked<B>(self, panic: Box<dyn Any + Send>) -> Outcome<B> {
+        self.split().0.panicked(panic).await
+    }
+
+    fn split(self) -> (Recording<'e, Ctx>, Attempt<Ctx>) {
+        let Self {
+            engine,
+            attempt,
+            context,
+            grpc,
+        } = self;
+        let recording = Recording {
+            engine,
+            attempt,
+            grpc,
+        };
+        (recording, context)
+    }
+}
+
+/// A claimed attempt whose handler has been called: what records its answer.
+struct Recording<'e, Ctx: Clone + Send + Sync + 'static> {
+    engine: &'e Engine<Ctx>,
+    attempt: ana_core::Attempt<'e, Fingerprint, RecordedResponse, Ctx>,
+    grpc: bool,
+}
+
+impl<Ctx: Clone + Send + Sync + 'static> Recording<'_, Ctx> {
+    async fn finish<B>(self, response: Response<ResponseBody<B>>) -> Outcome<B> {
         let config = self.engine.config();
         let (recorded, recordable) = record(&response, config);
         if !recordable {
@@ -513,18 +551,18 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
         let Self {
             engine,
             attempt,
-            context,
             grpc,
         } = self;
         match attempt.complete::<Infallible>(&recorded).await {
             Ok(()) => Outcome::Executed(response),
-            Err(error) => engine.reject(error, context.key, context.target, grpc),
+            Err(error) => {
+                let (target, key) = names(&error);
+                engine.reject(error, key, target, grpc)
+            }
         }
     }
 
-    /// Records the attempt Failed with the handler's panic (`Got panic "…"`) and answers a 500
-    /// problem.
-    pub async fn panicked<B>(self, panic: Box<dyn Any + Send>) -> Outcome<B> {
+    async fn panicked<B>(self, panic: Box<dyn Any + Send>) -> Outcome<B> {
         let message = Error::<Infallible>::from_panic(&*panic).to_string();
         let _ = self
             .attempt
@@ -532,6 +570,18 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
             .await;
         let rejection = Rejection::HandlerPanicked { message };
         Outcome::Rejected(rejection.to_response_as(self.grpc))
+    }
+}
+
+/// The target and the client's key an error of the manager names (empty for one that names
+/// none): the record's key is the scoped key, `<scope hash>:<client key>`.
+fn names(error: &Error<Infallible>) -> (String, String) {
+    match error {
+        Error::Expired { target, key }
+        | Error::StillRunning { target, key, .. }
+        | Error::PayloadMismatch { target, key }
+        | Error::Superseded { target, key } => (target.clone(), client_key(key).to_owned()),
+        _ => (String::new(), String::new()),
     }
 }
 
