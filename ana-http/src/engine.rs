@@ -537,10 +537,9 @@ struct Recording<'e, Ctx: Clone + Send + Sync + 'static> {
 }
 
 impl<Ctx: Clone + Send + Sync + 'static> Recording<'_, Ctx> {
-    async fn finish<B>(self, response: Response<ResponseBody<B>>) -> Outcome<B> {
+    async fn finish<B>(self, mut response: Response<ResponseBody<B>>) -> Outcome<B> {
         let config = self.engine.config();
-        let (recorded, recordable) = record(&response, config);
-        if !recordable {
+        if !recordable(&response, config) {
             // The handler's answer is the caller's, whatever became of the record: it stays
             // Running until its timeout if the store failed.
             let message = NotRecorded(response.status()).to_string();
@@ -553,7 +552,12 @@ impl<Ctx: Clone + Send + Sync + 'static> Recording<'_, Ctx> {
             attempt,
             grpc,
         } = self;
-        match attempt.complete::<Infallible>(&recorded).await {
+        let (recorded, moved) = record(&mut response, engine.config());
+        let completed = attempt.complete::<Infallible>(&recorded).await;
+        if moved {
+            *response.headers_mut() = recorded.into_headers();
+        }
+        match completed {
             Ok(()) => Outcome::Executed(response),
             Err(error) => {
                 let (target, key) = names(&error);
@@ -600,35 +604,60 @@ fn replay<B>(recorded: RecordedResponse, key: String, grpc: bool) -> Outcome<B> 
     })
 }
 
-/// The stored form of the handler's `response`, and whether its status is recordable.
+/// Whether the handler's `response` is recorded as Finished (its status, or its gRPC status).
+fn recordable<B>(response: &Response<ResponseBody<B>>, config: &IdempotencyConfig) -> bool {
+    let trailers = match response.body() {
+        ResponseBody::WithTrailers { trailers, .. } => Some(trailers),
+        ResponseBody::Full(_) | ResponseBody::Streaming(_) => None,
+    };
+    config.is_recordable_response(response.status(), response.headers(), trailers)
+}
+
+/// The stored form of the handler's `response`. When every header of a whole body is one to
+/// replay (the usual answer), the headers move into the record instead of being copied: `true`
+/// then, and the caller puts them back ([`RecordedResponse::into_headers`]).
 fn record<B>(
-    response: &Response<ResponseBody<B>>,
+    response: &mut Response<ResponseBody<B>>,
     config: &IdempotencyConfig,
 ) -> (RecordedResponse, bool) {
+    let allowed = config.replay_headers();
+    let headers = response.headers();
+    // Beyond `allowed.len()` values, `RecordedResponse::new` orders the headers by the list.
+    let movable = headers.len() <= allowed.len() && headers.keys().all(|n| allowed.contains(n));
+    if movable
+        && let ResponseBody::Full(data) = response.body()
+        && data.len() <= config.max_stored_response()
+    {
+        let data = data.clone();
+        let headers = std::mem::take(response.headers_mut());
+        return (
+            RecordedResponse::with_allowed_headers(response.status(), headers, data),
+            true,
+        );
+    }
+    (copy_record(response, config), false)
+}
+
+/// The stored form of the handler's `response`, its replayed headers copied.
+fn copy_record<B>(
+    response: &Response<ResponseBody<B>>,
+    config: &IdempotencyConfig,
+) -> RecordedResponse {
     let (status, headers) = (response.status(), response.headers());
     let allowed = config.replay_headers();
     let limit = config.max_stored_response();
-    let (recorded, trailers) = match response.body() {
-        ResponseBody::Full(data) if data.len() <= limit => (
-            RecordedResponse::new(status, headers, allowed, data.clone()),
-            None,
-        ),
-        ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => (
+    match response.body() {
+        ResponseBody::Full(data) if data.len() <= limit => {
             RecordedResponse::new(status, headers, allowed, data.clone())
-                .with_trailers(trailers, allowed),
-            Some(trailers),
-        ),
-        ResponseBody::WithTrailers { trailers, .. } => (
-            RecordedResponse::without_body(status, headers, allowed),
-            Some(trailers),
-        ),
-        ResponseBody::Full(_) | ResponseBody::Streaming(_) => (
-            RecordedResponse::without_body(status, headers, allowed),
-            None,
-        ),
-    };
-    let recordable = config.is_recordable_response(status, headers, trailers);
-    (recorded, recordable)
+        }
+        ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => {
+            RecordedResponse::new(status, headers, allowed, data.clone())
+                .with_trailers(trailers, allowed)
+        }
+        ResponseBody::WithTrailers { .. } | ResponseBody::Full(_) | ResponseBody::Streaming(_) => {
+            RecordedResponse::without_body(status, headers, allowed)
+        }
+    }
 }
 
 /// A rejection as the response to a request with these headers.
