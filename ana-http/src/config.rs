@@ -1,5 +1,6 @@
 //! [`IdempotencyConfig`]: header names, defaults, caps, limits and the request functions.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -277,7 +278,7 @@ impl fmt::Debug for IdempotencyConfig {
 /// The values of one request, read by [`IdempotencyConfig::read`].
 #[derive(Clone, Debug)]
 pub(crate) struct RequestValues {
-    pub(crate) key: String,
+    /// `<scope hash>:<client key>`: the record's key, the client's at its end.
     pub(crate) scoped_key: String,
     pub(crate) target: String,
     pub(crate) reference_time: Option<DateTime<Utc>>,
@@ -285,6 +286,13 @@ pub(crate) struct RequestValues {
     pub(crate) timeout: Option<Duration>,
     /// `None`: never.
     pub(crate) expiration: Option<Duration>,
+}
+
+impl RequestValues {
+    /// The key the client sent.
+    pub(crate) fn key(&self) -> &str {
+        client_key(&self.scoped_key)
+    }
 }
 
 fn rejection(problem: HeaderProblem) -> Rejection {
@@ -657,7 +665,7 @@ impl IdempotencyConfig {
         let headers = &parts.headers;
         let key = match &inner.key {
             Some(key) => match key(parts)? {
-                Some(key) if parse::is_valid_key(&key) => Some(key),
+                Some(key) if parse::is_valid_key(&key) => Some(Cow::Owned(key)),
                 Some(_) => {
                     return Err(Rejection::InvalidHeader {
                         header: inner.key_header.clone(),
@@ -710,7 +718,6 @@ impl IdempotencyConfig {
         };
         Ok(Some(RequestValues {
             scoped_key: self.scoped_key(scope.as_deref(), &key),
-            key,
             target,
             reference_time,
             timeout,

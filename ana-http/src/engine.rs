@@ -90,7 +90,8 @@ impl<B> Outcome<B> {
 #[derive(Clone, Debug)]
 pub struct Attempt<Ctx> {
     session: Ctx,
-    key: String,
+    /// The record's key, `<scope hash>:<client key>`.
+    scoped_key: String,
     target: String,
 }
 
@@ -107,7 +108,7 @@ impl<Ctx> Attempt<Ctx> {
 
     /// The idempotency key the client sent.
     pub fn key(&self) -> &str {
-        &self.key
+        client_key(&self.scoped_key)
     }
 
     /// The operation's target (`[POST]/payments`).
@@ -161,7 +162,7 @@ pub struct Prepared {
 impl Prepared {
     /// The key the client sent.
     pub fn key(&self) -> &str {
-        &self.values.key
+        self.values.key()
     }
 
     /// The target.
@@ -353,14 +354,17 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         let begun = self.inner.manager.begin::<Infallible>(call).await;
         let attempt = match begun {
             Ok(Begun::Acquired(attempt)) => attempt,
-            Ok(Begun::Replayed(recorded)) => return Err(replay(recorded, values.key, grpc)),
-            Err(error) => return Err(self.reject(error, values.key, values.target, grpc)),
+            Ok(Begun::Replayed(recorded)) => return Err(replay(recorded, values.key(), grpc)),
+            Err(error) => {
+                let key = values.key().to_owned();
+                return Err(self.reject(error, key, values.target, grpc));
+            }
         };
         Ok(Claimed {
             engine: self,
             context: Attempt {
                 session: attempt.session().clone(),
-                key: values.key,
+                scoped_key: values.scoped_key,
                 target: values.target,
             },
             attempt,
@@ -591,8 +595,9 @@ fn names(error: &Error<Infallible>) -> (String, String) {
 
 /// The answer of a replay: the recorded response, or a 500 when its body was too large to
 /// store (the handler never runs twice).
-fn replay<B>(recorded: RecordedResponse, key: String, grpc: bool) -> Outcome<B> {
+fn replay<B>(recorded: RecordedResponse, key: &str, grpc: bool) -> Outcome<B> {
     if !recorded.is_body_stored() {
+        let key = key.to_owned();
         let rejection = Rejection::ResponseNotStored { key };
         return Outcome::Rejected(rejection.to_response_as(grpc));
     }
