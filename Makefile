@@ -9,7 +9,7 @@ CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help test lint fmt services bench test-redis-cluster example-02 example-03
+.PHONY: help test lint fmt services bench bench-peers test-redis-cluster example-02 example-03
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,14 @@ bench: services ## Benchmarks (under 10 min): Manager::call (divan), then HTTP a
 	$(CARGO) bench -p ana-bench --bench core
 	$(CARGO) bench -p ana-bench --bench core --features metrics -- layer_new_key
 	$(CARGO) run --profile bench -q -p ana-bench
+
+# The peers' crate (bench/peers) is no workspace member: its own lockfile and target dir.
+PEERS_TARGET_DIR ?= $(CURDIR)/target/peers
+
+bench-peers: services ## ana side by side with `idempotent` and `axum-idempotent` (about 6 min): memory and Redis, new keys and replays
+	bash scripts/bench-tools.sh
+	CARGO_TARGET_DIR=$(PEERS_TARGET_DIR) $(CARGO) build --release --ignore-rust-version --manifest-path bench/peers/Cargo.toml
+	$(CARGO) run --profile bench -q -p ana-bench -- peers $(PEERS_TARGET_DIR)/release/ana-bench-peers
 
 test-redis-cluster: ## ana-redis conformance on a 3-master Redis Cluster it starts and stops (ports 7301-7303)
 	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh

@@ -161,9 +161,11 @@ where
         return pass_through(&service, request).await;
     }
     let plan = request_parts(&request).and_then(|mut parts| {
-        let route = request.match_pattern();
-        let label = format!("[{}]{}", parts.method, route.as_deref().unwrap_or("*"));
-        parts.extensions.insert(RouteLabel(label.into()));
+        if engine.reports_labels() {
+            let route = request.match_pattern();
+            let label = RouteLabel::new(&parts.method, route.as_deref().unwrap_or("*"));
+            parts.extensions.insert(label);
+        }
         let plan = engine.plan(&parts)?;
         Ok((parts, plan))
     });

@@ -185,12 +185,14 @@ where
     // router's routes would share targets and payloads: the record is made on the URI the
     // client sent (axum's `OriginalUri`), and the route is called with its own.
     let routed = original_uri(&mut parts);
-    let route = parts
-        .extensions
-        .get::<MatchedPath>()
-        .map_or("*", MatchedPath::as_str);
-    let label = format!("[{}]{route}", parts.method);
-    parts.extensions.insert(RouteLabel(label.into()));
+    if engine.reports_labels() {
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map_or("*", MatchedPath::as_str);
+        let label = RouteLabel::new(&parts.method, route);
+        parts.extensions.insert(label);
+    }
     let prepared = match engine.plan(&parts) {
         Err(rejection) => return Ok(problem(&rejection, &parts)),
         Ok(Plan::PassThrough) => {

@@ -215,6 +215,12 @@ where
         self
     }
 
+    /// Whether a call's [`label`](Call::label) is read: by the event hook, or by the metrics
+    /// (feature `metrics`). Without either, a caller may skip making one.
+    pub fn reports_labels(&self) -> bool {
+        cfg!(feature = "metrics") || self.reporting.has_hook()
+    }
+
     /// The store's name (`memory`, `postgres`, `redis`, …).
     pub fn store_name(&self) -> &'static str {
         self.repository.name()

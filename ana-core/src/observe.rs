@@ -205,6 +205,10 @@ impl fmt::Debug for Reporting {
 }
 
 impl Reporting {
+    pub(crate) fn has_hook(&self) -> bool {
+        self.hook.is_some()
+    }
+
     pub(crate) fn with_hook(mut self, hook: Hook) -> Self {
         self.hook = Some(hook);
         self

@@ -1,5 +1,6 @@
 //! [`IdempotencyConfig`]: header names, defaults, caps, limits and the request functions.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -277,7 +278,7 @@ impl fmt::Debug for IdempotencyConfig {
 /// The values of one request, read by [`IdempotencyConfig::read`].
 #[derive(Clone, Debug)]
 pub(crate) struct RequestValues {
-    pub(crate) key: String,
+    /// `<scope hash>:<client key>`: the record's key, the client's at its end.
     pub(crate) scoped_key: String,
     pub(crate) target: String,
     pub(crate) reference_time: Option<DateTime<Utc>>,
@@ -285,6 +286,13 @@ pub(crate) struct RequestValues {
     pub(crate) timeout: Option<Duration>,
     /// `None`: never.
     pub(crate) expiration: Option<Duration>,
+}
+
+impl RequestValues {
+    /// The key the client sent.
+    pub(crate) fn key(&self) -> &str {
+        client_key(&self.scoped_key)
+    }
 }
 
 fn rejection(problem: HeaderProblem) -> Rejection {
@@ -657,7 +665,7 @@ impl IdempotencyConfig {
         let headers = &parts.headers;
         let key = match &inner.key {
             Some(key) => match key(parts)? {
-                Some(key) if parse::is_valid_key(&key) => Some(key),
+                Some(key) if parse::is_valid_key(&key) => Some(Cow::Owned(key)),
                 Some(_) => {
                     return Err(Rejection::InvalidHeader {
                         header: inner.key_header.clone(),
@@ -710,7 +718,6 @@ impl IdempotencyConfig {
         };
         Ok(Some(RequestValues {
             scoped_key: self.scoped_key(scope.as_deref(), &key),
-            key,
             target,
             reference_time,
             timeout,
@@ -790,6 +797,12 @@ pub fn keyed_scoped_key(
     join(scope_hash(fingerprint_key.hasher(), scope), key)
 }
 
+/// The client's key in a key made by [`scoped_key`] (or its keyed form): what follows
+/// `<scope hash>:`.
+pub(crate) fn client_key(scoped: &str) -> &str {
+    scoped.get(2 * Fingerprint::LEN + 1..).unwrap_or(scoped)
+}
+
 fn join(hash: Fingerprint, key: &str) -> String {
     let mut scoped = String::with_capacity(2 * Fingerprint::LEN + 1 + key.len());
     hash.push_hex(&mut scoped);
@@ -812,7 +825,7 @@ fn scope_hash(mut hasher: FingerprintHasher, scope: Option<&[u8]>) -> Fingerprin
 
 #[cfg(test)]
 mod tests {
-    use super::{IdempotencyConfig, default_target, scoped_key};
+    use super::{IdempotencyConfig, client_key, default_target, scoped_key};
     use http::header::{CONTENT_TYPE, ETAG, SET_COOKIE};
 
     /// A name listed twice, or one never replayed, is kept once or not at all.
@@ -846,6 +859,14 @@ mod tests {
             scoped_key(Some(b"Bearer t"), "k-1"),
             "cae1b5721025b7f255e6e2ecd17b65ac:k-1"
         );
+    }
+
+    /// Rejections name the client's key, read back from the record's (scoped) key.
+    #[test]
+    fn the_client_key_is_read_back_from_a_scoped_key() {
+        for scope in [None, Some(&b"Bearer t"[..])] {
+            assert_eq!(client_key(&scoped_key(scope, "k:1")), "k:1");
+        }
     }
 
     #[test]

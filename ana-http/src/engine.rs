@@ -15,7 +15,7 @@ use http::header::{CONTENT_LENGTH, HeaderMap};
 use http::request::Parts;
 use http::{Extensions, Request, Response, StatusCode};
 
-use crate::config::{IdempotencyConfig, RequestValues};
+use crate::config::{IdempotencyConfig, RequestValues, client_key};
 use crate::grpc::is_grpc;
 use crate::problem::Rejection;
 use crate::recorded::{RecordedResponse, RecordedResponseCodec};
@@ -90,7 +90,8 @@ impl<B> Outcome<B> {
 #[derive(Clone, Debug)]
 pub struct Attempt<Ctx> {
     session: Ctx,
-    key: String,
+    /// The record's key, `<scope hash>:<client key>`.
+    scoped_key: String,
     target: String,
 }
 
@@ -107,7 +108,7 @@ impl<Ctx> Attempt<Ctx> {
 
     /// The idempotency key the client sent.
     pub fn key(&self) -> &str {
-        &self.key
+        client_key(&self.scoped_key)
     }
 
     /// The operation's target (`[POST]/payments`).
@@ -117,10 +118,23 @@ impl<Ctx> Attempt<Ctx> {
 }
 
 /// The route a request was matched to (`[POST]/payments/{id}`), set in its extensions by the
-/// adapter: the label of its calls in metrics and events, bounded where the target (the path
-/// itself) is not.
+/// adapter when [`Engine::reports_labels`]: the label of its calls in metrics and events,
+/// bounded where the target (the path itself) is not.
 #[derive(Clone, Debug)]
 pub struct RouteLabel(pub std::borrow::Cow<'static, str>);
+
+impl RouteLabel {
+    /// `[METHOD]route`, e.g. `[POST]/payments/{id}`.
+    pub fn new(method: &http::Method, route: &str) -> Self {
+        let method = method.as_str();
+        let mut label = String::with_capacity(method.len() + route.len() + 2);
+        label.push('[');
+        label.push_str(method);
+        label.push(']');
+        label.push_str(route);
+        Self(label.into())
+    }
+}
 
 /// Set in the request extensions inside an attempt, so that a nested layer (an app-wide layer
 /// and a route's own) passes the request through: one request is one attempt, under the
@@ -148,7 +162,7 @@ pub struct Prepared {
 impl Prepared {
     /// The key the client sent.
     pub fn key(&self) -> &str {
-        &self.values.key
+        self.values.key()
     }
 
     /// The target.
@@ -289,6 +303,12 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         &self.inner.manager
     }
 
+    /// Whether a [`RouteLabel`] in the request's extensions is read (by the manager's event
+    /// hook or its metrics): an adapter makes one only then.
+    pub fn reports_labels(&self) -> bool {
+        self.inner.manager.reports_labels()
+    }
+
     /// Decides from the request head what to do (see the type's docs).
     pub fn plan(&self, parts: &Parts) -> Result<Plan, Rejection> {
         if parts.extensions.get::<InsideAttempt>().is_some() {
@@ -334,14 +354,17 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         let begun = self.inner.manager.begin::<Infallible>(call).await;
         let attempt = match begun {
             Ok(Begun::Acquired(attempt)) => attempt,
-            Ok(Begun::Replayed(recorded)) => return Err(replay(recorded, values.key, grpc)),
-            Err(error) => return Err(self.reject(error, values.key, values.target, grpc)),
+            Ok(Begun::Replayed(recorded)) => return Err(replay(recorded, values.key(), grpc)),
+            Err(error) => {
+                let key = values.key().to_owned();
+                return Err(self.reject(error, key, values.target, grpc));
+            }
         };
         Ok(Claimed {
             engine: self,
             context: Attempt {
                 session: attempt.session().clone(),
-                key: values.key,
+                scoped_key: values.scoped_key,
                 target: values.target,
             },
             attempt,
@@ -430,7 +453,7 @@ pub struct Claimed<'e, Ctx: Clone + Send + Sync + 'static> {
     grpc: bool,
 }
 
-impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
+impl<'e, Ctx: Clone + Send + Sync + 'static> Claimed<'e, Ctx> {
     /// What the handler is given: the store's session, the key and the target.
     pub fn attempt(&self) -> &Attempt<Ctx> {
         &self.context
@@ -458,21 +481,25 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
         F: FnOnce(Parts, Bytes) -> Fut,
         Fut: Future<Output = Result<Response<ResponseBody<B>>, X>>,
     {
-        self.enter(&mut parts.extensions);
+        // The attempt moves into the request: the record's own key and target name a
+        // rejection, should the recording fail.
+        let (recording, context) = self.split();
+        parts.extensions.insert(InsideAttempt);
+        parts.extensions.insert(context);
         let called = std::panic::catch_unwind(AssertUnwindSafe(|| next(parts, body)));
         let answered = match called {
             Ok(future) => AssertUnwindSafe(future).catch_unwind().await,
             Err(panic) => Err(panic),
         };
         match answered {
-            Ok(Ok(response)) => Ok(self.finish(response).await),
+            Ok(Ok(response)) => Ok(recording.finish(response).await),
             Ok(Err(error)) => {
-                let _ = self
+                let _ = recording
                     .finish::<B>(status_only(StatusCode::INTERNAL_SERVER_ERROR))
                     .await;
                 Err(error)
             }
-            Err(panic) => Ok(self.panicked(panic).await),
+            Err(panic) => Ok(recording.panicked(panic).await),
         }
     }
 
@@ -481,9 +508,42 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
     /// [`Outcome::Rejected`] when the record could not take it (another attempt took over, it
     /// expired meanwhile, the store failed).
     pub async fn finish<B>(self, response: Response<ResponseBody<B>>) -> Outcome<B> {
+        self.split().0.finish(response).await
+    }
+
+    /// Records the attempt Failed with the handler's panic (`Got panic "…"`) and answers a 500
+    /// problem.
+    pub async fn panicked<B>(self, panic: Box<dyn Any + Send>) -> Outcome<B> {
+        self.split().0.panicked(panic).await
+    }
+
+    fn split(self) -> (Recording<'e, Ctx>, Attempt<Ctx>) {
+        let Self {
+            engine,
+            attempt,
+            context,
+            grpc,
+        } = self;
+        let recording = Recording {
+            engine,
+            attempt,
+            grpc,
+        };
+        (recording, context)
+    }
+}
+
+/// A claimed attempt whose handler has been called: what records its answer.
+struct Recording<'e, Ctx: Clone + Send + Sync + 'static> {
+    engine: &'e Engine<Ctx>,
+    attempt: ana_core::Attempt<'e, Fingerprint, RecordedResponse, Ctx>,
+    grpc: bool,
+}
+
+impl<Ctx: Clone + Send + Sync + 'static> Recording<'_, Ctx> {
+    async fn finish<B>(self, mut response: Response<ResponseBody<B>>) -> Outcome<B> {
         let config = self.engine.config();
-        let (recorded, recordable) = record(&response, config);
-        if !recordable {
+        if !recordable(&response, config) {
             // The handler's answer is the caller's, whatever became of the record: it stays
             // Running until its timeout if the store failed.
             let message = NotRecorded(response.status()).to_string();
@@ -494,18 +554,23 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
         let Self {
             engine,
             attempt,
-            context,
             grpc,
         } = self;
-        match attempt.complete::<Infallible>(&recorded).await {
+        let (recorded, moved) = record(&mut response, engine.config());
+        let completed = attempt.complete::<Infallible>(&recorded).await;
+        if moved {
+            *response.headers_mut() = recorded.into_headers();
+        }
+        match completed {
             Ok(()) => Outcome::Executed(response),
-            Err(error) => engine.reject(error, context.key, context.target, grpc),
+            Err(error) => {
+                let (target, key) = names(&error);
+                engine.reject(error, key, target, grpc)
+            }
         }
     }
 
-    /// Records the attempt Failed with the handler's panic (`Got panic "…"`) and answers a 500
-    /// problem.
-    pub async fn panicked<B>(self, panic: Box<dyn Any + Send>) -> Outcome<B> {
+    async fn panicked<B>(self, panic: Box<dyn Any + Send>) -> Outcome<B> {
         let message = Error::<Infallible>::from_panic(&*panic).to_string();
         let _ = self
             .attempt
@@ -516,10 +581,23 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
     }
 }
 
+/// The target and the client's key an error of the manager names (empty for one that names
+/// none): the record's key is the scoped key, `<scope hash>:<client key>`.
+fn names(error: &Error<Infallible>) -> (String, String) {
+    match error {
+        Error::Expired { target, key }
+        | Error::StillRunning { target, key, .. }
+        | Error::PayloadMismatch { target, key }
+        | Error::Superseded { target, key } => (target.clone(), client_key(key).to_owned()),
+        _ => (String::new(), String::new()),
+    }
+}
+
 /// The answer of a replay: the recorded response, or a 500 when its body was too large to
 /// store (the handler never runs twice).
-fn replay<B>(recorded: RecordedResponse, key: String, grpc: bool) -> Outcome<B> {
+fn replay<B>(recorded: RecordedResponse, key: &str, grpc: bool) -> Outcome<B> {
     if !recorded.is_body_stored() {
+        let key = key.to_owned();
         let rejection = Rejection::ResponseNotStored { key };
         return Outcome::Rejected(rejection.to_response_as(grpc));
     }
@@ -531,35 +609,60 @@ fn replay<B>(recorded: RecordedResponse, key: String, grpc: bool) -> Outcome<B> 
     })
 }
 
-/// The stored form of the handler's `response`, and whether its status is recordable.
+/// Whether the handler's `response` is recorded as Finished (its status, or its gRPC status).
+fn recordable<B>(response: &Response<ResponseBody<B>>, config: &IdempotencyConfig) -> bool {
+    let trailers = match response.body() {
+        ResponseBody::WithTrailers { trailers, .. } => Some(trailers),
+        ResponseBody::Full(_) | ResponseBody::Streaming(_) => None,
+    };
+    config.is_recordable_response(response.status(), response.headers(), trailers)
+}
+
+/// The stored form of the handler's `response`. When every header of a whole body is one to
+/// replay (the usual answer), the headers move into the record instead of being copied: `true`
+/// then, and the caller puts them back ([`RecordedResponse::into_headers`]).
 fn record<B>(
-    response: &Response<ResponseBody<B>>,
+    response: &mut Response<ResponseBody<B>>,
     config: &IdempotencyConfig,
 ) -> (RecordedResponse, bool) {
+    let allowed = config.replay_headers();
+    let headers = response.headers();
+    // Beyond `allowed.len()` values, `RecordedResponse::new` orders the headers by the list.
+    let movable = headers.len() <= allowed.len() && headers.keys().all(|n| allowed.contains(n));
+    if movable
+        && let ResponseBody::Full(data) = response.body()
+        && data.len() <= config.max_stored_response()
+    {
+        let data = data.clone();
+        let headers = std::mem::take(response.headers_mut());
+        return (
+            RecordedResponse::with_allowed_headers(response.status(), headers, data),
+            true,
+        );
+    }
+    (copy_record(response, config), false)
+}
+
+/// The stored form of the handler's `response`, its replayed headers copied.
+fn copy_record<B>(
+    response: &Response<ResponseBody<B>>,
+    config: &IdempotencyConfig,
+) -> RecordedResponse {
     let (status, headers) = (response.status(), response.headers());
     let allowed = config.replay_headers();
     let limit = config.max_stored_response();
-    let (recorded, trailers) = match response.body() {
-        ResponseBody::Full(data) if data.len() <= limit => (
-            RecordedResponse::new(status, headers, allowed, data.clone()),
-            None,
-        ),
-        ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => (
+    match response.body() {
+        ResponseBody::Full(data) if data.len() <= limit => {
             RecordedResponse::new(status, headers, allowed, data.clone())
-                .with_trailers(trailers, allowed),
-            Some(trailers),
-        ),
-        ResponseBody::WithTrailers { trailers, .. } => (
-            RecordedResponse::without_body(status, headers, allowed),
-            Some(trailers),
-        ),
-        ResponseBody::Full(_) | ResponseBody::Streaming(_) => (
-            RecordedResponse::without_body(status, headers, allowed),
-            None,
-        ),
-    };
-    let recordable = config.is_recordable_response(status, headers, trailers);
-    (recorded, recordable)
+        }
+        ResponseBody::WithTrailers { data, trailers } if data.len() <= limit => {
+            RecordedResponse::new(status, headers, allowed, data.clone())
+                .with_trailers(trailers, allowed)
+        }
+        ResponseBody::WithTrailers { .. } | ResponseBody::Full(_) | ResponseBody::Streaming(_) => {
+            RecordedResponse::without_body(status, headers, allowed)
+        }
+    }
 }
 
 /// A rejection as the response to a request with these headers.

@@ -64,11 +64,11 @@ fn check_key(name: &HeaderName, key: &str) -> Result<(), HeaderProblem> {
 
 /// The key from the plain header (`X-Idempotency-Key: abc`) and the IETF one
 /// (`Idempotency-Key: "abc"`); both present must agree.
-pub(crate) fn read_key(
-    headers: &HeaderMap,
+pub(crate) fn read_key<'a>(
+    headers: &'a HeaderMap,
     plain: &HeaderName,
     ietf: Option<&HeaderName>,
-) -> Result<Option<String>, HeaderProblem> {
+) -> Result<Option<Cow<'a, str>>, HeaderProblem> {
     let plain_key = match single(headers, plain)? {
         None => None,
         Some(value) => {
@@ -77,7 +77,7 @@ pub(crate) fn read_key(
                 .map_err(|_| problem(plain, "may only hold visible ASCII characters"))?
                 .trim_matches(|c: char| c == ' ' || c == '\t');
             check_key(plain, key)?;
-            Some(key.to_owned())
+            Some(Cow::Borrowed(key))
         }
     };
     let Some(ietf) = ietf.filter(|ietf| *ietf != plain) else {
@@ -93,7 +93,7 @@ pub(crate) fn read_key(
                 )
             })?;
             check_key(ietf, &key)?;
-            Some(key)
+            Some(Cow::Owned(key))
         }
     };
     match (plain_key, ietf_key) {

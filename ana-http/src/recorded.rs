@@ -43,6 +43,26 @@ impl RecordedResponse {
         }
     }
 
+    /// A response to store whose `headers` are all to replay: kept as they are, no copy.
+    pub(crate) fn with_allowed_headers(
+        status: StatusCode,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Self {
+        Self {
+            status,
+            headers,
+            body,
+            body_stored: true,
+            trailers: None,
+        }
+    }
+
+    /// The recorded headers, by value.
+    pub(crate) fn into_headers(self) -> HeaderMap {
+        self.headers
+    }
+
     /// The same response with trailers, keeping only the `allowed` ones.
     #[must_use]
     pub fn with_trailers(mut self, trailers: &HeaderMap, allowed: &[HeaderName]) -> Self {

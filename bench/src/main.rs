@@ -4,6 +4,7 @@
 //! cargo run --profile bench -p ana-bench      # everything (what `make bench` runs)
 //! cargo run --profile bench -p ana-bench -- serve memory  # one server, prints its port
 //! cargo run --profile bench -p ana-bench -- limits        # pgbench and redis-benchmark alone
+//! cargo run --profile bench -p ana-bench -- peers <ana-bench-peers binary>  # ana vs its peers
 //! valgrind --tool=callgrind target/release/ana-bench inproc new 10000  # the route in process
 //! ```
 //!
@@ -16,6 +17,7 @@
 
 mod footprint;
 mod measure;
+mod peers;
 mod serve;
 mod sql_limits;
 
@@ -47,9 +49,12 @@ fn main() -> Result<()> {
             serve::in_process(args.get(1).map_or("bare", String::as_str), count)
         }
         Some("limits") => limits(),
+        Some("peers") => peers::run(args.get(1).map(String::as_str)),
         None | Some("run") => run(),
         Some(other) => {
-            bail!("unknown command {other:?} (expected run, limits, serve, inproc or footprint)")
+            bail!(
+                "unknown command {other:?} (expected run, limits, peers, serve, inproc or footprint)"
+            )
         }
     }
 }
@@ -438,20 +443,24 @@ fn best(a: Figures, b: Figures) -> Figures {
 
 /// Deletes the records the benchmark left in Redis (they would live a day).
 fn clean_redis(url: &str) {
+    clean_redis_prefix(url, serve::REDIS_PREFIX);
+}
+
+/// Deletes the Redis keys that start with `prefix`.
+fn clean_redis_prefix(url: &str, prefix: &str) {
     let Ok((host, port)) = serve::redis_address(url) else {
         return;
     };
     let port = port.to_string();
     let script = format!(
-        "redis-cli -h {host} -p {port} --scan --pattern '{}*' | xargs -r -n 1000 redis-cli -h {host} -p {port} DEL >/dev/null",
-        serve::REDIS_PREFIX
+        "redis-cli -h {host} -p {port} --scan --pattern '{prefix}*' | xargs -r -n 1000 redis-cli -h {host} -p {port} DEL >/dev/null"
     );
     let cleaned = std::process::Command::new("sh")
         .args(["-c", &script])
         .status()
         .is_ok_and(|status| status.success());
     if !cleaned {
-        eprintln!("bench: could not delete the {}* keys", serve::REDIS_PREFIX);
+        eprintln!("bench: could not delete the {prefix}* keys");
     }
 }
 
@@ -564,18 +573,27 @@ const END_MARKER: &str = "<!-- bench:end -->";
 
 /// Replaces what lies between the markers of the file at `path` with `report`.
 fn write_between_markers(path: &Path, report: &str) -> Result<()> {
+    write_between(path, (BEGIN_MARKER, END_MARKER), report)
+}
+
+/// Replaces what lies between the `(begin, end)` markers of the file at `path` with `report`.
+fn write_between(
+    path: &Path,
+    (begin_marker, end_marker): (&str, &str),
+    report: &str,
+) -> Result<()> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let (Some(begin), Some(end)) = (text.find(BEGIN_MARKER), text.find(END_MARKER)) else {
+    let (Some(begin), Some(end)) = (text.find(begin_marker), text.find(end_marker)) else {
         bail!(
-            "{} has no {BEGIN_MARKER} … {END_MARKER} markers",
+            "{} has no {begin_marker} … {end_marker} markers",
             path.display()
         );
     };
     if end < begin {
         bail!("{} has its markers in the wrong order", path.display());
     }
-    let head = &text[..begin + BEGIN_MARKER.len()];
+    let head = &text[..begin + begin_marker.len()];
     let tail = &text[end..];
     std::fs::write(path, format!("{head}\n{report}\n{tail}"))
         .with_context(|| format!("writing {}", path.display()))

@@ -30,12 +30,19 @@ impl Server {
     /// Starts `ana-bench serve <variant>` and waits for the line that gives its port.
     pub(crate) fn start(variant: &str) -> Result<Self> {
         let exe = std::env::current_exe().context("locating the bench binary")?;
-        let mut child = Command::new(exe)
-            .args(["serve", variant])
+        let mut command = Command::new(exe);
+        command.args(["serve", variant]);
+        Self::spawn(command, variant)
+    }
+
+    /// Starts `command`, a server that prints `listening on 127.0.0.1:<port>` first (as
+    /// `ana-bench serve` does), and waits for that line.
+    pub(crate) fn spawn(mut command: Command, variant: &str) -> Result<Self> {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .context("starting the bench server")?;
+            .with_context(|| format!("starting the {variant} server"))?;
         let stdout = child.stdout.take().context("the server's stdout")?;
         let mut line = String::new();
         BufReader::new(stdout)
@@ -49,6 +56,7 @@ impl Server {
             Some(port) => Ok(Self { child, port }),
             None => {
                 let _ = child.kill();
+                let _ = child.wait();
                 bail!("the {variant} server did not start (said {line:?})")
             }
         }
@@ -100,12 +108,24 @@ pub(crate) fn wrk(
     seconds: u64,
     connections: u32,
 ) -> Result<Figures> {
+    wrk_with(url, script, &[argument], seconds, connections)
+}
+
+/// Runs wrk against `url` with `script` and its `arguments`, and reads its figures.
+pub(crate) fn wrk_with(
+    url: &str,
+    script: &Path,
+    arguments: &[&str],
+    seconds: u64,
+    connections: u32,
+) -> Result<Figures> {
     let output = Command::new("wrk")
         .args(["-t2", &format!("-c{connections}"), &format!("-d{seconds}s")])
         .args(["--latency", "--timeout", "5s", "-s"])
         .arg(script)
         .arg(url)
-        .args(["--", argument])
+        .arg("--")
+        .args(arguments)
         .output()
         .context("running wrk (install it: apt-get install wrk, or `make bench`)")?;
     let text = String::from_utf8_lossy(&output.stdout);

@@ -21,12 +21,8 @@ use ana_redis::RedisRepository;
 const SCHEMA: &str = "ana_bench";
 pub(crate) const REDIS_PREFIX: &str = "ana-bench:";
 
-/// A 200-byte JSON response, the size of a typical API answer.
-pub(crate) const RESPONSE: &str = concat!(
-    r#"{"id":"pay_7d2c4f1e9a3b","status":"accepted","amount":100,"currency":"EUR","#,
-    r#""created":"2026-11-23T10:00:00Z","customer":"cus_4f1e9a3b7d2c","#,
-    r#""description":"benchmark payment","metadata":{"order":"ord_00000042"}}"#
-);
+/// A 200-byte JSON response, the size of a typical API answer (the peers' servers send it too).
+pub(crate) const RESPONSE: &str = include_str!("response.json").trim_ascii_end();
 
 async fn handler(_body: Bytes) -> impl axum::response::IntoResponse {
     ([(header::CONTENT_TYPE, "application/json")], RESPONSE)
@@ -174,21 +170,28 @@ pub(crate) fn run(variant: &str) -> Result<()> {
 
 /// Sends one request with `key`, so the replay run finds a Finished record.
 pub(crate) fn post_once(port: u16, key: &str) -> Result<()> {
+    let response = send_post(port, "/bench", &format!("X-Idempotency-Key: {key}\r\n"))?;
+    if !response.starts_with("HTTP/1.1 200") {
+        bail!("the first request of the replay run failed: {response}");
+    }
+    Ok(())
+}
+
+/// Sends the benchmark's request body to `path` with `headers` (each line ending in `\r\n`)
+/// and returns the whole response.
+pub(crate) fn send_post(port: u16, path: &str, headers: &str) -> Result<String> {
     let body = r#"{"amount":100,"currency":"EUR"}"#;
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(
         stream,
-        "POST /bench HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
-         X-Idempotency-Key: {key}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         {headers}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
-    if !response.starts_with("HTTP/1.1 200") {
-        bail!("the first request of the replay run failed: {response}");
-    }
-    Ok(())
+    Ok(response)
 }
 
 /// pgbench scripts for the store's own limits, on the schema the Postgres server migrated;
