@@ -924,14 +924,19 @@ pub async fn a_complete_tried_again_is_done<H: Harness>(harness: H) {
     };
     let id = RecordId::new(TARGET, "k");
     let result = Some(&b"\"once\""[..]);
-    let first = repository.complete(session.clone(), id, lease, result).await;
+    let first = repository
+        .complete(session.clone(), id, lease, result)
+        .await;
     assert_eq!(first.ok(), Some(Completion::Done));
     let finished = record(&harness, "k").await;
     let again = repository.complete(session, id, lease, result).await;
     assert_eq!(again.ok(), Some(Completion::Done));
     let after = record(&harness, "k").await;
     assert_eq!(after.status, Status::Finished);
-    assert_eq!((after.attempt, after.finished_at), (1, finished.finished_at));
+    assert_eq!(
+        (after.attempt, after.finished_at),
+        (1, finished.finished_at)
+    );
     assert_eq!(after.result, finished.result);
 }
 

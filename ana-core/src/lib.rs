@@ -123,7 +123,6 @@ pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
 pub use maintenance::{Cleaned, Forgotten, Maintenance, Stats};
 pub use manager::{Attempt, Begun, Call, DEFAULT_MIN_TIMEOUT, Manager, Outcome};
-pub use retry::FinishRetry;
 pub use memory::{MemoryRepository, MemorySession};
 #[cfg(feature = "metrics")]
 pub use observe::describe_metrics;
@@ -137,6 +136,7 @@ pub use repository::{
     BoxError, Claim, ClaimRequest, Completion, DecryptError, Failure, IdempotencyRepository, Lease,
     RecordId, RepositoryError,
 };
+pub use retry::FinishRetry;
 
 /// Re-exported for store crates and users: the time type of every record.
 pub use chrono;

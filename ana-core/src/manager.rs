@@ -727,7 +727,9 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let timer = StoreTimer::start();
         let (id, lease) = (held.id(), held.lease);
         let finish = manager.finish_retry.run(held.deadline, || {
-            manager.repository.complete(session.clone(), id, lease, bytes)
+            manager
+                .repository
+                .complete(session.clone(), id, lease, bytes)
         });
         let (done, retries) = within(&held.observed, finish).await;
         timer.stop(manager.repository.name(), "finish");

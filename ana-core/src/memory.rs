@@ -367,7 +367,8 @@ impl MemoryRepository {
         };
         let header = record.header();
         // Claim 0 is no claim's: a restored record is finished by no lease.
-        let held = header.attempt == lease.attempt && header.claim == lease.claim && header.claim != 0;
+        let held =
+            header.attempt == lease.attempt && header.claim == lease.claim && header.claim != 0;
         if held && header.status == Status::Finished && missing == Completion::Expired {
             return Completion::Done;
         }

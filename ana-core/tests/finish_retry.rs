@@ -118,14 +118,19 @@ async fn charge(
     succeed: bool,
 ) -> Result<String, Error<String>> {
     let runs = Arc::clone(runs);
-    let op = operation("charge", "k", "10 EUR", move |_: MemorySession| async move {
-        runs.fetch_add(1, Ordering::SeqCst);
-        if succeed {
-            Ok("charged".to_owned())
-        } else {
-            Err("declined".to_owned())
-        }
-    })
+    let op = operation(
+        "charge",
+        "k",
+        "10 EUR",
+        move |_: MemorySession| async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            if succeed {
+                Ok("charged".to_owned())
+            } else {
+                Err("declined".to_owned())
+            }
+        },
+    )
     .timeout(Duration::from_secs(30));
     manager.call(op).await
 }
@@ -170,7 +175,10 @@ async fn a_fail_is_tried_again_too() {
     let (manager, seen) = manager(&store);
     let runs = Arc::default();
     let out = charge(&manager, &runs, false).await;
-    assert!(matches!(out, Err(Error::Operation(ref e)) if e == "declined"), "{out:?}");
+    assert!(
+        matches!(out, Err(Error::Operation(ref e)) if e == "declined"),
+        "{out:?}"
+    );
     let record = record(&store).await;
     assert_eq!((record.status, record.error_count), (Status::Failed, 1));
     let seen = seen.lock().unwrap().clone();
@@ -194,7 +202,10 @@ async fn the_tries_are_bounded() {
     manager.flush().await;
     assert_eq!(store.finishes.load(Ordering::SeqCst), 4);
     let seen = seen.lock().unwrap().clone();
-    assert_eq!(seen, [(EventKind::Outcome(CallOutcome::StoreUnavailable), 2)]);
+    assert_eq!(
+        seen,
+        [(EventKind::Outcome(CallOutcome::StoreUnavailable), 2)]
+    );
     let manager = manager.with_finish_retry(FinishRetry::NEVER);
     store.failing.store(1, Ordering::SeqCst);
     store.finishes.store(0, Ordering::SeqCst);
@@ -214,16 +225,24 @@ async fn a_timeout_below_the_minimum_is_refused() {
     let runs = Arc::new(AtomicUsize::new(0));
     let op = |timeout: Duration| {
         let runs = Arc::clone(&runs);
-        operation("charge", "k", "10 EUR", move |_: MemorySession| async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, String>("charged".to_owned())
-        })
+        operation(
+            "charge",
+            "k",
+            "10 EUR",
+            move |_: MemorySession| async move {
+                runs.fetch_add(1, Ordering::SeqCst);
+                Ok::<_, String>("charged".to_owned())
+            },
+        )
         .timeout(timeout)
     };
     let out = manager.call(op(Duration::from_nanos(1))).await;
     match out {
         Err(Error::TimeoutTooShort { timeout, min, .. }) => {
-            assert_eq!((timeout, min), (Duration::from_nanos(1), Duration::from_secs(1)));
+            assert_eq!(
+                (timeout, min),
+                (Duration::from_nanos(1), Duration::from_secs(1))
+            );
         }
         other => panic!("{other:?}"),
     }

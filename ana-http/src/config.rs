@@ -722,10 +722,13 @@ impl IdempotencyConfig {
         .map_or(inner.default_timeout, nonzero);
         let expiration = match &inner.expiration {
             Some(expiration) => expiration(parts)?,
-            None => {
-                parse::read_duration(headers, &inner.expiration_header, None, inner.max_expiration)
-                    .map_err(rejection)?
-            }
+            None => parse::read_duration(
+                headers,
+                &inner.expiration_header,
+                None,
+                inner.max_expiration,
+            )
+            .map_err(rejection)?,
         }
         .map_or(inner.default_expiration, nonzero);
         let target = match &inner.target {

@@ -889,7 +889,10 @@ pub async fn timeouts_below_the_minimum_are_400<Ad: Adapter>(adapter: Ad) {
         let document = problem(&response, StatusCode::BAD_REQUEST, "invalid-header");
         assert_names_header(&document, "X-Idempotency-Timeout");
         assert!(
-            document["detail"].as_str().unwrap().contains("minimum of 1s"),
+            document["detail"]
+                .as_str()
+                .unwrap()
+                .contains("minimum of 1s"),
             "{document}"
         );
     }
@@ -914,7 +917,10 @@ pub async fn timeouts_below_the_minimum_are_400<Ad: Adapter>(adapter: Ad) {
         )
         .await;
     assert!(short.status().is_success(), "{short:?}");
-    assert_eq!(world.routes.runs("/hello") + world_lowered.routes.runs("/hello"), 2);
+    assert_eq!(
+        world.routes.runs("/hello") + world_lowered.routes.runs("/hello"),
+        2
+    );
 }
 
 /// The same key with another body, or another query string, is a 422; the handler does not
