@@ -54,8 +54,8 @@ use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use ana_core::{IdempotencyRepository, RepositoryError};
 use ana_core::encryption::{Encrypted, FingerprintKey, Keyring};
+use ana_core::{IdempotencyRepository, RepositoryError};
 use ana_http::{IdempotencyConfig, Rejection};
 
 type BoxError = Box<dyn Error + Send + Sync>;
@@ -249,7 +249,7 @@ fn app<Ctx: Clone + Send + Sync + 'static>(layer: IdempotencyLayer<Ctx>, slow: D
 
 /// The Go original's handler: prints `Not persisted!` each time it really runs.
 async fn hello<Ctx>(attempt: Attempt<Ctx>, slow: Duration) -> String {
-    say("Not persisted!").await;
+    ran(attempt.key()).await;
     tokio::time::sleep(slow).await;
     format!("Hello {}!\n", attempt.key())
 }
@@ -262,7 +262,7 @@ async fn create_order(
     item: String,
     slow: Duration,
 ) -> Result<(StatusCode, String), Response> {
-    say("Not persisted!").await;
+    ran(attempt.key()).await;
     let mut tx = attempt.session().transaction().await.map_err(outage)?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO example_02_orders (idempotency_key, item, attempt) VALUES ($1, $2, $3) RETURNING id",
@@ -320,6 +320,13 @@ async fn create_orders_table(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+/// The Go original's `Not persisted!`, printed each time a handler really runs, and the same
+/// as a log line naming the key (what a fault run counts runs per key by).
+async fn ran(key: &str) {
+    tracing::info!(key, "handler ran");
+    say("Not persisted!").await;
 }
 
 /// Prints a line and flushes it at once (stdout may be a pipe).

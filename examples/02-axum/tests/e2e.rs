@@ -334,7 +334,10 @@ async fn staggered_requests_with_a_tiny_timeout_are_refused() {
             ticks.tick().await;
             let (server, key) = (Arc::clone(&server), key.clone());
             tasks.push(tokio::spawn(async move {
-                let headers = [("x-idempotency-key", &*key), ("x-idempotency-timeout", timeout)];
+                let headers = [
+                    ("x-idempotency-key", &*key),
+                    ("x-idempotency-timeout", timeout),
+                ];
                 server.post("/hello", &headers, "hi").await
             }));
         }
@@ -343,9 +346,20 @@ async fn staggered_requests_with_a_tiny_timeout_are_refused() {
             let response = task.await.unwrap();
             if timeout == "1ns" {
                 assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-                assert_eq!(response.headers()["content-type"], "application/problem+json");
-                assert!(response.body().contains("invalid-header"), "{}", response.body());
-                assert!(response.body().contains("minimum of 1s"), "{}", response.body());
+                assert_eq!(
+                    response.headers()["content-type"],
+                    "application/problem+json"
+                );
+                assert!(
+                    response.body().contains("invalid-header"),
+                    "{}",
+                    response.body()
+                );
+                assert!(
+                    response.body().contains("minimum of 1s"),
+                    "{}",
+                    response.body()
+                );
             }
             statuses.push(response.status().as_u16());
         }
@@ -355,8 +369,15 @@ async fn staggered_requests_with_a_tiny_timeout_are_refused() {
         } else {
             // Held for 1 s, the handler sleeps 1 s: the first runs, the rest get 409 or, once
             // it finished, the replay; none takes the key over.
-            assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 1, "{statuses:?}");
-            assert!(statuses.iter().all(|s| matches!(s, 200 | 409)), "{statuses:?}");
+            assert_eq!(
+                statuses.iter().filter(|s| **s == 200).count(),
+                1,
+                "{statuses:?}"
+            );
+            assert!(
+                statuses.iter().all(|s| matches!(s, 200 | 409)),
+                "{statuses:?}"
+            );
         }
     }
     let server = Arc::try_unwrap(server)
