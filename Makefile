@@ -9,7 +9,7 @@ CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help test lint fmt services bench test-redis-cluster example-02 example-03
+.PHONY: help test lint fmt services bench chaos test-redis-cluster example-02 example-03
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +31,10 @@ bench: services ## Benchmarks (under 10 min): Manager::call (divan), then HTTP a
 	$(CARGO) bench -p ana-bench --bench core
 	$(CARGO) bench -p ana-bench --bench core --features metrics -- layer_new_key
 	$(CARGO) run --profile bench -q -p ana-bench
+
+chaos: services ## Fault suite (about a minute, loopback only): storms, store outages, SIGKILLs, takeovers, disconnects on example 02; memory, Postgres, Redis
+	$(CARGO) build -q -p example-02-axum -p ana-chaos
+	$(CARGO) run -q -p ana-chaos
 
 test-redis-cluster: ## ana-redis conformance on a 3-master Redis Cluster it starts and stops (ports 7301-7303)
 	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh
