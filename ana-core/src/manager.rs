@@ -668,6 +668,9 @@ fn within<F: Future>(_: &Observed, future: F) -> F {
 
 /// What [`Manager::begin`] found.
 #[derive(Debug)]
+// Returned once per call and matched at once: boxing the attempt would cost an allocation
+// per call to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 pub enum Begun<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     /// An earlier call's recorded result.
     Replayed(R),
