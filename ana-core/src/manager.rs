@@ -66,12 +66,13 @@ impl<R> Outcome<R> {
 /// `Arc`, so clones are cheap and share it.
 ///
 /// A call, in order (see the crate docs for the full contract):
-/// 1. expired by its own reference time → [`Error::Expired`], storage untouched;
+/// 1. a timeout below the [minimum](Self::with_min_timeout) → [`Error::TimeoutTooShort`], or
+///    expired by its own reference time → [`Error::Expired`], storage untouched;
 /// 2. one atomic claim; on the record as it stood: other payload → [`Error::PayloadMismatch`],
 ///    Finished → replay, expired → [`Error::Expired`], held → [`Error::StillRunning`];
 /// 3. otherwise the call owns a fresh attempt and runs the operation, panics caught;
 /// 4. finish as a compare-and-set on the attempt: Finished, Failed, [`Error::Superseded`] or
-///    [`Error::Expired`].
+///    [`Error::Expired`]; tried again after a transient store error ([`FinishRetry`]).
 ///
 /// ```
 /// use ana_core::{operation, Manager, MemoryRepository, MemorySession};
