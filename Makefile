@@ -9,7 +9,7 @@ CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help test lint fmt services bench bench-peers test-redis-cluster example-02 example-03
+.PHONY: help test lint fmt services bench bench-peers chaos test-redis-cluster example-02 example-03
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -39,6 +39,10 @@ bench-peers: services ## ana side by side with `idempotent` and `axum-idempotent
 	bash scripts/bench-tools.sh
 	CARGO_TARGET_DIR=$(PEERS_TARGET_DIR) $(CARGO) build --release --ignore-rust-version --manifest-path bench/peers/Cargo.toml
 	$(CARGO) run --profile bench -q -p ana-bench -- peers $(PEERS_TARGET_DIR)/release/ana-bench-peers
+
+chaos: services ## Fault suite (about a minute, loopback only): storms, store outages, SIGKILLs, takeovers, disconnects on example 02; memory, Postgres, Redis
+	$(CARGO) build -q -p example-02-axum -p ana-chaos
+	$(CARGO) run -q -p ana-chaos
 
 test-redis-cluster: ## ana-redis conformance on a 3-master Redis Cluster it starts and stops (ports 7301-7303)
 	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh

@@ -46,7 +46,9 @@ use crate::memory::MemoryRepository;
 use crate::observe::{CallOutcome, EventKind};
 use crate::operation::{FnOperation, operation};
 use crate::record::{FailureKind, Payload, Status, TrackedOperation};
-use crate::repository::{BoxError, IdempotencyRepository, RecordId};
+use crate::repository::{
+    BoxError, Claim, ClaimRequest, Completion, IdempotencyRepository, RecordId,
+};
 
 /// An isolated instance of a store under test, with control over its time.
 pub trait Harness: Send + Sync + Sized + 'static {
@@ -277,6 +279,7 @@ macro_rules! conformance_tests {
             payload_mismatch_is_detected_first,
             takeover_after_timeout_supersedes_stale_holder,
             recreated_record_rejects_the_earlier_holder,
+            a_complete_tried_again_is_done,
             unencodable_result_is_recorded_and_never_runs_again,
             expiry_during_execution_returns_expired,
             cancellation_frees_the_record,
@@ -901,6 +904,40 @@ pub async fn recreated_record_rejects_the_earlier_holder<H: Harness>(harness: H)
     assert_eq!(finished.status, Status::Finished);
     assert_eq!(finished.result.as_deref(), Some(&b"\"later\""[..]));
     assert_eq!(count(&runs), 2);
+}
+
+/// A complete sent again by the attempt that holds the record (its first answer lost to a
+/// dropped connection: the manager tries a finish again after a transient error) answers
+/// Done when the first one was applied, with the same session, and changes nothing.
+pub async fn a_complete_tried_again_is_done<H: Harness>(harness: H) {
+    let repository = harness.repository();
+    let request = ClaimRequest {
+        target: TARGET,
+        key: "k",
+        fingerprint: "payload".fingerprint(),
+        reference_time: harness.clock().now(),
+        timeout: Some(10 * MINUTE),
+        expiration: Some(harness.clock().now() + HOUR),
+    };
+    let Ok(Claim::Acquired { lease, session, .. }) = repository.claim(&request).await else {
+        panic!("the first claim of a key acquires it");
+    };
+    let id = RecordId::new(TARGET, "k");
+    let result = Some(&b"\"once\""[..]);
+    let first = repository
+        .complete(session.clone(), id, lease, result)
+        .await;
+    assert_eq!(first.ok(), Some(Completion::Done));
+    let finished = record(&harness, "k").await;
+    let again = repository.complete(session, id, lease, result).await;
+    assert_eq!(again.ok(), Some(Completion::Done));
+    let after = record(&harness, "k").await;
+    assert_eq!(after.status, Status::Finished);
+    assert_eq!(
+        (after.attempt, after.finished_at),
+        (1, finished.finished_at)
+    );
+    assert_eq!(after.result, finished.result);
 }
 
 /// JSON, refusing to encode the result `"unencodable"`.

@@ -54,6 +54,22 @@ pub enum Error<E> {
         /// The idempotency key.
         key: String,
     },
+    /// The call asked for a timeout below the manager's minimum
+    /// ([`Manager::with_min_timeout`](crate::Manager::with_min_timeout)); the store was not
+    /// touched and the operation did not run.
+    #[error(
+        "Operation {target} for key {key} asked for a timeout of {timeout:?}, below the minimum of {min:?}."
+    )]
+    TimeoutTooShort {
+        /// The operation's target.
+        target: String,
+        /// The idempotency key.
+        key: String,
+        /// The timeout asked for.
+        timeout: Duration,
+        /// The manager's minimum.
+        min: Duration,
+    },
     /// The operation's own error.
     #[error("{0}")]
     Operation(E),

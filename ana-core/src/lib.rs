@@ -114,6 +114,7 @@ mod observe;
 mod operation;
 mod record;
 mod repository;
+mod retry;
 
 pub use cache::ReplayCache;
 pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport, CleanupSteps, spawn_cleanup};
@@ -121,7 +122,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use codec::{BytesCodec, Codec, JsonCodec};
 pub use error::Error;
 pub use maintenance::{Cleaned, Forgotten, Maintenance, Stats};
-pub use manager::{Attempt, Begun, Call, Manager, Outcome};
+pub use manager::{Attempt, Begun, Call, DEFAULT_MIN_TIMEOUT, Manager, Outcome};
 pub use memory::{MemoryRepository, MemorySession};
 #[cfg(feature = "metrics")]
 pub use observe::describe_metrics;
@@ -135,6 +136,7 @@ pub use repository::{
     BoxError, Claim, ClaimRequest, Completion, DecryptError, Failure, IdempotencyRepository, Lease,
     RecordId, RepositoryError,
 };
+pub use retry::FinishRetry;
 
 /// Re-exported for store crates and users: the time type of every record.
 pub use chrono;

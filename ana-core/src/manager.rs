@@ -25,6 +25,11 @@ use crate::repository::{
     Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
     RepositoryError,
 };
+use crate::retry::FinishRetry;
+
+/// The shortest timeout a call may ask for unless the manager says otherwise
+/// ([`Manager::with_min_timeout`]): one second.
+pub const DEFAULT_MIN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Why a key whose result could not be encoded is answered [`Error::Codec`].
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +66,13 @@ impl<R> Outcome<R> {
 /// `Arc`, so clones are cheap and share it.
 ///
 /// A call, in order (see the crate docs for the full contract):
-/// 1. expired by its own reference time → [`Error::Expired`], storage untouched;
+/// 1. a timeout below the [minimum](Self::with_min_timeout) → [`Error::TimeoutTooShort`], or
+///    expired by its own reference time → [`Error::Expired`], storage untouched;
 /// 2. one atomic claim; on the record as it stood: other payload → [`Error::PayloadMismatch`],
 ///    Finished → replay, expired → [`Error::Expired`], held → [`Error::StillRunning`];
 /// 3. otherwise the call owns a fresh attempt and runs the operation, panics caught;
 /// 4. finish as a compare-and-set on the attempt: Finished, Failed, [`Error::Superseded`] or
-///    [`Error::Expired`].
+///    [`Error::Expired`]; tried again after a transient store error ([`FinishRetry`]).
 ///
 /// ```
 /// use ana_core::{operation, Manager, MemoryRepository, MemorySession};
@@ -88,6 +94,8 @@ pub struct Manager<P: ?Sized, R, Ctx> {
     cleanups: Arc<Cleanups>,
     replay_cache: Option<ReplayCache>,
     reporting: Reporting,
+    min_timeout: Option<Duration>,
+    finish_retry: FinishRetry,
     payload: PhantomData<fn(&P)>,
 }
 
@@ -100,6 +108,8 @@ impl<P: ?Sized, R, Ctx> Clone for Manager<P, R, Ctx> {
             cleanups: Arc::clone(&self.cleanups),
             replay_cache: self.replay_cache.clone(),
             reporting: self.reporting.clone(),
+            min_timeout: self.min_timeout,
+            finish_retry: self.finish_retry,
             payload: PhantomData,
         }
     }
@@ -149,6 +159,8 @@ where
             cleanups: Arc::default(),
             replay_cache: None,
             reporting: Reporting::default(),
+            min_timeout: Some(DEFAULT_MIN_TIMEOUT),
+            finish_retry: FinishRetry::default(),
             payload: PhantomData,
         }
     }
@@ -219,6 +231,29 @@ where
     /// (feature `metrics`). Without either, a caller may skip making one.
     pub fn reports_labels(&self) -> bool {
         cfg!(feature = "metrics") || self.reporting.has_hook()
+    }
+
+    /// The shortest timeout a call may ask for (default [`DEFAULT_MIN_TIMEOUT`], one second;
+    /// `None`: no floor). A call with a shorter one is refused with [`Error::TimeoutTooShort`]
+    /// before the store is touched: past its timeout another call takes the record over and
+    /// runs the work again, so a tiny timeout would let every retry run it. Calls without a
+    /// timeout are not concerned.
+    #[must_use]
+    pub fn with_min_timeout(mut self, min: Option<Duration>) -> Self {
+        self.min_timeout = min;
+        self
+    }
+
+    /// How a finish is tried again after a transient store error (see [`FinishRetry`]).
+    #[must_use]
+    pub fn with_finish_retry(mut self, retry: FinishRetry) -> Self {
+        self.finish_retry = retry;
+        self
+    }
+
+    /// The shortest timeout a call may ask for.
+    pub fn min_timeout(&self) -> Option<Duration> {
+        self.min_timeout
     }
 
     /// The store's name (`memory`, `postgres`, `redis`, …).
@@ -314,6 +349,7 @@ where
     pub async fn begin<E>(&self, call: Call<'_>) -> Result<Begun<'_, P, R, Ctx>, Error<E>> {
         let subject = self.subject(&call);
         let observed = Observed::start(&self.reporting, subject);
+        let started = tokio::time::Instant::now();
         let step = within(&observed, self.claim(&call)).await;
         let outcome = match step {
             Ok(Step::Acquired {
@@ -335,6 +371,7 @@ where
                         label: call.label.map(Box::from),
                         lease,
                         armed: Some(session.clone()),
+                        deadline: call.timeout.map(|timeout| deadline(started, timeout)),
                         observed,
                         reported: false,
                     },
@@ -364,6 +401,7 @@ where
 
     /// The expiry check, the replay cache and the claim.
     async fn claim<E>(&self, call: &Call<'_>) -> Result<Step<R, Ctx>, Error<E>> {
+        call.check_timeout(self.min_timeout)?;
         let now = self.clock.now();
         let reference_time = call.reference_time.unwrap_or(now);
         let expiration = call.expiration.map(|e| clock::add(reference_time, e));
@@ -589,6 +627,27 @@ impl<'a> Call<'a> {
             key: self.key.to_owned(),
         }
     }
+
+    /// [`Error::TimeoutTooShort`] when the call's timeout is below `min`.
+    fn check_timeout<E>(&self, min: Option<Duration>) -> Result<(), Error<E>> {
+        match (self.timeout, min) {
+            (Some(timeout), Some(min)) if timeout < min => Err(Error::TimeoutTooShort {
+                target: self.target.to_owned(),
+                key: self.key.to_owned(),
+                timeout,
+                min,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// When an attempt claimed at `started` with `timeout` may be taken over (far ahead for a
+/// timeout too long to add).
+fn deadline(started: tokio::time::Instant, timeout: Duration) -> tokio::time::Instant {
+    started
+        .checked_add(timeout)
+        .unwrap_or_else(|| started + Duration::from_secs(100 * 366 * 24 * 3600))
 }
 
 /// What the claim step found.
@@ -616,6 +675,9 @@ fn within<F: Future>(_: &Observed, future: F) -> F {
 
 /// What [`Manager::begin`] found.
 #[derive(Debug)]
+// Returned once per call and matched at once: boxing the attempt would cost an allocation
+// per call to save a copy of a few hundred bytes.
+#[allow(clippy::large_enum_variant)]
 pub enum Begun<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     /// An earlier call's recorded result.
     Replayed(R),
@@ -673,11 +735,15 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let encoded = manager.codec.encode(value);
         let bytes = encoded.as_deref().ok();
         let timer = StoreTimer::start();
-        let finish = manager
-            .repository
-            .complete(session, held.id(), held.lease, bytes);
-        let done = within(&held.observed, finish).await;
+        let (id, lease) = (held.id(), held.lease);
+        let finish = manager.finish_retry.run(held.deadline, || {
+            manager
+                .repository
+                .complete(session.clone(), id, lease, bytes)
+        });
+        let (done, retries) = within(&held.observed, finish).await;
         timer.stop(manager.repository.name(), "finish");
+        held.observed.retried(retries);
         // A store error leaves the attempt armed: it is failed in the background.
         let done = match done {
             Ok(done) => done,
@@ -721,11 +787,13 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let kind = failure.kind;
         let manager = held.manager;
         let timer = StoreTimer::start();
-        let finish = manager
-            .repository
-            .fail(session, held.id(), held.lease, failure);
-        let done = within(&held.observed, finish).await;
+        let (id, lease) = (held.id(), held.lease);
+        let finish = manager.finish_retry.run(held.deadline, || {
+            manager.repository.fail(session.clone(), id, lease, failure)
+        });
+        let (done, retries) = within(&held.observed, finish).await;
         timer.stop(manager.repository.name(), "finish");
+        held.observed.retried(retries);
         held.disarm();
         held.report(CallOutcome::of_failure(kind));
         done.map(drop)
@@ -742,6 +810,9 @@ struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     label: Option<Box<str>>,
     lease: Lease,
     armed: Option<Ctx>,
+    /// When the attempt's timeout runs out (another call may take over then): finishes are
+    /// not tried again past it.
+    deadline: Option<tokio::time::Instant>,
     observed: Observed,
     /// Whether the call's outcome was reported (exactly one per call).
     reported: bool,

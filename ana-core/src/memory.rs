@@ -348,7 +348,9 @@ impl MemoryRepository {
     }
 
     /// Replaces the record with `finish`'s header and data while `lease` still owns it.
-    /// `session` comes from the claim of `lease` and carries its record's identity.
+    /// `session` comes from the claim of `lease` and carries its record's identity. A
+    /// complete (`missing` is [`Completion::Expired`]) that finds the record Finished by its
+    /// own lease (tried again after a lost answer) is done.
     fn finish<'d>(
         &self,
         session: MemorySession,
@@ -365,11 +367,12 @@ impl MemoryRepository {
         };
         let header = record.header();
         // Claim 0 is no claim's: a restored record is finished by no lease.
-        if header.attempt != lease.attempt
-            || header.claim != lease.claim
-            || header.claim == 0
-            || header.status != Status::Running
-        {
+        let held =
+            header.attempt == lease.attempt && header.claim == lease.claim && header.claim != 0;
+        if held && header.status == Status::Finished && missing == Completion::Expired {
+            return Completion::Done;
+        }
+        if !held || header.status != Status::Running {
             return Completion::Superseded;
         }
         let (header, data, completion) = finish(header, now);

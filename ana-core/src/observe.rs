@@ -44,6 +44,9 @@ pub enum CallOutcome {
     StoreUnavailable,
     /// A corrupt record, a result that could not be encoded or decoded.
     Internal,
+    /// The call was refused before the store was touched: it asked for a timeout below the
+    /// manager's minimum.
+    Refused,
 }
 
 impl CallOutcome {
@@ -60,6 +63,7 @@ impl CallOutcome {
         Self::Superseded,
         Self::StoreUnavailable,
         Self::Internal,
+        Self::Refused,
     ];
 
     /// The name in events and metric labels (`executed`, `payload_mismatch`, …).
@@ -76,6 +80,7 @@ impl CallOutcome {
             Self::Superseded => "superseded",
             Self::StoreUnavailable => "store_unavailable",
             Self::Internal => "internal",
+            Self::Refused => "refused",
         }
     }
 
@@ -88,6 +93,7 @@ impl CallOutcome {
             Error::Panic { .. } => Self::Panicked,
             Error::Superseded { .. } => Self::Superseded,
             Error::Operation(_) => Self::Failed,
+            Error::TimeoutTooShort { .. } => Self::Refused,
             Error::Repository(error) if error.is_transient() => Self::StoreUnavailable,
             Error::Repository(_) | Error::Codec(_) => Self::Internal,
         }
@@ -138,6 +144,9 @@ pub struct Event<'a> {
     pub store: &'static str,
     /// Time since the call began.
     pub elapsed: Duration,
+    /// How many times the attempt's finish was tried again after a transient store error
+    /// (see [`FinishRetry`](crate::FinishRetry)); 0 when the first try answered.
+    pub finish_retries: u32,
 }
 
 /// A key as it is reported: the first 8 bytes of its SHA-256 in hex, or the key itself when
@@ -233,6 +242,8 @@ pub(crate) struct Subject<'a> {
 #[derive(Debug)]
 pub(crate) struct Observed {
     started: std::time::Instant,
+    /// Tries again of the attempt's finish.
+    finish_retries: u32,
     #[cfg(feature = "tracing")]
     span: tracing::Span,
 }
@@ -243,6 +254,7 @@ impl Observed {
         let _ = (reporting, subject);
         Self {
             started: std::time::Instant::now(),
+            finish_retries: 0,
             #[cfg(feature = "tracing")]
             span: if reporting.spans {
                 tracing::info_span!(
@@ -272,6 +284,20 @@ impl Observed {
         let _ = attempt;
         #[cfg(feature = "metrics")]
         metrics::gauge!("ana_in_flight").increment(1.0);
+    }
+
+    /// Notes that the attempt's finish was tried `retries` times again (counted in
+    /// `ana_finish_retries_total`, and reported with the outcome).
+    pub(crate) fn retried(&mut self, retries: u32) {
+        self.finish_retries += retries;
+        #[cfg(feature = "tracing")]
+        if retries > 0 {
+            tracing::warn!(parent: &self.span, retries, "finish tried again after a store error");
+        }
+        #[cfg(feature = "metrics")]
+        if retries > 0 {
+            metrics::counter!("ana_finish_retries_total").increment(u64::from(retries));
+        }
     }
 
     /// Notes that the held attempt is over (finished, failed or dropped).
@@ -311,6 +337,7 @@ impl Observed {
                 attempt,
                 store: subject.store,
                 elapsed,
+                finish_retries: self.finish_retries,
             });
         }
     }
@@ -400,6 +427,10 @@ pub fn describe_metrics() {
         "Time of one store step (claim, finish)."
     );
     describe_gauge!("ana_in_flight", "Attempts this process holds.");
+    describe_counter!(
+        "ana_finish_retries_total",
+        "Finishes tried again after a transient store error."
+    );
     describe_counter!(
         "ana_replay_cache_hits_total",
         "Replays answered by the replay cache."

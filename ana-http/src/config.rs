@@ -152,7 +152,7 @@ type GrpcStatusFn = Arc<dyn Fn(i32) -> bool + Send + Sync>;
 /// | key header | `X-Idempotency-Key`, and the IETF `Idempotency-Key` (`"..."`) |
 /// | key required | yes: 400 without one (else the request passes through untouched) |
 /// | reference time | `X-Idempotency-Reference-Time` (RFC 3339), else now; at most 5 min ahead |
-/// | timeout | `X-Idempotency-Timeout`, else 60s; max 1h |
+/// | timeout | `X-Idempotency-Timeout`, else 60s; min 1s, max 1h |
 /// | expiration | `X-Idempotency-Expiration`, else 24h; max 7 days |
 /// | target | `[METHOD]path` |
 /// | payload | fingerprint of method, path and query, body |
@@ -165,8 +165,10 @@ type GrpcStatusFn = Arc<dyn Fn(i32) -> bool + Send + Sync>;
 /// | `Retry-After` on 503 | 1s |
 ///
 /// A timeout or expiration header above its maximum (or `0`, meaning "never", while a maximum
-/// is set) is refused with 400 rather than clamped: the client learns the server will not keep
-/// the promise it asked for.
+/// is set), or a timeout below its minimum, is refused with 400 rather than clamped: the client
+/// learns the server will not keep the promise it asked for. The minimum guards the work: past
+/// its timeout a duplicate takes the key over and runs the handler again, so a client's
+/// `X-Idempotency-Timeout: 1ns` would have every retry run it.
 #[derive(Clone)]
 pub struct IdempotencyConfig {
     inner: Arc<Inner>,
@@ -181,6 +183,7 @@ struct Inner {
     expiration_header: HeaderName,
     key_required: bool,
     default_timeout: Option<Duration>,
+    min_timeout: Option<Duration>,
     max_timeout: Option<Duration>,
     default_expiration: Option<Duration>,
     max_expiration: Option<Duration>,
@@ -224,6 +227,7 @@ impl Default for IdempotencyConfig {
                 expiration_header: EXPIRATION_HEADER,
                 key_required: true,
                 default_timeout: Some(Duration::from_secs(60)),
+                min_timeout: Some(ana_core::DEFAULT_MIN_TIMEOUT),
                 max_timeout: Some(Duration::from_secs(3600)),
                 default_expiration: Some(Duration::from_secs(24 * 3600)),
                 max_expiration: Some(Duration::from_secs(7 * 24 * 3600)),
@@ -262,6 +266,7 @@ impl fmt::Debug for IdempotencyConfig {
             .field("expiration_header", &inner.expiration_header)
             .field("key_required", &inner.key_required)
             .field("default_timeout", &inner.default_timeout)
+            .field("min_timeout", &inner.min_timeout)
             .field("max_timeout", &inner.max_timeout)
             .field("default_expiration", &inner.default_expiration)
             .field("max_expiration", &inner.max_expiration)
@@ -357,6 +362,22 @@ impl IdempotencyConfig {
     pub fn with_default_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
         self.inner().default_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
         self
+    }
+
+    /// The shortest timeout a request may ask for (default 1s; `None`: no floor). A timeout
+    /// header below it is refused with 400 (`invalid-header`): past an attempt's timeout a
+    /// duplicate takes the key over and runs the handler again, so a tiny timeout would let
+    /// every retry run it. The engine's manager refuses shorter timeouts from the request
+    /// functions and the default too (a 500: the server's own setting is wrong).
+    #[must_use]
+    pub fn with_min_timeout(mut self, min: Option<Duration>) -> Self {
+        self.inner().min_timeout = min;
+        self
+    }
+
+    /// The shortest timeout a request may ask for.
+    pub fn min_timeout(&self) -> Option<Duration> {
+        self.inner.min_timeout
     }
 
     /// The largest timeout a request may ask for (default 1h; `None`: no limit).
@@ -698,14 +719,24 @@ impl IdempotencyConfig {
         };
         let timeout = match &inner.timeout {
             Some(timeout) => timeout(parts)?,
-            None => parse::read_duration(headers, &inner.timeout_header, inner.max_timeout)
-                .map_err(rejection)?,
+            None => parse::read_duration(
+                headers,
+                &inner.timeout_header,
+                inner.min_timeout,
+                inner.max_timeout,
+            )
+            .map_err(rejection)?,
         }
         .map_or(inner.default_timeout, nonzero);
         let expiration = match &inner.expiration {
             Some(expiration) => expiration(parts)?,
-            None => parse::read_duration(headers, &inner.expiration_header, inner.max_expiration)
-                .map_err(rejection)?,
+            None => parse::read_duration(
+                headers,
+                &inner.expiration_header,
+                None,
+                inner.max_expiration,
+            )
+            .map_err(rejection)?,
         }
         .map_or(inner.default_expiration, nonzero);
         let target = match &inner.target {

@@ -117,6 +117,7 @@ macro_rules! http_conformance_tests {
             malformed_reference_times_are_400,
             duration_headers_accept_go_and_humantime,
             malformed_or_excessive_durations_are_400,
+            timeouts_below_the_minimum_are_400,
             payload_mismatch_is_422,
             still_running_is_409_with_retry_after,
             still_running_retry_after_is_the_time_left,
@@ -793,7 +794,7 @@ pub async fn duration_headers_accept_go_and_humantime<Ad: Adapter>(adapter: Ad) 
     let cases = [
         ("10s", "10s", 10),
         ("1m30s", "1h30m", 5400),
-        ("500ms", "1.5h", 5400),
+        ("1500ms", "1.5h", 5400),
         ("0.5h", "2 hours", 7200),
         ("45 minutes", "1day", 86_400),
         ("1h", "7days", 7 * 86_400),
@@ -869,6 +870,57 @@ pub async fn malformed_or_excessive_durations_are_400<Ad: Adapter>(adapter: Ad) 
         }
     }
     assert_eq!(world.routes.runs("/hello"), 0);
+}
+
+/// A timeout below the server's minimum (1s by default) is a 400 naming the header, and the
+/// handler does not run: past its timeout a duplicate would take the key over and run it
+/// again. At the minimum it runs; a server that lowers the floor accepts shorter timeouts.
+pub async fn timeouts_below_the_minimum_are_400<Ad: Adapter>(adapter: Ad) {
+    let world = world(&adapter, IdempotencyConfig::default());
+    for (key, value) in [("a", "1ns"), ("b", "500ms"), ("c", "999ms")] {
+        let response = world
+            .send(
+                post("/hello")
+                    .key(key)
+                    .header(crate::TIMEOUT_HEADER, value)
+                    .build(),
+            )
+            .await;
+        let document = problem(&response, StatusCode::BAD_REQUEST, "invalid-header");
+        assert_names_header(&document, "X-Idempotency-Timeout");
+        assert!(
+            document["detail"]
+                .as_str()
+                .unwrap()
+                .contains("minimum of 1s"),
+            "{document}"
+        );
+    }
+    assert_eq!(world.routes.runs("/hello"), 0);
+    let at_the_floor = world
+        .send(
+            post("/hello")
+                .key("d")
+                .header(crate::TIMEOUT_HEADER, "1s")
+                .build(),
+        )
+        .await;
+    assert!(at_the_floor.status().is_success(), "{at_the_floor:?}");
+    let lowered = IdempotencyConfig::default().with_min_timeout(Some(Duration::from_millis(10)));
+    let world_lowered = self::world(&adapter, lowered);
+    let short = world_lowered
+        .send(
+            post("/hello")
+                .key("e")
+                .header(crate::TIMEOUT_HEADER, "20ms")
+                .build(),
+        )
+        .await;
+    assert!(short.status().is_success(), "{short:?}");
+    assert_eq!(
+        world.routes.runs("/hello") + world_lowered.routes.runs("/hello"),
+        2
+    );
 }
 
 /// The same key with another body, or another query string, is a 422; the handler does not

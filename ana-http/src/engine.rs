@@ -266,6 +266,8 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
     }
 
     fn from_parts(manager: HttpManager<Ctx>, config: IdempotencyConfig) -> Self {
+        // The configuration's floor is the one requests meet.
+        let manager = manager.with_min_timeout(config.min_timeout());
         Self {
             inner: Arc::new(Shared { manager, config }),
         }

@@ -151,11 +151,12 @@ pub(crate) fn read_reference_time(
     Ok(Some(at))
 }
 
-/// The duration in `name`, refused when above `max`. Zero means "never", so it is above any
-/// maximum.
+/// The duration in `name`, refused when below `min` or above `max`. Zero means "never", so it
+/// is above any maximum (and below no minimum).
 pub(crate) fn read_duration(
     headers: &HeaderMap,
     name: &HeaderName,
+    min: Option<Duration>,
     max: Option<Duration>,
 ) -> Result<Option<Duration>, HeaderProblem> {
     let Some(value) = single(headers, name)? else {
@@ -166,7 +167,22 @@ pub(crate) fn read_duration(
         .map_err(|_| problem(name, "is not a duration such as 10s, 1h30m or 2 hours"))?;
     let duration = parse_duration(text).map_err(|error| problem(name, error.to_string()))?;
     check_max(name, duration, max)?;
+    check_min(name, duration, min)?;
     Ok(Some(duration))
+}
+
+fn check_min(
+    name: &HeaderName,
+    duration: Duration,
+    min: Option<Duration>,
+) -> Result<(), HeaderProblem> {
+    match min {
+        Some(min) if !duration.is_zero() && duration < min => Err(problem(
+            name,
+            format!("is below the server's minimum of {}", format_duration(min)),
+        )),
+        _ => Ok(()),
+    }
 }
 
 pub(crate) fn check_max(

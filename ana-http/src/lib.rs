@@ -13,7 +13,7 @@
 //! |---|---|---|---|
 //! | `X-Idempotency-Key` (or IETF `Idempotency-Key: "…"`) | 1–255 visible ASCII | 400 `missing-key` (or pass-through) | 400 `invalid-header` |
 //! | `X-Idempotency-Reference-Time` | RFC 3339, at most 5 min ahead | now | 400 |
-//! | `X-Idempotency-Timeout` | Go duration (`10s`, `1h30m`, `500ms`) or humantime (`2 hours`) | 60s | 400, also above the max (1h) |
+//! | `X-Idempotency-Timeout` | Go duration (`10s`, `1h30m`, `500ms`) or humantime (`2 hours`) | 60s | 400, also below the min (1s) or above the max (1h) |
 //! | `X-Idempotency-Expiration` | same | 24h | 400, also above the max (7 days) |
 //!
 //! A repeated key header, or the two key headers with different keys, is a 400.

@@ -21,6 +21,9 @@ pub(crate) enum State {
     Open(Tx),
     /// `BEGIN` failed; the connection is gone.
     BeginFailed,
+    /// The operation opened no transaction and the statement finishing its record failed:
+    /// nothing is held, and a finish tried again runs that statement on another connection.
+    Detached,
 }
 
 /// The session of a [`MySqlRepository`](crate::MySqlRepository) attempt: the claim's pooled
@@ -99,6 +102,11 @@ impl MySqlSession {
     /// Takes the connection out, closing the session.
     pub(crate) async fn take(&self) -> Option<State> {
         self.state.lock().await.take()
+    }
+
+    /// Marks the session [`State::Detached`], for a finish to be tried again.
+    pub(crate) async fn detach(&self) {
+        *self.state.lock().await = Some(State::Detached);
     }
 }
 

@@ -222,6 +222,41 @@ impl PgRepository {
             .map(|done| done.rows_affected())
     }
 
+    /// The complete statement on a pooled connection, for an operation that opened no
+    /// transaction. On an error the session is left detached, so that a finish tried again
+    /// runs the statement again: nothing was in a transaction, the statement is a
+    /// compare-and-set, and a record this lease finished already answers Done.
+    async fn complete_detached(
+        &self,
+        session: &PgSession,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Result<Completion, RepositoryError> {
+        match self.complete_on(&self.pool, id, lease, result).await {
+            Ok(1) => Ok(Completion::Done),
+            Ok(_) => self.classify(id, lease).await,
+            Err(error) => {
+                session.detach().await;
+                Err(map_sqlx(error))
+            }
+        }
+    }
+
+    /// A complete tried again once its transaction ended (a `COMMIT` whose answer was lost):
+    /// done when that commit went through, else the transaction's work is gone with it and
+    /// the session cannot finish ([`RepositoryError::SessionClosed`]).
+    async fn finished_before(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+    ) -> Result<Completion, RepositoryError> {
+        match self.classify(id, lease).await? {
+            Completion::Done => Ok(Completion::Done),
+            Completion::Superseded | Completion::Expired => Err(RepositoryError::SessionClosed),
+        }
+    }
+
     /// Why a finish changed no row: this claim finished it already (an earlier try whose answer
     /// was lost), the record expired (it is marked Failed now, or was deleted by the clean-up
     /// after its expiration), or another attempt owns it.
@@ -335,31 +370,25 @@ impl IdempotencyRepository for PgRepository {
             Some(State::Open(tx)) => tx,
             // The operation never opened its transaction: one autocommitted statement.
             Some(State::Idle(mut connection)) => {
-                let mut updated = self.complete_on(&mut *connection, id, lease, result).await;
+                let updated = self.complete_on(&mut *connection, id, lease, result).await;
                 drop(connection);
-                if updated.is_err() {
-                    // The claim's connection may have been dropped while the operation ran
-                    // (an idle timeout, a proxy). Nothing was in a transaction on it, and the
-                    // statement is a compare-and-set: it runs once more, on another connection.
-                    updated = self.complete_on(&self.pool, id, lease, result).await;
-                }
                 return match updated {
                     Ok(1) => Ok(Completion::Done),
                     Ok(_) => self.classify(id, lease).await,
-                    Err(error) => {
-                        // Not applied, or applied and the answer lost: the compare-and-set
-                        // leaves a committed Finished record alone.
-                        self.fail_quietly(id, lease, FailureKind::CommitFailed)
-                            .await;
-                        Err(map_sqlx(error))
-                    }
+                    // The claim's connection may have been dropped while the operation ran
+                    // (an idle timeout, a proxy). Nothing was in a transaction on it, and the
+                    // statement is a compare-and-set: it runs again, on another connection.
+                    Err(_) => self.complete_detached(&session, id, lease, result).await,
                 };
+            }
+            Some(State::Detached) => {
+                return self.complete_detached(&session, id, lease, result).await;
             }
             Some(State::BeginFailed) => {
                 self.fail_quietly(id, lease, FailureKind::BeginFailed).await;
                 return Err(RepositoryError::SessionClosed);
             }
-            None => return Err(RepositoryError::SessionClosed),
+            None => return self.finished_before(id, lease).await,
         };
         match self.complete_on(&mut *tx, id, lease, result).await {
             Ok(1) => match tx.commit().await {

@@ -31,7 +31,7 @@ mod suite {
 /// carries, and the format's version byte first.
 #[tokio::test]
 async fn the_result_field_holds_no_plaintext() {
-    let url = common::redis_url();
+    let url = common::redis_url().await;
     let store = RedisRepository::from_url(url.clone())
         .unwrap()
         .with_prefix(common::random_prefix());

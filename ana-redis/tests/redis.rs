@@ -24,8 +24,8 @@ use tokio::sync::Barrier;
 const TARGET: &str = "[POST]/payments";
 const HOUR: Duration = Duration::from_secs(3600);
 
-fn repository() -> RedisRepository {
-    RedisRepository::from_url(redis_url())
+async fn repository() -> RedisRepository {
+    RedisRepository::from_url(redis_url().await)
         .expect("REDIS_URL is a URL")
         .with_prefix(random_prefix())
 }
@@ -68,8 +68,8 @@ fn failure(message: &str) -> Failure<'_> {
 /// Running and once Finished.
 #[tokio::test]
 async fn ttl_is_the_expiration_plus_the_retention() {
-    let repository = repository();
-    let mut redis = connect(&redis_url()).await;
+    let repository = repository().await;
+    let mut redis = connect(&redis_url().await).await;
     let expiration = micros(Utc::now() + TimeDelta::hours(2));
     let request = ClaimRequest {
         expiration: Some(expiration),
@@ -114,8 +114,10 @@ async fn ttl_is_the_expiration_plus_the_retention() {
 /// retention, so it never vanishes under the attempt that holds it.
 #[tokio::test]
 async fn running_record_lives_until_its_timeout() {
-    let repository = repository().with_retention_after_expiration(Duration::ZERO);
-    let mut redis = connect(&redis_url()).await;
+    let repository = repository()
+        .await
+        .with_retention_after_expiration(Duration::ZERO);
+    let mut redis = connect(&redis_url().await).await;
     let request = ClaimRequest {
         expiration: Some(Utc::now() + TimeDelta::minutes(1)),
         timeout: Some(Duration::from_secs(600)),
@@ -135,8 +137,8 @@ async fn running_record_lives_until_its_timeout() {
 /// last write (default seven days), so Redis never grows without bound.
 #[tokio::test]
 async fn ttl_without_expiration_is_the_retention_floor() {
-    let repository = repository();
-    let mut redis = connect(&redis_url()).await;
+    let repository = repository().await;
+    let mut redis = connect(&redis_url().await).await;
     let (lease, session) = acquire(&repository, &request("floor", Fingerprint::of("body"))).await;
     repository
         .complete(session.clone(), id("floor"), lease, Some(b"1"))
@@ -204,7 +206,7 @@ async fn unreachable_cluster_is_unavailable() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_claims_acquire_once() {
     const CALLS: usize = 64;
-    let repository = repository();
+    let repository = repository().await;
     let barrier = Arc::new(Barrier::new(CALLS));
     let tasks: Vec<_> = (0..CALLS)
         .map(|_| {
@@ -236,8 +238,8 @@ async fn concurrent_claims_acquire_once() {
 /// number 1) cannot finish the new record: the lease's claim number fences it.
 #[tokio::test]
 async fn stale_attempt_cannot_finish_a_recreated_record() {
-    let repository = repository();
-    let mut redis = connect(&redis_url()).await;
+    let repository = repository().await;
+    let mut redis = connect(&redis_url().await).await;
     let request = request("again", Fingerprint::of("body"));
     let (stale_lease, stale) = acquire(&repository, &request).await;
     let name = repository.record_key(TARGET, "again");
@@ -287,8 +289,8 @@ async fn stale_attempt_cannot_finish_a_recreated_record() {
 /// A damaged record is an error, never read as "no record" and never overwritten.
 #[tokio::test]
 async fn corrupt_records_are_errors() {
-    let repository = repository();
-    let mut redis = connect(&redis_url()).await;
+    let repository = repository().await;
+    let mut redis = connect(&redis_url().await).await;
     let name = repository.record_key(TARGET, "bad");
     let _: () = redis
         .hset_multiple(
@@ -350,7 +352,7 @@ async fn corrupt_records_are_errors() {
 /// `restore` writes a record exactly as given; `get` reads it back.
 #[tokio::test]
 async fn restore_round_trips_every_field() {
-    let repository = repository();
+    let repository = repository().await;
     let now = Utc::now();
     let at = |minutes: i64| micros(now + TimeDelta::minutes(minutes));
     let mut finished = TrackedOperation::new(
@@ -395,7 +397,7 @@ async fn restore_round_trips_every_field() {
 /// prefix, the target's length, the target and the key.
 #[tokio::test]
 async fn prefixes_isolate_stores() {
-    let (one, two) = (repository(), repository());
+    let (one, two) = (repository().await, repository().await);
     assert_ne!(one.prefix(), two.prefix());
     assert_eq!(
         one.record_key("[POST]/a", "k:1"),
@@ -417,8 +419,8 @@ async fn prefixes_isolate_stores() {
 /// The scripts run after `SCRIPT FLUSH` (NOSCRIPT is answered by loading them again).
 #[tokio::test]
 async fn scripts_reload_after_a_flush() {
-    let repository = repository();
-    let mut redis = connect(&redis_url()).await;
+    let repository = repository().await;
+    let mut redis = connect(&redis_url().await).await;
     let _: () = redis::cmd("SCRIPT")
         .arg("FLUSH")
         .query_async(&mut redis)
@@ -442,7 +444,7 @@ async fn scripts_reload_after_a_flush() {
 #[tokio::test]
 async fn a_dropped_connection_is_replaced() {
     // Database 13 is used by this test alone, so its connections are the repository's.
-    let base = redis_url();
+    let base = redis_url().await;
     let base = match base.rsplit_once('/') {
         Some((head, db)) if !db.is_empty() && db.bytes().all(|b| b.is_ascii_digit()) => {
             head.to_owned()
@@ -463,7 +465,7 @@ async fn a_dropped_connection_is_replaced() {
     };
     assert_eq!(manager.call(op("before")).await.expect("a call"), "ran");
 
-    let mut admin = connect(&redis_url()).await;
+    let mut admin = connect(&redis_url().await).await;
     let clients: String = redis::cmd("CLIENT")
         .arg("LIST")
         .query_async(&mut admin)
@@ -508,7 +510,7 @@ async fn a_dropped_connection_is_replaced() {
 /// finished. A stale claim's complete stays Superseded.
 #[tokio::test]
 async fn a_complete_sent_again_by_its_claim_is_done() {
-    let repository = repository();
+    let repository = repository().await;
     let request = request("twice", Fingerprint::of("body"));
     let (lease, session) = acquire(&repository, &request).await;
     for _ in 0..2 {
@@ -537,8 +539,8 @@ async fn a_complete_sent_again_by_its_claim_is_done() {
 /// kind is corrupt.
 #[tokio::test]
 async fn failure_kinds_and_missing_results_read_back() {
-    let repository = repository();
-    let mut redis = connect(&redis_url()).await;
+    let repository = repository().await;
+    let mut redis = connect(&redis_url().await).await;
     let fingerprint = Fingerprint::of("body");
     let write = |key: &'static str, fields: Vec<(&'static str, Vec<u8>)>| {
         let name = repository.record_key(TARGET, key);

@@ -488,13 +488,15 @@ impl IdempotencyRepository for SqliteRepository {
         let mut tx = match session.take().await {
             Some(State::Open(tx)) => tx,
             // The operation never opened its transaction: one autocommitted statement.
-            Some(State::Idle) => {
+            Some(State::Idle | State::Detached) => {
+                // On an error the session is left detached, so that a finish tried again runs
+                // the statement again: nothing was in a transaction, the statement is a
+                // compare-and-set, and a record this lease finished already answers Done.
                 return match self.complete_on(&self.pool, id, lease, result).await {
                     Ok(1) => Ok(Completion::Done),
                     Ok(_) => self.classify(id, lease).await,
                     Err(error) => {
-                        self.fail_quietly(id, lease, FailureKind::CommitFailed)
-                            .await;
+                        session.detach().await;
                         Err(map_sqlx(error))
                     }
                 };
@@ -503,7 +505,16 @@ impl IdempotencyRepository for SqliteRepository {
                 self.fail_quietly(id, lease, FailureKind::BeginFailed).await;
                 return Err(RepositoryError::SessionClosed);
             }
-            None => return Err(RepositoryError::SessionClosed),
+            // Tried again once its transaction ended (a `COMMIT` whose answer was lost): done
+            // when that commit went through, else the transaction's work is gone with it.
+            None => {
+                return match self.classify(id, lease).await? {
+                    Completion::Done => Ok(Completion::Done),
+                    Completion::Superseded | Completion::Expired => {
+                        Err(RepositoryError::SessionClosed)
+                    }
+                };
+            }
         };
         match self.complete_on(&mut *tx, id, lease, result).await {
             Ok(1) => match tx.commit().await {

@@ -20,6 +20,9 @@ pub(crate) enum State {
     Open(Tx),
     /// `BEGIN IMMEDIATE` failed or was cancelled.
     BeginFailed,
+    /// The operation opened no transaction and the statement finishing its record failed:
+    /// a finish tried again runs that statement again.
+    Detached,
 }
 
 /// The session of a [`SqliteRepository`](crate::SqliteRepository) attempt: the transaction the
@@ -104,6 +107,11 @@ impl SqliteSession {
     /// Takes the transaction out, closing the session.
     pub(crate) async fn take(&self) -> Option<State> {
         self.state.lock().await.take()
+    }
+
+    /// Marks the session [`State::Detached`], for a finish to be tried again.
+    pub(crate) async fn detach(&self) {
+        *self.state.lock().await = Some(State::Detached);
     }
 }
 

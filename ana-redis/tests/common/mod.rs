@@ -17,12 +17,69 @@ use ana_core::conformance::Harness;
 use ana_core::{ManualClock, TrackedOperation};
 use ana_redis::RedisRepository;
 use ana_redis::redis::{self, AsyncCommands, aio::MultiplexedConnection};
+use tokio::sync::OnceCell;
 
 pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 
-/// The single server the tests use: `REDIS_URL`, else the local default.
-pub fn redis_url() -> String {
-    std::env::var("REDIS_URL").unwrap_or_else(|_| DEFAULT_REDIS_URL.to_owned())
+static URL: OnceCell<String> = OnceCell::const_new();
+
+/// The single server the tests use: `REDIS_URL` (read at run time), else the local server if
+/// it answers, else a container started with testcontainers if Docker runs; else the test
+/// fails saying what to set.
+pub async fn redis_url() -> String {
+    URL.get_or_init(resolve_url).await.clone()
+}
+
+async fn resolve_url() -> String {
+    if let Ok(url) = std::env::var("REDIS_URL")
+        && !url.is_empty()
+    {
+        return url;
+    }
+    let local = tokio::time::timeout(Duration::from_secs(3), ping(DEFAULT_REDIS_URL)).await;
+    let local_error = match local {
+        Ok(Ok(())) => return DEFAULT_REDIS_URL.to_owned(),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => "no answer within 3s".to_owned(),
+    };
+    match start_container().await {
+        Ok(url) => url,
+        Err(container_error) => panic!(
+            "no Redis for the ana-redis tests: REDIS_URL is unset, the local server \
+             {DEFAULT_REDIS_URL} is unreachable ({local_error}), and no container could be \
+             started ({container_error}). Set REDIS_URL=redis://host:port, start the local \
+             server (`make services`), or start Docker."
+        ),
+    }
+}
+
+async fn ping(url: &str) -> redis::RedisResult<()> {
+    let client = redis::Client::open(url)?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::cmd("PING").query_async(&mut connection).await
+}
+
+/// A Redis container shared by every test process (testcontainers' reuse: it stays up after
+/// the tests; remove it with `docker rm -f` when done).
+async fn start_container() -> Result<String, String> {
+    use testcontainers::core::{IntoContainerPort, WaitFor};
+    use testcontainers::runners::AsyncRunner;
+    use testcontainers::{GenericImage, ImageExt, ReuseDirective};
+
+    let container = GenericImage::new("redis", "7-alpine")
+        .with_exposed_port(6379.tcp())
+        .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
+        .with_reuse(ReuseDirective::Always)
+        .start()
+        .await
+        .map_err(|error| error.to_string())?;
+    let port = container
+        .get_host_port_ipv4(6379.tcp())
+        .await
+        .map_err(|error| error.to_string())?;
+    // A reused container is not removed on drop.
+    drop(container);
+    Ok(format!("redis://127.0.0.1:{port}"))
 }
 
 /// The cluster's node URLs from `REDIS_CLUSTER_URLS` (comma-separated). Fails when unset, so
@@ -114,7 +171,7 @@ impl RedisHarness {
 
     /// On the single server of `REDIS_URL`.
     pub async fn single() -> Self {
-        let url = redis_url();
+        let url = redis_url().await;
         drop(connect(&url).await);
         let prefix = random_prefix();
         let repository = RedisRepository::from_url(url.clone()).expect("REDIS_URL is a URL");

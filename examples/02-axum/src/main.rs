@@ -47,14 +47,16 @@ use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
 use ana_sqlite::SqliteRepository;
 use axum::Router;
+use axum::body::Body;
 use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use ana_core::IdempotencyRepository;
 use ana_core::encryption::{Encrypted, FingerprintKey, Keyring};
-use ana_http::IdempotencyConfig;
+use ana_core::{IdempotencyRepository, RepositoryError};
+use ana_http::{IdempotencyConfig, Rejection};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -247,30 +249,21 @@ fn app<Ctx: Clone + Send + Sync + 'static>(layer: IdempotencyLayer<Ctx>, slow: D
 
 /// The Go original's handler: prints `Not persisted!` each time it really runs.
 async fn hello<Ctx>(attempt: Attempt<Ctx>, slow: Duration) -> String {
-    say("Not persisted!").await;
+    ran(attempt.key()).await;
     tokio::time::sleep(slow).await;
     format!("Hello {}!\n", attempt.key())
 }
 
 /// Writes an order in the transaction that records the response: the row and the record
-/// commit together, or (on failure) neither does.
+/// commit together, or (on failure) neither does. A store that fails meanwhile (its `BEGIN`
+/// or the insert) is answered like every other outage: the 503 problem.
 async fn create_order(
     attempt: Attempt<PgSession>,
     item: String,
     slow: Duration,
-) -> Result<(StatusCode, String), (StatusCode, String)> {
-    say("Not persisted!").await;
-    let internal = |_| {
-        (
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "the order could not be written\n".to_owned(),
-        )
-    };
-    let mut tx = attempt
-        .session()
-        .transaction()
-        .await
-        .map_err(|error| internal(error.to_string()))?;
+) -> Result<(StatusCode, String), Response> {
+    ran(attempt.key()).await;
+    let mut tx = attempt.session().transaction().await.map_err(outage)?;
     let id: i64 = sqlx::query_scalar(
         "INSERT INTO example_02_orders (idempotency_key, item, attempt) VALUES ($1, $2, $3) RETURNING id",
     )
@@ -279,20 +272,34 @@ async fn create_order(
     .bind(i64::try_from(attempt.session().attempt()).unwrap_or(i64::MAX))
     .fetch_one(&mut *tx)
     .await
-    .map_err(|error| internal(error.to_string()))?;
+    .map_err(|error| outage(RepositoryError::Unavailable(Box::new(error))))?;
     drop(tx);
     tokio::time::sleep(slow).await;
     if item.contains("fail") {
         // A 5xx is recorded Failed: the order row above is rolled back with it.
-        return Err((
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("payment failed after writing order {id}; rolled back\n"),
-        ));
+        let failed = format!("payment failed after writing order {id}; rolled back\n");
+        return Err((StatusCode::INTERNAL_SERVER_ERROR, failed).into_response());
     }
     Ok((
         StatusCode::CREATED,
         format!("Order {id} created for {}\n", attempt.key()),
     ))
+}
+
+/// The store failed under the handler: the 503 problem the layer answers for an outage (a
+/// store error that is not one, a 500 problem), never the error's text.
+fn outage(error: RepositoryError) -> Response {
+    let rejection = if error.is_transient() {
+        Rejection::StoreUnavailable {
+            retry_after: Duration::from_secs(1),
+            source: Arc::new(error),
+        }
+    } else {
+        Rejection::Internal {
+            source: Arc::new(Box::new(error)),
+        }
+    };
+    rejection.to_response().map(Body::from)
 }
 
 async fn create_orders_table(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
@@ -313,6 +320,13 @@ async fn create_orders_table(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+/// The Go original's `Not persisted!`, printed each time a handler really runs, and the same
+/// as a log line naming the key (what a fault run counts runs per key by).
+async fn ran(key: &str) {
+    tracing::info!(key, "handler ran");
+    say("Not persisted!").await;
 }
 
 /// Prints a line and flushes it at once (stdout may be a pipe).

@@ -321,6 +321,71 @@ async fn concurrent_same_key_requests_run_the_handler_once() {
     assert_eq!(server.stop().await, 1);
 }
 
+/// A client's tiny timeout would let every staggered duplicate take the key over and run the
+/// slow handler again: ten requests 50 ms apart with `X-Idempotency-Timeout: 1ns` are each
+/// refused with 400, and the handler never runs. The same ten at the floor run it once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staggered_requests_with_a_tiny_timeout_are_refused() {
+    let server = Arc::new(Server::start(&[("SLOW_MS", "1000")]).await);
+    for (timeout, key) in [("1ns", unique("tiny")), ("1s", unique("floor"))] {
+        let mut ticks = tokio::time::interval(Duration::from_millis(50));
+        let mut tasks = Vec::new();
+        for _ in 0..10 {
+            ticks.tick().await;
+            let (server, key) = (Arc::clone(&server), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let headers = [
+                    ("x-idempotency-key", &*key),
+                    ("x-idempotency-timeout", timeout),
+                ];
+                server.post("/hello", &headers, "hi").await
+            }));
+        }
+        let mut statuses = Vec::new();
+        for task in tasks {
+            let response = task.await.unwrap();
+            if timeout == "1ns" {
+                assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+                assert_eq!(
+                    response.headers()["content-type"],
+                    "application/problem+json"
+                );
+                assert!(
+                    response.body().contains("invalid-header"),
+                    "{}",
+                    response.body()
+                );
+                assert!(
+                    response.body().contains("minimum of 1s"),
+                    "{}",
+                    response.body()
+                );
+            }
+            statuses.push(response.status().as_u16());
+        }
+        println!("ten staggered with timeout {timeout}: {statuses:?}");
+        if timeout == "1ns" {
+            assert_eq!(*server.runs.borrow(), 0);
+        } else {
+            // Held for 1 s, the handler sleeps 1 s: the first runs, the rest get 409 or, once
+            // it finished, the replay; none takes the key over.
+            assert_eq!(
+                statuses.iter().filter(|s| **s == 200).count(),
+                1,
+                "{statuses:?}"
+            );
+            assert!(
+                statuses.iter().all(|s| matches!(s, 200 | 409)),
+                "{statuses:?}"
+            );
+        }
+    }
+    let server = Arc::try_unwrap(server)
+        .ok()
+        .expect("every request finished");
+    assert_eq!(server.stop().await, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_orders_commit_once_and_roll_back_on_failure() {
     let url = database_url();

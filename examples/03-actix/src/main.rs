@@ -37,8 +37,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::http::StatusCode;
-use actix_web::{App, HttpResponse, HttpServer, web};
-use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository};
+use actix_web::{App, HttpResponse, HttpServer, ResponseError, web};
+use ana_actix::{Attempt, IdempotencyMiddleware, MemoryRepository, Rejected};
 use ana_mysql::MySqlRepository;
 use ana_pg::{PgRepository, PgSession, sqlx};
 use ana_redis::RedisRepository;
@@ -46,9 +46,9 @@ use ana_sqlite::SqliteRepository;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
-use ana_core::IdempotencyRepository;
 use ana_core::encryption::{Encrypted, FingerprintKey, Keyring};
-use ana_http::IdempotencyConfig;
+use ana_core::{IdempotencyRepository, RepositoryError};
+use ana_http::{IdempotencyConfig, Outcome, Rejection};
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -309,22 +309,19 @@ where
 
 /// The Go original's handler: prints `Not persisted!` each time it really runs.
 async fn hello<Ctx>(attempt: Attempt<Ctx>, slow: Duration) -> String {
-    say("Not persisted!");
+    ran(attempt.key());
     tokio::time::sleep(slow).await;
     format!("Hello {}!\n", attempt.key())
 }
 
 /// Writes an order in the transaction that records the response: the row and the record
-/// commit together, or (on failure) neither does.
+/// commit together, or (on failure) neither does. A store that fails meanwhile (its `BEGIN`
+/// or the insert) is answered like every other outage: the 503 problem.
 async fn create_order(attempt: Attempt<PgSession>, item: String, slow: Duration) -> HttpResponse {
-    say("Not persisted!");
-    let internal = || {
-        HttpResponse::InternalServerError()
-            .content_type("text/plain; charset=utf-8")
-            .body("the order could not be written\n")
-    };
-    let Ok(mut tx) = attempt.session().transaction().await else {
-        return internal();
+    ran(attempt.key());
+    let mut tx = match attempt.session().transaction().await {
+        Ok(tx) => tx,
+        Err(error) => return outage(error),
     };
     let inserted: Result<i64, _> = sqlx::query_scalar(
         "INSERT INTO example_03_orders (idempotency_key, item, attempt) VALUES ($1, $2, $3) RETURNING id",
@@ -335,8 +332,9 @@ async fn create_order(attempt: Attempt<PgSession>, item: String, slow: Duration)
     .fetch_one(&mut *tx)
     .await;
     drop(tx);
-    let Ok(id) = inserted else {
-        return internal();
+    let id = match inserted {
+        Ok(id) => id,
+        Err(error) => return outage(RepositoryError::Unavailable(Box::new(error))),
     };
     tokio::time::sleep(slow).await;
     let (status, body) = if item.contains("fail") {
@@ -354,6 +352,22 @@ async fn create_order(attempt: Attempt<PgSession>, item: String, slow: Duration)
     HttpResponse::build(status)
         .content_type("text/plain; charset=utf-8")
         .body(body)
+}
+
+/// The store failed under the handler: the 503 problem the middleware answers for an outage
+/// (a store error that is not one, a 500 problem), never the error's text.
+fn outage(error: RepositoryError) -> HttpResponse {
+    let rejection = if error.is_transient() {
+        Rejection::StoreUnavailable {
+            retry_after: Duration::from_secs(1),
+            source: Arc::new(error),
+        }
+    } else {
+        Rejection::Internal {
+            source: Arc::new(Box::new(error)),
+        }
+    };
+    Rejected::from(Outcome::Rejected(rejection.to_response())).error_response()
 }
 
 async fn create_orders_table(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
@@ -374,6 +388,13 @@ async fn create_orders_table(pool: &sqlx::PgPool) -> Result<(), sqlx::Error> {
     .execute(&mut *tx)
     .await?;
     tx.commit().await
+}
+
+/// The Go original's `Not persisted!`, printed each time a handler really runs, and the same
+/// as a log line naming the key (what a fault run counts runs per key by).
+fn ran(key: &str) {
+    tracing::info!(key, "handler ran");
+    say("Not persisted!");
 }
 
 /// Prints a line and flushes it at once (stdout may be a pipe).
