@@ -107,6 +107,7 @@ pub mod conformance;
 #[cfg(feature = "encryption")]
 pub mod encryption;
 mod error;
+mod lease;
 mod maintenance;
 mod manager;
 mod memory;
@@ -114,6 +115,7 @@ mod observe;
 mod operation;
 mod record;
 mod repository;
+mod wake;
 
 pub use cache::ReplayCache;
 pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport, CleanupSteps, spawn_cleanup};
@@ -133,8 +135,9 @@ pub use record::{
 };
 pub use repository::{
     BoxError, Claim, ClaimRequest, Completion, DecryptError, Failure, IdempotencyRepository, Lease,
-    RecordId, RepositoryError,
+    RecordId, Renewal, RepositoryError,
 };
+pub use wake::{Wakeups, Watch, record_digest};
 
 /// Re-exported for store crates and users: the time type of every record.
 pub use chrono;

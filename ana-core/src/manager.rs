@@ -18,13 +18,15 @@ use crate::cache::ReplayCache;
 use crate::clock::{self, Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
+use crate::lease::{self, Renew, Renewing, Waiting};
 use crate::observe::{CallOutcome, Event, EventKind, Observed, Reporting, StoreTimer, Subject};
 use crate::operation::Operation;
 use crate::record::{FailureKind, Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId, Renewal,
     RepositoryError,
 };
+use crate::wake::Watch;
 
 /// Why a key whose result could not be encoded is answered [`Error::Codec`].
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +90,7 @@ pub struct Manager<P: ?Sized, R, Ctx> {
     cleanups: Arc<Cleanups>,
     replay_cache: Option<ReplayCache>,
     reporting: Reporting,
+    max_lease: Option<Duration>,
     payload: PhantomData<fn(&P)>,
 }
 
@@ -100,6 +103,7 @@ impl<P: ?Sized, R, Ctx> Clone for Manager<P, R, Ctx> {
             cleanups: Arc::clone(&self.cleanups),
             replay_cache: self.replay_cache.clone(),
             reporting: self.reporting.clone(),
+            max_lease: self.max_lease,
             payload: PhantomData,
         }
     }
@@ -149,6 +153,7 @@ where
             cleanups: Arc::default(),
             replay_cache: None,
             reporting: Reporting::default(),
+            max_lease: None,
             payload: PhantomData,
         }
     }
@@ -167,6 +172,40 @@ where
     #[must_use]
     pub fn with_replay_cache(mut self, cache: ReplayCache) -> Self {
         self.replay_cache = Some(cache);
+        self
+    }
+
+    /// Renews the leases of attempts while their operations run, up to `max` after their
+    /// claim (default: no renewal; the attempt holds the record until its claim's timeout).
+    ///
+    /// Every third of an attempt's timeout, its holder moves the record's timeout to the
+    /// store's time plus the timeout again (a compare-and-set on its [`Lease`]), never past
+    /// `max` after the claim. A live operation slower than its timeout is then not taken over
+    /// until `max`, and a crashed holder still frees its key one timeout after its last
+    /// renewal. Renewing stops when the attempt is finished, failed or dropped. An attempt
+    /// without a timeout holds its record until it finishes anyway; one outside a Tokio
+    /// runtime is not renewed. A store that does not renew
+    /// ([`Renewal::Unsupported`]) leaves the claim's timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ana_core::{operation, Manager, MemoryRepository, MemorySession};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager: Manager<&str, u8, MemorySession> = Manager::new(MemoryRepository::new())
+    ///     .with_max_lease(Duration::from_secs(300));
+    /// // Held 30 s at a time, renewed every 10 s while the report runs, for 5 minutes at most.
+    /// let report = operation("report", "r-1", "q3", |_: MemorySession| async {
+    ///     Ok::<_, std::io::Error>(1)
+    /// })
+    /// .timeout(Duration::from_secs(30));
+    /// assert_eq!(manager.call(report).await?, 1);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_max_lease(mut self, max: Duration) -> Self {
+        self.max_lease = Some(max);
         self
     }
 
@@ -243,6 +282,63 @@ where
         self.run(operation).await.map(Outcome::into_inner)
     }
 
+    /// Like [`call`](Self::call), but a call that finds the record held by another attempt
+    /// waits up to `wait` for it to finish, then replays its result (or runs the operation,
+    /// when the holder failed or its timeout passed). When the wait runs out it answers
+    /// [`Error::StillRunning`] as `call` does, its `retry_after` read at the end of the wait.
+    ///
+    /// The waiting call holds no connection, lock or thread: it sleeps between wake-ups pushed
+    /// by the store ([`IdempotencyRepository::watch`]) and polls of the store with a backoff
+    /// (up to one second apart), so a lost wake-up only delays it. It never runs the operation
+    /// while the holder's lease is alive.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ana_core::{operation, Manager, MemoryRepository, MemorySession};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager: Manager<&str, String, MemorySession> = Manager::new(MemoryRepository::new());
+    /// let (release, released) = tokio::sync::oneshot::channel::<()>();
+    /// let slow = operation("pay", "k", "10 EUR", |_: MemorySession| async move {
+    ///     let _ = released.await;
+    ///     Ok::<_, std::io::Error>("paid".to_owned())
+    /// });
+    /// let first = tokio::spawn({
+    ///     let manager = manager.clone();
+    ///     async move { manager.call(slow).await }
+    /// });
+    /// tokio::task::yield_now().await; // the first call holds the record
+    /// let retry = operation("pay", "k", "10 EUR", |_: MemorySession| async {
+    ///     Ok::<_, std::io::Error>("paid twice".to_owned())
+    /// });
+    /// let waiting = manager.call_or_wait(retry, Duration::from_secs(5));
+    /// let _ = release.send(());
+    /// assert_eq!(waiting.await?, "paid");
+    /// assert_eq!(first.await??, "paid");
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_or_wait<O>(&self, operation: O, wait: Duration) -> Result<R, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        self.run_or_wait(operation, wait)
+            .await
+            .map(Outcome::into_inner)
+    }
+
+    /// Like [`call_or_wait`](Self::call_or_wait), and says whether the result was replayed.
+    pub async fn run_or_wait<O>(
+        &self,
+        operation: O,
+        wait: Duration,
+    ) -> Result<Outcome<R>, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        self.run_waiting(operation, Some(wait)).await
+    }
+
     /// Like [`call`](Self::call), and says whether the result was replayed.
     ///
     /// Three steps: [`begin`](Self::begin) (the expiry check and the claim), the operation
@@ -252,7 +348,18 @@ where
     where
         O: Operation<Ctx, Payload = P, Output = R>,
     {
-        let attempt = match self.begin(Call::of(&operation)).await? {
+        self.run_waiting(operation, None).await
+    }
+
+    async fn run_waiting<O>(
+        &self,
+        operation: O,
+        wait: Option<Duration>,
+    ) -> Result<Outcome<R>, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        let attempt = match self.begin(Call::of(&operation).wait(wait)).await? {
             Begun::Replayed(value) => return Ok(Outcome::Replayed(value)),
             Begun::Acquired(attempt) => attempt,
         };
@@ -308,7 +415,7 @@ where
     pub async fn begin<E>(&self, call: Call<'_>) -> Result<Begun<'_, P, R, Ctx>, Error<E>> {
         let subject = self.subject(&call);
         let observed = Observed::start(&self.reporting, subject);
-        let step = within(&observed, self.claim(&call)).await;
+        let step = within(&observed, self.claim(&call, &observed, subject)).await;
         let outcome = match step {
             Ok(Step::Acquired {
                 lease,
@@ -317,6 +424,7 @@ where
                 took_over,
             }) => {
                 observed.hold(lease.attempt);
+                let renewal = self.renew(&call, lease);
                 if took_over {
                     let attempt = Some(lease.attempt);
                     observed.report(&self.reporting, subject, EventKind::Takeover, attempt);
@@ -331,6 +439,7 @@ where
                         armed: Some(session.clone()),
                         observed,
                         reported: false,
+                        renewal,
                     },
                     session,
                     cached,
@@ -356,8 +465,22 @@ where
         }
     }
 
-    /// The expiry check, the replay cache and the claim.
-    async fn claim<E>(&self, call: &Call<'_>) -> Result<Step<R, Ctx>, Error<E>> {
+    /// Starts renewing the lease of an attempt with a timeout, when leases are renewed.
+    fn renew(&self, call: &Call<'_>, lease: Lease) -> Option<Renewing> {
+        let max = self.max_lease?;
+        let timeout = call.timeout.filter(|timeout| !timeout.is_zero())?;
+        let store: Arc<dyn Renew> = Arc::clone(&self.repository) as Arc<dyn DynRepository<Ctx>>;
+        lease::start(store, call.target, call.key, lease, timeout, max)
+    }
+
+    /// The expiry check, the replay cache and the claim; while the record is held by another
+    /// attempt and the call may wait, the claim again whenever the record may have changed.
+    async fn claim<E>(
+        &self,
+        call: &Call<'_>,
+        observed: &Observed,
+        subject: Subject<'_>,
+    ) -> Result<Step<R, Ctx>, Error<E>> {
         let now = self.clock.now();
         let reference_time = call.reference_time.unwrap_or(now);
         let expiration = call.expiration.map(|e| clock::add(reference_time, e));
@@ -367,31 +490,46 @@ where
         if let Some(replayed) = self.replay_cached(call, now) {
             return replayed.map(Step::Replayed);
         }
-        let timer = StoreTimer::start();
-        let claimed = self
-            .repository
-            .claim(&ClaimRequest {
-                target: call.target,
-                key: call.key,
-                fingerprint: call.fingerprint,
-                reference_time,
-                timeout: call.timeout,
-                expiration,
-            })
-            .await;
-        timer.stop(self.repository.name(), "claim");
-        let (lease, session, previous) = match claimed? {
-            Claim::Existing { record, now } => {
-                self.cache_finished(&record);
-                return self
-                    .verdict(record, call.fingerprint, now)
-                    .map(Step::Replayed);
+        let request = ClaimRequest {
+            target: call.target,
+            key: call.key,
+            fingerprint: call.fingerprint,
+            reference_time,
+            timeout: call.timeout,
+            expiration,
+        };
+        let mut waiting: Option<Waiting> = None;
+        let (lease, session, previous) = loop {
+            let timer = StoreTimer::start();
+            let claimed = self.repository.claim(&request).await;
+            timer.stop(self.repository.name(), "claim");
+            let (record, now) = match claimed? {
+                Claim::Existing { record, now } => (record, now),
+                Claim::Acquired {
+                    lease,
+                    session,
+                    previous,
+                } => break (lease, session, previous),
+            };
+            self.cache_finished(&record);
+            let verdict = self.verdict(record, call.fingerprint, now);
+            let (Some(wait), Err(Error::StillRunning { retry_after, .. })) = (call.wait, &verdict)
+            else {
+                return verdict.map(Step::Replayed);
+            };
+            match &mut waiting {
+                Some(waiting) => {
+                    if !waiting.pause(*retry_after).await {
+                        return verdict.map(Step::Replayed);
+                    }
+                }
+                None => {
+                    // Watching starts before the next read, so a finish in between wakes it.
+                    let watch = self.repository.watch(RecordId::new(call.target, call.key));
+                    waiting = Some(Waiting::new(watch, wait));
+                    observed.report(&self.reporting, subject, EventKind::Waiting, None);
+                }
             }
-            Claim::Acquired {
-                lease,
-                session,
-                previous,
-            } => (lease, session, previous),
         };
         // A record this claim created has this call's expiration; one taken over keeps its
         // first call's, which only the store knows: only the first is cached.
@@ -518,6 +656,7 @@ pub struct Call<'a> {
     reference_time: Option<DateTime<Utc>>,
     timeout: Option<Duration>,
     expiration: Option<Duration>,
+    wait: Option<Duration>,
 }
 
 impl<'a> Call<'a> {
@@ -532,6 +671,7 @@ impl<'a> Call<'a> {
             reference_time: None,
             timeout: None,
             expiration: None,
+            wait: None,
         }
     }
 
@@ -545,6 +685,7 @@ impl<'a> Call<'a> {
             reference_time: operation.reference_time(),
             timeout: operation.timeout(),
             expiration: operation.expiration(),
+            wait: None,
         }
     }
 
@@ -574,6 +715,15 @@ impl<'a> Call<'a> {
     #[must_use]
     pub fn expiration(mut self, expiration: Option<Duration>) -> Self {
         self.expiration = expiration;
+        self
+    }
+
+    /// How long the call may wait for another attempt holding the record to finish (`None`,
+    /// the default: it answers [`Error::StillRunning`] at once). See
+    /// [`Manager::call_or_wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: Option<Duration>) -> Self {
+        self.wait = wait.filter(|wait| !wait.is_zero());
         self
     }
 
@@ -663,6 +813,7 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
             mut held,
             cached,
         } = self;
+        held.stop_renewal();
         let manager = held.manager;
         let encoded = manager.codec.encode(value);
         let bytes = encoded.as_deref().ok();
@@ -712,6 +863,7 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let Self {
             session, mut held, ..
         } = self;
+        held.stop_renewal();
         let kind = failure.kind;
         let manager = held.manager;
         let timer = StoreTimer::start();
@@ -739,6 +891,8 @@ struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     observed: Observed,
     /// Whether the call's outcome was reported (exactly one per call).
     reported: bool,
+    /// The task renewing the lease, stopped when the attempt ends.
+    renewal: Option<Renewing>,
 }
 
 impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> fmt::Debug for Held<'_, P, R, Ctx> {
@@ -759,6 +913,11 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Held<'_, P, R, Ctx> {
 
     fn disarm(&mut self) {
         self.armed = None;
+    }
+
+    /// Stops renewing the lease: the attempt is being finished.
+    fn stop_renewal(&mut self) {
+        self.renewal = None;
     }
 
     fn report(&mut self, outcome: CallOutcome) {
@@ -892,8 +1051,9 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The object-safe face of [`IdempotencyRepository`], so a manager's type names only its
 /// session context, not its store.
-trait DynRepository<Ctx>: Send + Sync + 'static {
+trait DynRepository<Ctx>: Renew + Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    fn watch(&self, id: RecordId<'_>) -> Watch;
     fn claim<'a>(
         &'a self,
         request: &'a ClaimRequest<'a>,
@@ -919,9 +1079,24 @@ trait DynRepository<Ctx>: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<TrackedOperation>, RepositoryError>>;
 }
 
+impl<S: IdempotencyRepository> Renew for S {
+    fn renew_lease<'a>(
+        &'a self,
+        id: RecordId<'a>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> BoxFuture<'a, Result<Renewal, RepositoryError>> {
+        Box::pin(IdempotencyRepository::renew(self, id, lease, lease_for))
+    }
+}
+
 impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
     fn name(&self) -> &'static str {
         IdempotencyRepository::name(self)
+    }
+
+    fn watch(&self, id: RecordId<'_>) -> Watch {
+        IdempotencyRepository::watch(self, id)
     }
 
     fn claim<'a>(
