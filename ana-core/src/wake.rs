@@ -74,7 +74,12 @@ impl Wakeups {
     /// A watch of `id`: its [`changed`](Watch::changed) returns once `id` is woken after this
     /// call.
     pub fn watch(&self, id: RecordId<'_>) -> Watch {
-        let digest = record_digest(id);
+        self.watch_digest(record_digest(id))
+    }
+
+    /// A watch of the record a store names by `digest` (its own digest of the identity, the
+    /// one its notifications carry), woken by [`wake_digest`](Self::wake_digest).
+    pub fn watch_digest(&self, digest: Fingerprint) -> Watch {
         let mut slots = self.lock();
         let slot = slots.entry(digest).or_insert_with(|| Slot {
             sender: watch::Sender::new(()),
@@ -96,8 +101,9 @@ impl Wakeups {
         self.wake_digest(&record_digest(id));
     }
 
-    /// Wakes every watch of the record whose [`record_digest`] is `digest` (a notification
-    /// carries the digest).
+    /// Wakes every watch of the record whose digest is `digest` (a notification carries the
+    /// digest): watches from [`watch_digest`](Self::watch_digest) with it, or from
+    /// [`watch`](Self::watch) when it is the [`record_digest`].
     pub fn wake_digest(&self, digest: &Fingerprint) {
         if let Some(slot) = self.lock().get(digest) {
             slot.sender.send_replace(());
