@@ -415,7 +415,7 @@ where
     pub async fn begin<E>(&self, call: Call<'_>) -> Result<Begun<'_, P, R, Ctx>, Error<E>> {
         let subject = self.subject(&call);
         let observed = Observed::start(&self.reporting, subject);
-        let step = within(&observed, self.claim(&call, &observed, subject)).await;
+        let step = within(&observed, self.claim(&call, &observed)).await;
         let outcome = match step {
             Ok(Step::Acquired {
                 lease,
@@ -479,7 +479,6 @@ where
         &self,
         call: &Call<'_>,
         observed: &Observed,
-        subject: Subject<'_>,
     ) -> Result<Step<R, Ctx>, Error<E>> {
         let now = self.clock.now();
         let reference_time = call.reference_time.unwrap_or(now);
@@ -498,42 +497,64 @@ where
             timeout: call.timeout,
             expiration,
         };
-        let mut waiting: Option<Waiting> = None;
-        let (lease, session, previous) = loop {
-            let timer = StoreTimer::start();
-            let claimed = self.repository.claim(&request).await;
-            timer.stop(self.repository.name(), "claim");
-            let (record, now) = match claimed? {
-                Claim::Existing { record, now } => (record, now),
-                Claim::Acquired {
-                    lease,
-                    session,
-                    previous,
-                } => break (lease, session, previous),
+        let step = self.claim_once(&request).await;
+        let wait = match (&step, call.wait_ms) {
+            (Err(Error::StillRunning { .. }), Some(ms)) => Duration::from_millis(u64::from(ms)),
+            _ => return step,
+        };
+        drop(step);
+        // Boxed: a call that does not wait keeps a small future.
+        Box::pin(self.wait_for_holder(&request, wait, observed, call)).await
+    }
+
+    /// Claims again whenever the record may have changed (a wake-up, a poll, the holder's
+    /// timeout), until it is no longer held or `wait` has passed.
+    async fn wait_for_holder<E>(
+        &self,
+        request: &ClaimRequest<'_>,
+        wait: Duration,
+        observed: &Observed,
+        call: &Call<'_>,
+    ) -> Result<Step<R, Ctx>, Error<E>> {
+        // Watching starts before the next read, so a finish in between wakes the call.
+        let watch = self
+            .repository
+            .watch(RecordId::new(request.target, request.key));
+        let mut waiting = Waiting::new(watch, wait);
+        let subject = self.subject(call);
+        observed.report(&self.reporting, subject, EventKind::Waiting, None);
+        loop {
+            let step = self.claim_once(request).await;
+            let Err(Error::StillRunning { retry_after, .. }) = &step else {
+                return step;
             };
-            self.cache_finished(&record);
-            let verdict = self.verdict(record, call.fingerprint, now);
-            let (Some(wait), Err(Error::StillRunning { retry_after, .. })) = (call.wait, &verdict)
-            else {
-                return verdict.map(Step::Replayed);
-            };
-            match &mut waiting {
-                Some(waiting) => {
-                    if !waiting.pause(*retry_after).await {
-                        return verdict.map(Step::Replayed);
-                    }
-                }
-                None => {
-                    // Watching starts before the next read, so a finish in between wakes it.
-                    let watch = self.repository.watch(RecordId::new(call.target, call.key));
-                    waiting = Some(Waiting::new(watch, wait));
-                    observed.report(&self.reporting, subject, EventKind::Waiting, None);
-                }
+            if !waiting.pause(*retry_after).await {
+                return step;
             }
+        }
+    }
+
+    /// One claim, and what the record it answered means for the call.
+    async fn claim_once<E>(&self, request: &ClaimRequest<'_>) -> Result<Step<R, Ctx>, Error<E>> {
+        let timer = StoreTimer::start();
+        let claimed = self.repository.claim(request).await;
+        timer.stop(self.repository.name(), "claim");
+        let (lease, session, previous) = match claimed? {
+            Claim::Existing { record, now } => {
+                self.cache_finished(&record);
+                return self
+                    .verdict(record, request.fingerprint, now)
+                    .map(Step::Replayed);
+            }
+            Claim::Acquired {
+                lease,
+                session,
+                previous,
+            } => (lease, session, previous),
         };
         // A record this claim created has this call's expiration; one taken over keeps its
         // first call's, which only the store knows: only the first is cached.
-        let cached = (lease.attempt == 1).then_some((call.fingerprint, expiration));
+        let cached = (lease.attempt == 1).then_some((request.fingerprint, request.expiration));
         Ok(Step::Acquired {
             lease,
             session,
@@ -656,7 +677,8 @@ pub struct Call<'a> {
     reference_time: Option<DateTime<Utc>>,
     timeout: Option<Duration>,
     expiration: Option<Duration>,
-    wait: Option<Duration>,
+    /// The wait in milliseconds (kept small: a call lives in every request's future).
+    wait_ms: Option<u32>,
 }
 
 impl<'a> Call<'a> {
@@ -671,7 +693,7 @@ impl<'a> Call<'a> {
             reference_time: None,
             timeout: None,
             expiration: None,
-            wait: None,
+            wait_ms: None,
         }
     }
 
@@ -685,7 +707,7 @@ impl<'a> Call<'a> {
             reference_time: operation.reference_time(),
             timeout: operation.timeout(),
             expiration: operation.expiration(),
-            wait: None,
+            wait_ms: None,
         }
     }
 
@@ -719,11 +741,13 @@ impl<'a> Call<'a> {
     }
 
     /// How long the call may wait for another attempt holding the record to finish (`None`,
-    /// the default: it answers [`Error::StillRunning`] at once). See
-    /// [`Manager::call_or_wait`].
+    /// the default: it answers [`Error::StillRunning`] at once), to the millisecond, at most
+    /// about 49 days. See [`Manager::call_or_wait`].
     #[must_use]
     pub fn wait(mut self, wait: Option<Duration>) -> Self {
-        self.wait = wait.filter(|wait| !wait.is_zero());
+        self.wait_ms = wait
+            .map(|wait| u32::try_from(wait.as_millis()).unwrap_or(u32::MAX))
+            .filter(|ms| *ms > 0);
         self
     }
 

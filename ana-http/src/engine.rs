@@ -252,6 +252,10 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
     }
 
     fn from_parts(manager: HttpManager<Ctx>, config: IdempotencyConfig) -> Self {
+        let manager = match config.max_lease() {
+            Some(max) => manager.with_max_lease(max),
+            None => manager,
+        };
         Self {
             inner: Arc::new(Shared { manager, config }),
         }
@@ -327,15 +331,22 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         )
         .reference_time(values.reference_time)
         .timeout(values.timeout)
-        .expiration(values.expiration);
+        .expiration(values.expiration)
+        .wait(self.inner.config.wait(&parts.headers));
         if let Some(RouteLabel(label)) = parts.extensions.get::<RouteLabel>() {
             call = call.label(label);
         }
         let begun = self.inner.manager.begin::<Infallible>(call).await;
+        let wait = self.inner.config.wait(&parts.headers);
         let attempt = match begun {
             Ok(Begun::Acquired(attempt)) => attempt,
-            Ok(Begun::Replayed(recorded)) => return Err(replay(recorded, values.key, grpc)),
-            Err(error) => return Err(self.reject(error, values.key, values.target, grpc)),
+            Ok(Begun::Replayed(recorded)) => {
+                return Err(applied(replay(recorded, values.key, grpc), wait));
+            }
+            Err(error) => {
+                let rejected = self.reject(error, values.key, values.target, grpc);
+                return Err(applied(rejected, wait));
+            }
         };
         Ok(Claimed {
             engine: self,
@@ -514,6 +525,22 @@ impl<Ctx: Clone + Send + Sync + 'static> Claimed<'_, Ctx> {
         let rejection = Rejection::HandlerPanicked { message };
         Outcome::Rejected(rejection.to_response_as(self.grpc))
     }
+}
+
+/// `Preference-Applied: wait=N` on the answer of a request that was allowed to wait `wait`
+/// (RFC 7240): a replay or a 409.
+fn applied<B>(mut outcome: Outcome<B>, wait: Option<Duration>) -> Outcome<B> {
+    let Some(wait) = wait else {
+        return outcome;
+    };
+    let headers = match &mut outcome {
+        Outcome::Replayed(response) | Outcome::Executed(response) => response.headers_mut(),
+        Outcome::Rejected(response) => response.headers_mut(),
+    };
+    if let Ok(value) = http::HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+        headers.insert(http::HeaderName::from_static("preference-applied"), value);
+    }
+    outcome
 }
 
 /// The answer of a replay: the recorded response, or a 500 when its body was too large to
