@@ -16,6 +16,7 @@
 mod footprint;
 mod measure;
 mod serve;
+mod wakeup;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -45,9 +46,16 @@ fn main() -> Result<()> {
             serve::in_process(args.get(1).map_or("bare", String::as_str), count)
         }
         Some("limits") => limits(),
+        Some("wakeup") => wakeup::report(
+            &std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            &std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        ),
         None | Some("run") => run(),
         Some(other) => {
-            bail!("unknown command {other:?} (expected run, limits, serve, inproc or footprint)")
+            bail!(
+                "unknown command {other:?} (expected run, limits, serve, inproc, footprint or wakeup)"
+            )
         }
     }
 }
@@ -79,6 +87,8 @@ fn run() -> Result<()> {
     let run_id = format!("{}", std::process::id());
     let mut rows = Vec::new();
 
+    eprintln!("bench: wake-up latency of waiting calls...");
+    wakeup::report(&settings.database_url, &settings.redis_url)?;
     eprintln!("bench: memory footprint of 1,000,000 records...");
     let footprint = footprint_in_child()?;
 
