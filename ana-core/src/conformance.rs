@@ -16,8 +16,9 @@
 //!
 //! where `harness()` is an `async fn` returning a fresh, isolated harness. The suite covers
 //! replays, expiry before storage, Running with a future or no timeout, runnable states,
-//! unwrapped errors, panics, exactly-once close, concurrency, fencing, payload mismatch and
-//! cancellation.
+//! unwrapped errors, panics, exactly-once close, concurrency, fencing, payload mismatch,
+//! cancellation, calls waiting on a holder (woken by the store's [`Watch`](crate::Watch) or by
+//! polling) and lease renewal fenced by the claim.
 //!
 //! A store that implements [`Maintenance`] adds `ana_core::maintenance_tests!(harness());`
 //! for its cases: inspecting one record, forgetting one (refused while held unless forced),
@@ -25,6 +26,12 @@
 
 // Test code: a failed expectation is a panic.
 #![allow(clippy::panic)]
+
+mod waiting;
+pub use waiting::{
+    a_wait_that_runs_out_is_still_running, renewal_is_fenced_by_the_claim,
+    waiters_replay_the_holders_answer, waiters_take_over_a_crashed_holder,
+};
 
 use std::fmt;
 use std::future::Future;
@@ -284,6 +291,10 @@ macro_rules! conformance_tests {
             expiry_during_execution_returns_expired,
             cancellation_frees_the_record,
             targets_scope_keys,
+            waiters_replay_the_holders_answer,
+            a_wait_that_runs_out_is_still_running,
+            waiters_take_over_a_crashed_holder,
+            renewal_is_fenced_by_the_claim,
         );
     };
     (@cases $harness:expr; $($case:ident),* $(,)?) => {

@@ -107,6 +107,7 @@ pub mod conformance;
 #[cfg(feature = "encryption")]
 pub mod encryption;
 mod error;
+mod lease;
 mod maintenance;
 mod manager;
 mod memory;
@@ -115,6 +116,7 @@ mod operation;
 mod record;
 mod repository;
 mod retry;
+mod wake;
 
 pub use cache::ReplayCache;
 pub use cleanup::{CleanupConfig, CleanupHandle, CleanupReport, CleanupSteps, spawn_cleanup};
@@ -134,9 +136,10 @@ pub use record::{
 };
 pub use repository::{
     BoxError, Claim, ClaimRequest, Completion, DecryptError, Failure, IdempotencyRepository, Lease,
-    RecordId, RepositoryError,
+    RecordId, Renewal, RepositoryError,
 };
 pub use retry::FinishRetry;
+pub use wake::{Wakeups, Watch, record_digest};
 
 /// Re-exported for store crates and users: the time type of every record.
 pub use chrono;

@@ -18,11 +18,12 @@ use crate::cache::ReplayCache;
 use crate::clock::{self, Clock, SystemClock};
 use crate::codec::{Codec, JsonCodec};
 use crate::error::Error;
+use crate::lease::{self, Renew, Renewing, Waiting};
 use crate::observe::{CallOutcome, Event, EventKind, Observed, Reporting, StoreTimer, Subject};
 use crate::operation::Operation;
 use crate::record::{FailureKind, Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId, Renewal,
     RepositoryError,
 };
 use crate::retry::FinishRetry;
@@ -30,6 +31,7 @@ use crate::retry::FinishRetry;
 /// The shortest timeout a call may ask for unless the manager says otherwise
 /// ([`Manager::with_min_timeout`]): one second.
 pub const DEFAULT_MIN_TIMEOUT: Duration = Duration::from_secs(1);
+use crate::wake::Watch;
 
 /// Why a key whose result could not be encoded is answered [`Error::Codec`].
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ pub struct Manager<P: ?Sized, R, Ctx> {
     reporting: Reporting,
     min_timeout: Option<Duration>,
     finish_retry: FinishRetry,
+    max_lease: Option<Duration>,
     payload: PhantomData<fn(&P)>,
 }
 
@@ -110,6 +113,7 @@ impl<P: ?Sized, R, Ctx> Clone for Manager<P, R, Ctx> {
             reporting: self.reporting.clone(),
             min_timeout: self.min_timeout,
             finish_retry: self.finish_retry,
+            max_lease: self.max_lease,
             payload: PhantomData,
         }
     }
@@ -161,6 +165,7 @@ where
             reporting: Reporting::default(),
             min_timeout: Some(DEFAULT_MIN_TIMEOUT),
             finish_retry: FinishRetry::default(),
+            max_lease: None,
             payload: PhantomData,
         }
     }
@@ -179,6 +184,40 @@ where
     #[must_use]
     pub fn with_replay_cache(mut self, cache: ReplayCache) -> Self {
         self.replay_cache = Some(cache);
+        self
+    }
+
+    /// Renews the leases of attempts while their operations run, up to `max` after their
+    /// claim (default: no renewal; the attempt holds the record until its claim's timeout).
+    ///
+    /// Every third of an attempt's timeout, its holder moves the record's timeout to the
+    /// store's time plus the timeout again (a compare-and-set on its [`Lease`]), never past
+    /// `max` after the claim. A live operation slower than its timeout is then not taken over
+    /// until `max`, and a crashed holder still frees its key one timeout after its last
+    /// renewal. Renewing stops when the attempt is finished, failed or dropped. An attempt
+    /// without a timeout holds its record until it finishes anyway; one outside a Tokio
+    /// runtime is not renewed. A store that does not renew
+    /// ([`Renewal::Unsupported`]) leaves the claim's timeout.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ana_core::{operation, Manager, MemoryRepository, MemorySession};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager: Manager<&str, u8, MemorySession> = Manager::new(MemoryRepository::new())
+    ///     .with_max_lease(Duration::from_secs(300));
+    /// // Held 30 s at a time, renewed every 10 s while the report runs, for 5 minutes at most.
+    /// let report = operation("report", "r-1", "q3", |_: MemorySession| async {
+    ///     Ok::<_, std::io::Error>(1)
+    /// })
+    /// .timeout(Duration::from_secs(30));
+    /// assert_eq!(manager.call(report).await?, 1);
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_max_lease(mut self, max: Duration) -> Self {
+        self.max_lease = Some(max);
         self
     }
 
@@ -284,6 +323,63 @@ where
         self.run(operation).await.map(Outcome::into_inner)
     }
 
+    /// Like [`call`](Self::call), but a call that finds the record held by another attempt
+    /// waits up to `wait` for it to finish, then replays its result (or runs the operation,
+    /// when the holder failed or its timeout passed). When the wait runs out it answers
+    /// [`Error::StillRunning`] as `call` does, its `retry_after` read at the end of the wait.
+    ///
+    /// The waiting call holds no connection, lock or thread: it sleeps between wake-ups pushed
+    /// by the store ([`IdempotencyRepository::watch`]) and polls of the store with a backoff
+    /// (up to one second apart), so a lost wake-up only delays it. It never runs the operation
+    /// while the holder's lease is alive.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use ana_core::{operation, Manager, MemoryRepository, MemorySession};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let manager: Manager<&str, String, MemorySession> = Manager::new(MemoryRepository::new());
+    /// let (release, released) = tokio::sync::oneshot::channel::<()>();
+    /// let slow = operation("pay", "k", "10 EUR", |_: MemorySession| async move {
+    ///     let _ = released.await;
+    ///     Ok::<_, std::io::Error>("paid".to_owned())
+    /// });
+    /// let first = tokio::spawn({
+    ///     let manager = manager.clone();
+    ///     async move { manager.call(slow).await }
+    /// });
+    /// tokio::task::yield_now().await; // the first call holds the record
+    /// let retry = operation("pay", "k", "10 EUR", |_: MemorySession| async {
+    ///     Ok::<_, std::io::Error>("paid twice".to_owned())
+    /// });
+    /// let waiting = manager.call_or_wait(retry, Duration::from_secs(5));
+    /// let _ = release.send(());
+    /// assert_eq!(waiting.await?, "paid");
+    /// assert_eq!(first.await??, "paid");
+    /// # Ok(()) }
+    /// ```
+    pub async fn call_or_wait<O>(&self, operation: O, wait: Duration) -> Result<R, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        self.run_or_wait(operation, wait)
+            .await
+            .map(Outcome::into_inner)
+    }
+
+    /// Like [`call_or_wait`](Self::call_or_wait), and says whether the result was replayed.
+    pub async fn run_or_wait<O>(
+        &self,
+        operation: O,
+        wait: Duration,
+    ) -> Result<Outcome<R>, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        self.run_waiting(operation, Some(wait)).await
+    }
+
     /// Like [`call`](Self::call), and says whether the result was replayed.
     ///
     /// Three steps: [`begin`](Self::begin) (the expiry check and the claim), the operation
@@ -293,7 +389,18 @@ where
     where
         O: Operation<Ctx, Payload = P, Output = R>,
     {
-        let attempt = match self.begin(Call::of(&operation)).await? {
+        self.run_waiting(operation, None).await
+    }
+
+    async fn run_waiting<O>(
+        &self,
+        operation: O,
+        wait: Option<Duration>,
+    ) -> Result<Outcome<R>, Error<O::Error>>
+    where
+        O: Operation<Ctx, Payload = P, Output = R>,
+    {
+        let attempt = match self.begin(Call::of(&operation).wait(wait)).await? {
             Begun::Replayed(value) => return Ok(Outcome::Replayed(value)),
             Begun::Acquired(attempt) => attempt,
         };
@@ -350,7 +457,7 @@ where
         let subject = self.subject(&call);
         let observed = Observed::start(&self.reporting, subject);
         let started = tokio::time::Instant::now();
-        let step = within(&observed, self.claim(&call)).await;
+        let step = within(&observed, self.claim(&call, &observed)).await;
         let outcome = match step {
             Ok(Step::Acquired {
                 lease,
@@ -359,6 +466,7 @@ where
                 took_over,
             }) => {
                 observed.hold(lease.attempt);
+                let renewal = self.renew(&call, lease);
                 if took_over {
                     let attempt = Some(lease.attempt);
                     observed.report(&self.reporting, subject, EventKind::Takeover, attempt);
@@ -374,6 +482,7 @@ where
                         deadline: call.timeout.map(|timeout| deadline(started, timeout)),
                         observed,
                         reported: false,
+                        renewal,
                     },
                     session,
                     cached,
@@ -399,8 +508,21 @@ where
         }
     }
 
-    /// The expiry check, the replay cache and the claim.
-    async fn claim<E>(&self, call: &Call<'_>) -> Result<Step<R, Ctx>, Error<E>> {
+    /// Starts renewing the lease of an attempt with a timeout, when leases are renewed.
+    fn renew(&self, call: &Call<'_>, lease: Lease) -> Option<Renewing> {
+        let max = self.max_lease?;
+        let timeout = call.timeout.filter(|timeout| !timeout.is_zero())?;
+        let store: Arc<dyn Renew> = Arc::clone(&self.repository) as Arc<dyn DynRepository<Ctx>>;
+        lease::start(store, call.target, call.key, lease, timeout, max)
+    }
+
+    /// The expiry check, the replay cache and the claim; while the record is held by another
+    /// attempt and the call may wait, the claim again whenever the record may have changed.
+    async fn claim<E>(
+        &self,
+        call: &Call<'_>,
+        observed: &Observed,
+    ) -> Result<Step<R, Ctx>, Error<E>> {
         call.check_timeout(self.min_timeout)?;
         let now = self.clock.now();
         let reference_time = call.reference_time.unwrap_or(now);
@@ -411,24 +533,61 @@ where
         if let Some(replayed) = self.replay_cached(call, now) {
             return replayed.map(Step::Replayed);
         }
-        let timer = StoreTimer::start();
-        let claimed = self
+        let request = ClaimRequest {
+            target: call.target,
+            key: call.key,
+            fingerprint: call.fingerprint,
+            reference_time,
+            timeout: call.timeout,
+            expiration,
+        };
+        let step = self.claim_once(&request).await;
+        let wait = match (&step, call.wait_ms) {
+            (Err(Error::StillRunning { .. }), Some(ms)) => Duration::from_millis(u64::from(ms)),
+            _ => return step,
+        };
+        drop(step);
+        // Boxed: a call that does not wait keeps a small future.
+        Box::pin(self.wait_for_holder(&request, wait, observed, call)).await
+    }
+
+    /// Claims again whenever the record may have changed (a wake-up, a poll, the holder's
+    /// timeout), until it is no longer held or `wait` has passed.
+    async fn wait_for_holder<E>(
+        &self,
+        request: &ClaimRequest<'_>,
+        wait: Duration,
+        observed: &Observed,
+        call: &Call<'_>,
+    ) -> Result<Step<R, Ctx>, Error<E>> {
+        // Watching starts before the next read, so a finish in between wakes the call.
+        let watch = self
             .repository
-            .claim(&ClaimRequest {
-                target: call.target,
-                key: call.key,
-                fingerprint: call.fingerprint,
-                reference_time,
-                timeout: call.timeout,
-                expiration,
-            })
-            .await;
+            .watch(RecordId::new(request.target, request.key));
+        let mut waiting = Waiting::new(watch, wait);
+        let subject = self.subject(call);
+        observed.report(&self.reporting, subject, EventKind::Waiting, None);
+        loop {
+            let step = self.claim_once(request).await;
+            let Err(Error::StillRunning { retry_after, .. }) = &step else {
+                return step;
+            };
+            if !waiting.pause(*retry_after).await {
+                return step;
+            }
+        }
+    }
+
+    /// One claim, and what the record it answered means for the call.
+    async fn claim_once<E>(&self, request: &ClaimRequest<'_>) -> Result<Step<R, Ctx>, Error<E>> {
+        let timer = StoreTimer::start();
+        let claimed = self.repository.claim(request).await;
         timer.stop(self.repository.name(), "claim");
         let (lease, session, previous) = match claimed? {
             Claim::Existing { record, now } => {
                 self.cache_finished(&record);
                 return self
-                    .verdict(record, call.fingerprint, now)
+                    .verdict(record, request.fingerprint, now)
                     .map(Step::Replayed);
             }
             Claim::Acquired {
@@ -439,7 +598,7 @@ where
         };
         // A record this claim created has this call's expiration; one taken over keeps its
         // first call's, which only the store knows: only the first is cached.
-        let cached = (lease.attempt == 1).then_some((call.fingerprint, expiration));
+        let cached = (lease.attempt == 1).then_some((request.fingerprint, request.expiration));
         Ok(Step::Acquired {
             lease,
             session,
@@ -562,6 +721,8 @@ pub struct Call<'a> {
     reference_time: Option<DateTime<Utc>>,
     timeout: Option<Duration>,
     expiration: Option<Duration>,
+    /// The wait in milliseconds (kept small: a call lives in every request's future).
+    wait_ms: Option<u32>,
 }
 
 impl<'a> Call<'a> {
@@ -576,6 +737,7 @@ impl<'a> Call<'a> {
             reference_time: None,
             timeout: None,
             expiration: None,
+            wait_ms: None,
         }
     }
 
@@ -589,6 +751,7 @@ impl<'a> Call<'a> {
             reference_time: operation.reference_time(),
             timeout: operation.timeout(),
             expiration: operation.expiration(),
+            wait_ms: None,
         }
     }
 
@@ -618,6 +781,17 @@ impl<'a> Call<'a> {
     #[must_use]
     pub fn expiration(mut self, expiration: Option<Duration>) -> Self {
         self.expiration = expiration;
+        self
+    }
+
+    /// How long the call may wait for another attempt holding the record to finish (`None`,
+    /// the default: it answers [`Error::StillRunning`] at once), to the millisecond, at most
+    /// about 49 days. See [`Manager::call_or_wait`].
+    #[must_use]
+    pub fn wait(mut self, wait: Option<Duration>) -> Self {
+        self.wait_ms = wait
+            .map(|wait| u32::try_from(wait.as_millis()).unwrap_or(u32::MAX))
+            .filter(|ms| *ms > 0);
         self
     }
 
@@ -731,6 +905,7 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
             mut held,
             cached,
         } = self;
+        held.stop_renewal();
         let manager = held.manager;
         let encoded = manager.codec.encode(value);
         let bytes = encoded.as_deref().ok();
@@ -784,6 +959,7 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let Self {
             session, mut held, ..
         } = self;
+        held.stop_renewal();
         let kind = failure.kind;
         let manager = held.manager;
         let timer = StoreTimer::start();
@@ -816,6 +992,8 @@ struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     observed: Observed,
     /// Whether the call's outcome was reported (exactly one per call).
     reported: bool,
+    /// The task renewing the lease, stopped when the attempt ends.
+    renewal: Option<Renewing>,
 }
 
 impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> fmt::Debug for Held<'_, P, R, Ctx> {
@@ -836,6 +1014,11 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Held<'_, P, R, Ctx> {
 
     fn disarm(&mut self) {
         self.armed = None;
+    }
+
+    /// Stops renewing the lease: the attempt is being finished.
+    fn stop_renewal(&mut self) {
+        self.renewal = None;
     }
 
     fn report(&mut self, outcome: CallOutcome) {
@@ -969,8 +1152,9 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// The object-safe face of [`IdempotencyRepository`], so a manager's type names only its
 /// session context, not its store.
-trait DynRepository<Ctx>: Send + Sync + 'static {
+trait DynRepository<Ctx>: Renew + Send + Sync + 'static {
     fn name(&self) -> &'static str;
+    fn watch(&self, id: RecordId<'_>) -> Watch;
     fn claim<'a>(
         &'a self,
         request: &'a ClaimRequest<'a>,
@@ -996,9 +1180,24 @@ trait DynRepository<Ctx>: Send + Sync + 'static {
     ) -> BoxFuture<'a, Result<Option<TrackedOperation>, RepositoryError>>;
 }
 
+impl<S: IdempotencyRepository> Renew for S {
+    fn renew_lease<'a>(
+        &'a self,
+        id: RecordId<'a>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> BoxFuture<'a, Result<Renewal, RepositoryError>> {
+        Box::pin(IdempotencyRepository::renew(self, id, lease, lease_for))
+    }
+}
+
 impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
     fn name(&self) -> &'static str {
         IdempotencyRepository::name(self)
+    }
+
+    fn watch(&self, id: RecordId<'_>) -> Watch {
+        IdempotencyRepository::watch(self, id)
     }
 
     fn claim<'a>(

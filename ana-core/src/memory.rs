@@ -12,11 +12,12 @@ use chrono::{DateTime, Utc};
 
 use crate::clock::{Clock, SystemClock};
 use crate::maintenance::{Cleaned, Forgotten, Maintenance, Stats};
-use crate::record::{FailureKind, Fingerprint, FingerprintHasher, Status, TrackedOperation};
+use crate::record::{FailureKind, Fingerprint, Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId, Renewal,
     RepositoryError,
 };
+use crate::wake::{Wakeups, Watch, record_digest};
 
 const DEFAULT_CAPACITY: usize = 1_000_000;
 const DEFAULT_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
@@ -95,6 +96,8 @@ struct Shared {
     len: AtomicUsize,
     /// The last claim number given (see [`Lease::claim`]).
     claims: AtomicU64,
+    /// The calls waiting on a record, woken by its finish.
+    wakeups: Wakeups,
 }
 
 struct Shard {
@@ -159,6 +162,7 @@ impl MemoryRepository {
                 shards: (0..shards).map(|_| Mutex::default()).collect(),
                 len: AtomicUsize::new(0),
                 claims: AtomicU64::new(0),
+                wakeups: Wakeups::new(),
             }),
             capacity: DEFAULT_CAPACITY,
             clock: Arc::new(SystemClock),
@@ -372,13 +376,17 @@ impl MemoryRepository {
         if held && header.status == Status::Finished && missing == Completion::Expired {
             return Completion::Done;
         }
-        if !held || header.status != Status::Running {
+        if !header.is_held_by(lease) {
             return Completion::Superseded;
         }
         let (header, data, completion) = finish(header, now);
         // No longer held: evictable from its expiration.
         shard.note_evictable(header.evictable_from());
         shard.records.replace(Record::new(&id, header, data));
+        drop(shard);
+        self.shared
+            .wakeups
+            .wake_digest(&Fingerprint::from_bytes(id));
         completion
     }
 }
@@ -458,6 +466,32 @@ impl IdempotencyRepository for MemoryRepository {
                 (failed, failure.message.as_bytes(), Completion::Done)
             }),
         )
+    }
+
+    async fn renew(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> Result<Renewal, RepositoryError> {
+        let now = micros(self.clock.now());
+        let id = identity(id.target, id.key);
+        let mut shard = self.shard(&id);
+        let Some(record) = shard.records.get(&id) else {
+            return Ok(Renewal::Lost);
+        };
+        let header = record.header();
+        if !header.is_held_by(lease) {
+            return Ok(Renewal::Lost);
+        }
+        let timeout = now.saturating_add(micros_of(lease_for));
+        let record = Record::new(&id, Header { timeout, ..header }, record.data());
+        shard.records.replace(record);
+        Ok(time(timeout).map_or(Renewal::Lost, |until| Renewal::Renewed { until }))
+    }
+
+    fn watch(&self, id: RecordId<'_>) -> Watch {
+        self.shared.wakeups.watch(id)
     }
 
     async fn get(
@@ -584,6 +618,14 @@ struct Header {
 }
 
 impl Header {
+    /// Running under `lease`. Claim 0 is no claim's: a restored record is held by no lease.
+    fn is_held_by(&self, lease: Lease) -> bool {
+        self.attempt == lease.attempt
+            && self.claim == lease.claim
+            && self.claim != 0
+            && self.status == Status::Running
+    }
+
     fn is_expired_at(&self, now: i64) -> bool {
         self.expiration != NONE && now > self.expiration
     }
@@ -823,10 +865,7 @@ fn failure_of(code: u8) -> Option<FailureKind> {
 }
 
 fn identity(target: &str, key: &str) -> Id {
-    let mut hasher = FingerprintHasher::default();
-    hasher.field(target.as_bytes());
-    hasher.field(key.as_bytes());
-    *hasher.finish().as_bytes()
+    *record_digest(RecordId::new(target, key)).as_bytes()
 }
 
 fn lock(shard: &Mutex<Shard>) -> MutexGuard<'_, Shard> {

@@ -123,6 +123,9 @@ pub enum EventKind {
     /// The call took the record over from an attempt whose timeout had passed (its holder
     /// crashed, or is slower than its timeout).
     Takeover,
+    /// The call found the record held and waits for its holder to finish (see
+    /// [`Call::wait`](crate::Call::wait)); reported once per call, before its outcome.
+    Waiting,
 }
 
 /// One report of a call, given to the [`on_event`](crate::Manager::on_event) hook.
@@ -388,6 +391,10 @@ fn trace(span: &tracing::Span, kind: EventKind, elapsed: Duration) {
     let outcome = match kind {
         EventKind::Takeover => {
             warn!(parent: span, event = "takeover", "took over a timed-out attempt");
+            return;
+        }
+        EventKind::Waiting => {
+            debug!(parent: span, event = "waiting", "waiting for the holder to finish");
             return;
         }
         EventKind::Outcome(outcome) => outcome,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use crate::record::{FailureKind, Fingerprint, Status, TrackedOperation};
+use crate::wake::Watch;
 
 /// A boxed error from a store's driver, kept as the source of a [`RepositoryError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -121,6 +122,23 @@ pub enum Completion {
     Expired,
 }
 
+/// How renewing a lease went ([`IdempotencyRepository::renew`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Renewal {
+    /// The record is still Running under the lease; its timeout is now `until` (the store's
+    /// clock).
+    Renewed {
+        /// The new timeout.
+        until: DateTime<Utc>,
+    },
+    /// The lease no longer holds the record (finished, failed, taken over, deleted): nothing
+    /// was changed.
+    Lost,
+    /// The store does not renew leases: the attempt keeps the timeout of its claim.
+    Unsupported,
+}
+
 /// A store failure. The operation is never run when the claim failed, and storage faults are
 /// never read as "no record".
 #[derive(Debug, thiserror::Error)]
@@ -220,6 +238,10 @@ impl RepositoryError {
 ///   ([`TrackedOperation::failure`], [`TrackedOperation::error`]); a run whose result could not
 ///   be encoded is stored Finished without a result ([`TrackedOperation::result`] `None`).
 ///
+/// - [`renew`](Self::renew) is a compare-and-set on the lease too: it moves the timeout of a
+///   record Running under that lease to the store's time plus the given lease, and changes
+///   nothing otherwise.
+///
 /// The session given to `complete` and `fail` is the one the claim of that lease returned, for
 /// the record `id` it claimed.
 ///
@@ -258,6 +280,36 @@ pub trait IdempotencyRepository: Send + Sync + 'static {
         lease: Lease,
         failure: Failure<'_>,
     ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
+
+    /// Extends the attempt `lease` holds on `id`: while the record is Running under that
+    /// lease (its attempt and claim number), its timeout becomes the store's current time
+    /// plus `lease_for`; otherwise nothing changes ([`Renewal::Lost`]). A holder renews while
+    /// its operation runs, so a live slow operation is not taken over, and a crashed holder's
+    /// record frees one `lease_for` after its last renewal.
+    ///
+    /// The default answers [`Renewal::Unsupported`]: the attempt keeps its claim's timeout.
+    /// Every store of this workspace renews, and the conformance suite checks it.
+    fn renew(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> impl Future<Output = Result<Renewal, RepositoryError>> + Send {
+        let _ = (id, lease, lease_for);
+        std::future::ready(Ok(Renewal::Unsupported))
+    }
+
+    /// A [`Watch`] of `id`, woken when the record may have changed (finished, failed): what a
+    /// call waiting on another holder listens to between its polls. Start watching *before*
+    /// reading the record, so a change in between is not missed.
+    ///
+    /// The default is [`Watch::polling`]: the waiting call polls the store alone, with a
+    /// backoff. A store that can push (in process, `LISTEN`/`NOTIFY`, pub/sub) returns a
+    /// watch of its [`Wakeups`](crate::Wakeups).
+    fn watch(&self, id: RecordId<'_>) -> Watch {
+        let _ = id;
+        Watch::polling()
+    }
 
     /// The store's name in spans, events and metric labels (`memory`, `postgres`, `redis`).
     fn name(&self) -> &'static str {

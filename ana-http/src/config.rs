@@ -163,6 +163,8 @@ type GrpcStatusFn = Arc<dyn Fn(i32) -> bool + Send + Sync>;
 /// | replayed headers and trailers | [`default_replay_headers`], never [`NEVER_REPLAYED`] |
 /// | `Retry-After` on 409 | time left before the holder's timeout, at most 5s |
 /// | `Retry-After` on 503 | 1s |
+/// | waiting for an in-flight duplicate ([`with_wait`](Self::with_wait)) | none |
+/// | lease renewal ([`with_max_lease`](Self::with_max_lease)) | none |
 ///
 /// A timeout or expiration header above its maximum (or `0`, meaning "never", while a maximum
 /// is set), or a timeout below its minimum, is refused with 400 rather than clamped: the client
@@ -196,6 +198,8 @@ struct Inner {
     grpc_recordable: GrpcStatusFn,
     unavailable_retry_after: Duration,
     max_still_running_retry_after: Duration,
+    max_wait: Option<Duration>,
+    max_lease: Option<Duration>,
     key: Option<ValueFn<String>>,
     target: Option<TargetFn>,
     payload: Option<PayloadFn>,
@@ -240,6 +244,8 @@ impl Default for IdempotencyConfig {
                 grpc_recordable: Arc::new(default_grpc_recordable),
                 unavailable_retry_after: Duration::from_secs(1),
                 max_still_running_retry_after: Duration::from_secs(5),
+                max_wait: None,
+                max_lease: None,
                 key: None,
                 target: None,
                 payload: None,
@@ -464,6 +470,50 @@ impl IdempotencyConfig {
     ) -> Self {
         self.inner().grpc_recordable = Arc::new(recordable);
         self
+    }
+
+    /// Lets a request whose key is held by another request in flight wait for it, up to
+    /// `max` (default: `None`, nothing waits; the 409 comes at once).
+    ///
+    /// A client asks with `Prefer: wait=N` (RFC 7240, seconds), capped by `max`; a request
+    /// without the preference does not wait. The waiting request gets the first one's
+    /// recorded response (`Idempotent-Replayed: true`) as soon as it is recorded, or the 409
+    /// with `Retry-After` when the time runs out; both carry `Preference-Applied: wait=N`, the
+    /// wait granted. It never runs the handler while the first request's lease is alive, and
+    /// holds no connection, lock or thread while it waits (see
+    /// [`Manager::call_or_wait`](ana_core::Manager::call_or_wait)).
+    #[must_use]
+    pub fn with_wait(mut self, max: impl Into<Option<Duration>>) -> Self {
+        self.inner().max_wait = max.into().filter(|max| !max.is_zero());
+        self
+    }
+
+    /// Renews the lease of a request in flight while its handler runs, up to `max` after its
+    /// claim (default: `None`, the claim's timeout holds): a handler slower than its timeout
+    /// is not taken over before `max`, and a crashed server frees the key one timeout after
+    /// its last renewal (see [`Manager::with_max_lease`](ana_core::Manager::with_max_lease)).
+    #[must_use]
+    pub fn with_max_lease(mut self, max: impl Into<Option<Duration>>) -> Self {
+        self.inner().max_lease = max.into();
+        self
+    }
+
+    /// The longest a request may wait for a duplicate in flight, when waiting is on.
+    pub fn max_wait(&self) -> Option<Duration> {
+        self.inner.max_wait
+    }
+
+    /// How long a request with these headers may wait for a duplicate in flight: its
+    /// `Prefer: wait`, capped by [`max_wait`](Self::max_wait); `None` without either.
+    pub(crate) fn wait(&self, headers: &HeaderMap) -> Option<Duration> {
+        let max = self.inner.max_wait?;
+        let wait = parse::read_prefer_wait(headers)?.min(max);
+        (!wait.is_zero()).then_some(wait)
+    }
+
+    /// The ceiling of lease renewals, when leases are renewed.
+    pub fn max_lease(&self) -> Option<Duration> {
+        self.inner.max_lease
     }
 
     /// The `Retry-After` of a 503 when the store is unavailable (default 1s).

@@ -121,6 +121,9 @@ macro_rules! http_conformance_tests {
             payload_mismatch_is_422,
             still_running_is_409_with_retry_after,
             still_running_retry_after_is_the_time_left,
+            waiting_requests_get_the_first_answer,
+            a_wait_that_runs_out_is_409_and_capped,
+            prefer_wait_is_ignored_unless_the_server_allows_waiting,
             concurrent_same_key_requests_run_once,
             racing_same_key_requests_run_once,
             expired_request_is_422_and_does_not_run,
@@ -386,6 +389,8 @@ struct World<A> {
     routes: Routes<MemorySession>,
     repository: MemoryRepository,
     clock: ManualClock,
+    /// One message per request that started waiting for a duplicate in flight.
+    waiting: tokio::sync::Mutex<mpsc::UnboundedReceiver<()>>,
 }
 
 fn world<Ad: Adapter>(adapter: &Ad, config: IdempotencyConfig) -> World<impl App> {
@@ -394,8 +399,14 @@ fn world<Ad: Adapter>(adapter: &Ad, config: IdempotencyConfig) -> World<impl App
     let repository = MemoryRepository::new()
         .with_clock(clock.clone())
         .with_sweep_interval(Duration::from_secs(24 * 3600));
-    let manager =
-        Manager::with_codec(repository.clone(), RecordedResponseCodec).with_clock(clock.clone());
+    let (waiting_tx, waiting) = mpsc::unbounded_channel();
+    let manager = Manager::with_codec(repository.clone(), RecordedResponseCodec)
+        .with_clock(clock.clone())
+        .on_event(move |event| {
+            if event.kind == ana_core::EventKind::Waiting {
+                let _ = waiting_tx.send(());
+            }
+        });
     let service = Engine::from_manager(manager).with_config(config);
     let routes = Routes::new();
     World {
@@ -403,6 +414,7 @@ fn world<Ad: Adapter>(adapter: &Ad, config: IdempotencyConfig) -> World<impl App
         routes,
         repository,
         clock,
+        waiting: tokio::sync::Mutex::new(waiting),
     }
 }
 
@@ -1001,6 +1013,87 @@ pub async fn still_running_retry_after_is_the_time_left<Ad: Adapter>(adapter: Ad
     problem(&busy, StatusCode::CONFLICT, "still-running");
     // 19.5s left, rounded up.
     assert_eq!(retry_after(&busy), 20);
+    world.routes.release(1);
+    assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
+}
+
+const PREFER: HeaderName = HeaderName::from_static("prefer");
+const PREFERENCE_APPLIED: HeaderName = HeaderName::from_static("preference-applied");
+
+impl<A: App> World<A> {
+    /// Returns once `n` requests started waiting.
+    async fn waiting(&self, n: usize) {
+        let mut waiting = self.waiting.lock().await;
+        for _ in 0..n {
+            tokio::time::timeout(Duration::from_secs(10), waiting.recv())
+                .await
+                .expect("no request started waiting within 10s")
+                .expect("the manager is alive");
+        }
+    }
+}
+
+/// With waiting allowed, requests sent with `Prefer: wait=5` while the first runs wait for it
+/// and answer its recorded response, replayed, with `Preference-Applied: wait=5`: one run.
+pub async fn waiting_requests_get_the_first_answer<Ad: Adapter>(adapter: Ad) {
+    let world = world(
+        &adapter,
+        IdempotencyConfig::default().with_wait(Duration::from_secs(30)),
+    );
+    let first = world.spawn(post("/slow").key("k").build());
+    world.routes.started().await;
+    let waiters: Vec<_> = (0..8)
+        .map(|_| world.spawn(post("/slow").key("k").header(PREFER, "wait=5").build()))
+        .collect();
+    world.waiting(8).await;
+    world.routes.release(1);
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    for waiter in waiters {
+        let waiter = waiter.await.unwrap();
+        assert!(is_replay(&waiter), "{}: {}", waiter.status(), text(&waiter));
+        assert_eq!(waiter.body(), first.body());
+        assert_eq!(waiter.headers()[&PREFERENCE_APPLIED], "wait=5");
+    }
+    assert_eq!(world.routes.runs("/slow"), 1);
+}
+
+/// A request whose wait runs out gets the 409 with `Retry-After`; a `Prefer: wait` above the
+/// server's maximum is capped to it, as `Preference-Applied` says.
+pub async fn a_wait_that_runs_out_is_409_and_capped<Ad: Adapter>(adapter: Ad) {
+    let world = world(
+        &adapter,
+        IdempotencyConfig::default().with_wait(Duration::from_secs(1)),
+    );
+    let first = world.spawn(
+        post("/slow")
+            .key("k")
+            .header(crate::TIMEOUT_HEADER, "30s")
+            .build(),
+    );
+    world.routes.started().await;
+    let busy = world
+        .send(post("/slow").key("k").header(PREFER, "wait=600").build())
+        .await;
+    problem(&busy, StatusCode::CONFLICT, "still-running");
+    assert_eq!(retry_after(&busy), 5);
+    assert_eq!(busy.headers()[&PREFERENCE_APPLIED], "wait=1");
+    world.routes.release(1);
+    assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
+    assert_eq!(world.routes.runs("/slow"), 1);
+}
+
+/// Without a server maximum (the default) nothing waits: `Prefer: wait` is ignored, the 409
+/// comes at once and no preference is reported applied.
+pub async fn prefer_wait_is_ignored_unless_the_server_allows_waiting<Ad: Adapter>(adapter: Ad) {
+    let world = world(&adapter, IdempotencyConfig::default());
+    let first = world.spawn(post("/slow").key("k").build());
+    world.routes.started().await;
+    let busy = world
+        .send(post("/slow").key("k").header(PREFER, "wait=5").build())
+        .await;
+    problem(&busy, StatusCode::CONFLICT, "still-running");
+    assert!(busy.headers().get(&PREFERENCE_APPLIED).is_none());
     world.routes.release(1);
     assert_eq!(first.await.unwrap().status(), StatusCode::CREATED);
 }

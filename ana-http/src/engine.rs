@@ -268,6 +268,10 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
     fn from_parts(manager: HttpManager<Ctx>, config: IdempotencyConfig) -> Self {
         // The configuration's floor is the one requests meet.
         let manager = manager.with_min_timeout(config.min_timeout());
+        let manager = match config.max_lease() {
+            Some(max) => manager.with_max_lease(max),
+            None => manager,
+        };
         Self {
             inner: Arc::new(Shared { manager, config }),
         }
@@ -349,17 +353,22 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         )
         .reference_time(values.reference_time)
         .timeout(values.timeout)
-        .expiration(values.expiration);
+        .expiration(values.expiration)
+        .wait(self.inner.config.wait(&parts.headers));
         if let Some(RouteLabel(label)) = parts.extensions.get::<RouteLabel>() {
             call = call.label(label);
         }
         let begun = self.inner.manager.begin::<Infallible>(call).await;
+        let wait = self.inner.config.wait(&parts.headers);
         let attempt = match begun {
             Ok(Begun::Acquired(attempt)) => attempt,
-            Ok(Begun::Replayed(recorded)) => return Err(replay(recorded, values.key(), grpc)),
+            Ok(Begun::Replayed(recorded)) => {
+                return Err(applied(replay(recorded, values.key(), grpc), wait));
+            }
             Err(error) => {
                 let key = values.key().to_owned();
-                return Err(self.reject(error, key, values.target, grpc));
+                let rejected = self.reject(error, key, values.target, grpc);
+                return Err(applied(rejected, wait));
             }
         };
         Ok(Claimed {
@@ -593,6 +602,22 @@ fn names(error: &Error<Infallible>) -> (String, String) {
         | Error::Superseded { target, key } => (target.clone(), client_key(key).to_owned()),
         _ => (String::new(), String::new()),
     }
+}
+
+/// `Preference-Applied: wait=N` on the answer of a request that was allowed to wait `wait`
+/// (RFC 7240): a replay or a 409.
+fn applied<B>(mut outcome: Outcome<B>, wait: Option<Duration>) -> Outcome<B> {
+    let Some(wait) = wait else {
+        return outcome;
+    };
+    let headers = match &mut outcome {
+        Outcome::Replayed(response) | Outcome::Executed(response) => response.headers_mut(),
+        Outcome::Rejected(response) => response.headers_mut(),
+    };
+    if let Ok(value) = http::HeaderValue::from_str(&format!("wait={}", wait.as_secs())) {
+        headers.insert(http::HeaderName::from_static("preference-applied"), value);
+    }
+    outcome
 }
 
 /// The answer of a replay: the recorded response, or a 500 when its body was too large to

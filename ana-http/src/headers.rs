@@ -268,3 +268,55 @@ mod tests {
         );
     }
 }
+
+/// The `wait` preference of the request's `Prefer` headers (RFC 7240): `Prefer: wait=5`, in
+/// whole seconds, among other preferences (`respond-async, wait=10`), the value optionally
+/// quoted; the first `wait` wins. A preference the server cannot read is ignored, as RFC 7240
+/// asks: `None`.
+pub(crate) fn read_prefer_wait(headers: &HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(http::header::HeaderName::from_static("prefer"))
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .find_map(|preference| {
+            // Parameters of a preference follow `;`: only its own token and value count.
+            let preference = preference.split(';').next()?;
+            let (name, value) = preference.split_once('=')?;
+            if !name.trim().eq_ignore_ascii_case("wait") {
+                return None;
+            }
+            let value = value.trim().trim_matches('"');
+            Some(value.parse::<u64>().ok().map(Duration::from_secs))
+        })
+        .flatten()
+}
+
+#[cfg(test)]
+mod prefer_tests {
+    use super::*;
+
+    fn wait(values: &[&str]) -> Option<Duration> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(
+                "prefer",
+                HeaderValue::from_str(value).unwrap_or_else(|_| HeaderValue::from_static("")),
+            );
+        }
+        read_prefer_wait(&headers)
+    }
+
+    #[test]
+    fn the_wait_preference_is_read_among_others() {
+        let secs = |n| Some(Duration::from_secs(n));
+        assert_eq!(wait(&["wait=5"]), secs(5));
+        assert_eq!(wait(&["respond-async, wait=10"]), secs(10));
+        assert_eq!(wait(&["return=minimal", "Wait = \"7\""]), secs(7));
+        assert_eq!(wait(&["wait=3; foo=bar"]), secs(3));
+        assert_eq!(wait(&["handling=lenient"]), None);
+        assert_eq!(wait(&["wait=soon"]), None);
+        assert_eq!(wait(&["wait=-1"]), None);
+        assert_eq!(wait(&[]), None);
+    }
+}

@@ -6,7 +6,7 @@ use std::time::Duration;
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
     Claim, ClaimRequest, Cleaned, Completion, Failure, FailureKind, Fingerprint, Forgotten,
-    IdempotencyRepository, Lease, Maintenance, RecordId, RepositoryError, Stats, Status,
+    IdempotencyRepository, Lease, Maintenance, RecordId, Renewal, RepositoryError, Stats, Status,
     TrackedOperation,
 };
 use sqlx::mysql::MySqlRow;
@@ -465,6 +465,37 @@ impl IdempotencyRepository for MySqlRepository {
             let _ = tx.rollback().await;
         }
         self.fail_attempt(id, lease, failure).await
+    }
+
+    /// The update on the server's clock, then a read of the timeout it set (MariaDB has no
+    /// `UPDATE … RETURNING`), both on one connection. No push: waiting calls poll.
+    async fn renew(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> Result<Renewal, RepositoryError> {
+        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let updated = sqlx::query(SQL.renew.as_str())
+            .bind(micros(lease_for))
+            .bind(id.target)
+            .bind(id.key)
+            .bind(lease.attempt)
+            .bind(lease.claim)
+            .execute(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        if updated.rows_affected() == 0 {
+            return Ok(Renewal::Lost);
+        }
+        let until: Option<DateTime<Utc>> = sqlx::query_scalar(SQL.renewed.as_str())
+            .bind(id.target)
+            .bind(id.key)
+            .bind(lease.claim)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(until.map_or(Renewal::Lost, |until| Renewal::Renewed { until }))
     }
 
     async fn get(

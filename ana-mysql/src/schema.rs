@@ -38,6 +38,8 @@ pub(crate) struct Statements {
     pub(crate) expire: String,
     pub(crate) classify: String,
     pub(crate) fail: String,
+    pub(crate) renew: String,
+    pub(crate) renewed: String,
     pub(crate) get: String,
     pub(crate) fail_timed_out: String,
     pub(crate) delete_expired: String,
@@ -126,6 +128,16 @@ impl Statements {
              WHERE target = ? AND `key` = ? AND attempt = ? AND claim = ?
                AND status = 'running'"
             .to_owned();
+        // Binds: lease in microseconds, target, key, attempt, claim.
+        let renew = format!(
+            "UPDATE ana_tracked_operations SET timeout = {NOW} + INTERVAL ? MICROSECOND
+             WHERE target = ? AND `key` = ? AND attempt = ? AND claim = ?
+               AND status = 'running'"
+        );
+        // Binds: target, key, claim.
+        let renewed = "SELECT timeout FROM ana_tracked_operations
+             WHERE target = ? AND `key` = ? AND claim = ? AND status = 'running'"
+            .to_owned();
         // Binds: target, key.
         let get = format!(
             "SELECT {COLUMNS} FROM ana_tracked_operations t WHERE t.target = ? AND t.`key` = ?"
@@ -176,6 +188,8 @@ impl Statements {
             expire,
             classify,
             fail,
+            renew,
+            renewed,
             get,
             fail_timed_out,
             delete_expired,

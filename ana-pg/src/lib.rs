@@ -181,6 +181,7 @@
 
 mod cleanup;
 mod error;
+mod notify;
 mod repository;
 mod schema;
 mod session;

@@ -7,13 +7,14 @@ use std::time::Duration;
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
     Claim, ClaimRequest, Cleaned, Completion, Failure, FailureKind, Fingerprint, Forgotten,
-    IdempotencyRepository, Lease, Maintenance, RecordId, RepositoryError, Stats, Status,
-    TrackedOperation,
+    IdempotencyRepository, Lease, Maintenance, RecordId, Renewal, RepositoryError, Stats, Status,
+    TrackedOperation, Watch,
 };
 use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
 use crate::error::{ClaimRace, ForgetRace, map_sqlx};
+use crate::notify::Notifications;
 use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
 use crate::session::{PgSession, State};
 
@@ -59,6 +60,7 @@ pub struct PgRepository {
 struct Shared {
     schema: SchemaName,
     sql: Statements,
+    notifications: Notifications,
 }
 
 impl fmt::Debug for PgRepository {
@@ -89,9 +91,14 @@ impl PgRepository {
 
     fn build(pool: PgPool, schema: SchemaName) -> Self {
         let sql = Statements::new(&schema);
+        let notifications = Notifications::new(&schema);
         Self {
             pool,
-            shared: Arc::new(Shared { schema, sql }),
+            shared: Arc::new(Shared {
+                schema,
+                sql,
+                notifications,
+            }),
             retention: Duration::ZERO,
         }
     }
@@ -428,6 +435,31 @@ impl IdempotencyRepository for PgRepository {
             let _ = tx.rollback().await;
         }
         self.fail_attempt(id, lease, failure).await
+    }
+
+    async fn renew(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> Result<Renewal, RepositoryError> {
+        let until: Option<DateTime<Utc>> = sqlx::query_scalar(self.shared.sql.renew.get())
+            .bind(id.target)
+            .bind(id.key)
+            .bind(token(lease.attempt))
+            .bind(claim_number(lease.claim))
+            .bind(micros(lease_for))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(until.map_or(Renewal::Lost, |until| Renewal::Renewed { until }))
+    }
+
+    /// Woken by the `NOTIFY` of a finish in any process, through the repository's one
+    /// listening connection (taken from the pool at the first watch, kept, and opened again
+    /// after it was lost).
+    fn watch(&self, id: RecordId<'_>) -> Watch {
+        self.shared.notifications.watch(&self.pool, id)
     }
 
     async fn get(

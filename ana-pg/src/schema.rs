@@ -100,6 +100,7 @@ pub(crate) struct Statements {
     pub(crate) complete: Sql,
     pub(crate) expire: Sql,
     pub(crate) fail: Sql,
+    pub(crate) renew: Sql,
     pub(crate) get: Sql,
     pub(crate) fail_timed_out: Sql,
     pub(crate) delete_expired: Sql,
@@ -172,14 +173,24 @@ impl Statements {
             FROM existing
             WHERE NOT EXISTS (SELECT 1 FROM claimed)"
         );
-        let complete = format!(
+        // A finish notifies the calls waiting on the record, in every process, once committed
+        // (the row count of the outer SELECT is the update's).
+        let channel = crate::notify::channel(schema);
+        let digest = crate::notify::DIGEST_SQL;
+        let notifying = |update: String| {
+            format!(
+                "WITH finished AS ({update} RETURNING 1)
+                 SELECT pg_notify('{channel}', {digest}) FROM finished"
+            )
+        };
+        let complete = notifying(format!(
             "UPDATE {table}
              SET status = 'finished', result = $4, error = NULL, failure = NULL,
                  finished_at = clock_timestamp()
              WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
                AND status = 'running'
                AND (expiration IS NULL OR expiration >= clock_timestamp())"
-        );
+        ));
         let expire = format!(
             "WITH expired AS (
                 UPDATE {table}
@@ -193,11 +204,18 @@ impl Statements {
                    EXISTS (SELECT 1 FROM {table} WHERE target = $1 AND key = $2
                            AND claim = $5 AND status = 'finished') AS finished"
         );
-        let fail = format!(
+        let fail = notifying(format!(
             "UPDATE {table}
              SET status = 'failed', error = $4, failure = $6, error_count = error_count + 1
              WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $5
                AND status = 'running'"
+        ));
+        let renew = format!(
+            "UPDATE {table}
+             SET timeout = clock_timestamp() + $5::bigint * interval '1 microsecond'
+             WHERE target = $1 AND key = $2 AND attempt = $3 AND claim = $4
+               AND status = 'running'
+             RETURNING timeout"
         );
         let get = format!("SELECT {COLUMNS} FROM {table} t WHERE t.target = $1 AND t.key = $2");
         // The rows are picked once, in a materialized CTE: as an `IN (… LIMIT …)` subquery the
@@ -264,6 +282,7 @@ impl Statements {
             complete: Sql::new(complete),
             expire: Sql::new(expire),
             fail: Sql::new(fail),
+            renew: Sql::new(renew),
             get: Sql::new(get),
             fail_timed_out: Sql::new(fail_timed_out),
             delete_expired: Sql::new(delete_expired),

@@ -8,7 +8,7 @@ use std::time::Duration;
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
     Claim, ClaimRequest, Completion, Failure, FailureKind, IdempotencyRepository, Lease, RecordId,
-    RepositoryError, Status, TrackedOperation,
+    Renewal, RepositoryError, Status, TrackedOperation,
 };
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{
@@ -28,6 +28,12 @@ static FINISH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         include_str!("lua/prelude.lua"),
         include_str!("lua/finish.lua")
+    ))
+});
+static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        include_str!("lua/prelude.lua"),
+        include_str!("lua/renew.lua")
     ))
 });
 static RESTORE: LazyLock<Script> = LazyLock::new(|| {
@@ -730,6 +736,31 @@ impl IdempotencyRepository for RedisRepository {
             // A record gone under its attempt has nothing left to mark Failed.
             FinishAnswer::Superseded | FinishAnswer::Gone => Completion::Superseded,
         })
+    }
+
+    /// One script on the server's clock: a compare-and-set on the lease that also keeps the
+    /// record's TTL past its new timeout. Waiting calls on Redis poll with a backoff.
+    async fn renew(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> Result<Renewal, RepositoryError> {
+        let mut invocation = self.invocation(&RENEW, id.target, id.key);
+        invocation
+            .arg(lease.attempt)
+            .arg(lease.claim)
+            .arg(duration_micros(lease_for));
+        match self.invoke::<i64>(&invocation).await? {
+            -1 => Ok(Renewal::Lost),
+            until => DateTime::from_timestamp_micros(until)
+                .filter(|_| until >= 0)
+                .map(|until| Renewal::Renewed { until })
+                .ok_or_else(|| {
+                    let name = self.record_key(id.target, id.key);
+                    corrupt(&name, "a stored time is not an integer")
+                }),
+        }
     }
 
     async fn get(

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
     Claim, ClaimRequest, Cleaned, Completion, Failure, FailureKind, Fingerprint, Forgotten,
-    IdempotencyRepository, Lease, Maintenance, RecordId, RepositoryError, Stats, Status,
+    IdempotencyRepository, Lease, Maintenance, RecordId, Renewal, RepositoryError, Stats, Status,
     TrackedOperation,
 };
 use sqlx::sqlite::{
@@ -551,6 +551,28 @@ impl IdempotencyRepository for SqliteRepository {
             let _ = tx.rollback().await;
         }
         self.fail_attempt(id, lease, failure).await
+    }
+
+    /// One statement on SQLite's clock; no push: waiting calls poll.
+    async fn renew(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+        lease_for: Duration,
+    ) -> Result<Renewal, RepositoryError> {
+        let timeout: Option<i64> = sqlx::query_scalar(SQL.renew.as_str())
+            .bind(id.target)
+            .bind(id.key)
+            .bind(token(lease.attempt))
+            .bind(claim_number(lease.claim))
+            .bind(micros(lease_for))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
+        Ok(match timeout.and_then(time) {
+            Some(until) => Renewal::Renewed { until },
+            None => Renewal::Lost,
+        })
     }
 
     async fn get(

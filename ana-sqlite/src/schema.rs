@@ -38,6 +38,7 @@ pub(crate) struct Statements {
     pub(crate) expire: String,
     pub(crate) classify: String,
     pub(crate) fail: String,
+    pub(crate) renew: String,
     pub(crate) get: String,
     pub(crate) now: String,
     pub(crate) fail_timed_out: String,
@@ -110,6 +111,13 @@ impl Statements {
              WHERE target = ?1 AND key = ?2 AND attempt = ?3 AND claim = ?5
                AND status = 'running'"
             .to_owned();
+        // `?5` the lease in microseconds.
+        let renew = format!(
+            "UPDATE ana_tracked_operations SET timeout = {NOW} + ?5
+             WHERE target = ?1 AND key = ?2 AND attempt = ?3 AND claim = ?4
+               AND status = 'running'
+             RETURNING timeout"
+        );
         let get =
             format!("SELECT {COLUMNS} FROM ana_tracked_operations WHERE target = ?1 AND key = ?2");
         let now = format!("SELECT {NOW}");
@@ -162,6 +170,7 @@ impl Statements {
             expire,
             classify,
             fail,
+            renew,
             get,
             now,
             fail_timed_out,

@@ -20,6 +20,7 @@ mod measure;
 mod peers;
 mod serve;
 mod sql_limits;
+mod wakeup;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -50,10 +51,15 @@ fn main() -> Result<()> {
         }
         Some("limits") => limits(),
         Some("peers") => peers::run(args.get(1).map(String::as_str)),
+        Some("wakeup") => wakeup::report(
+            &std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            &std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+        ),
         None | Some("run") => run(),
         Some(other) => {
             bail!(
-                "unknown command {other:?} (expected run, limits, peers, serve, inproc or footprint)"
+                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers or wakeup)"
             )
         }
     }
@@ -94,6 +100,8 @@ fn run() -> Result<()> {
     let run_id = format!("{}", std::process::id());
     let mut rows = Vec::new();
 
+    eprintln!("bench: wake-up latency of waiting calls...");
+    wakeup::report(&settings.database_url, &settings.redis_url)?;
     eprintln!("bench: memory footprint of 1,000,000 records...");
     let footprint = footprint_in_child()?;
 

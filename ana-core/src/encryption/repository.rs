@@ -141,6 +141,19 @@ impl<S: IdempotencyRepository> IdempotencyRepository for Encrypted<S> {
         Ok(claim)
     }
 
+    fn renew(
+        &self,
+        id: RecordId<'_>,
+        lease: Lease,
+        lease_for: std::time::Duration,
+    ) -> impl std::future::Future<Output = Result<crate::Renewal, RepositoryError>> + Send {
+        self.inner.renew(id, lease, lease_for)
+    }
+
+    fn watch(&self, id: RecordId<'_>) -> crate::Watch {
+        self.inner.watch(id)
+    }
+
     async fn complete(
         &self,
         session: Self::Session,

@@ -28,6 +28,9 @@
 //! # in flight (start the server with SLOW_MS=5000): the second call gets 409
 //! curl -s -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow' & sleep 1; \
 //!   curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow'
+//! # ...or waits for the first call's answer with `Prefer: wait=5` (up to 10 s allowed)
+//! curl -s -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow2' & sleep 1; \
+//!   curl -i -X POST localhost:3000/hello -H 'X-Idempotency-Key: slow2' -H 'Prefer: wait=5'
 //! # what the calls above did, for Prometheus (outside the layer: no key needed)
 //! curl localhost:3000/metrics
 //! # with DATABASE_URL=postgres://…: the order row commits with the record, exactly once
@@ -95,9 +98,10 @@ impl Secrets {
         out
     }
 
-    /// The idempotency configuration: the default one, with the fingerprint key if set.
+    /// The idempotency configuration: the default one, letting a duplicate in flight wait
+    /// up to 10 s (`Prefer: wait=N`), with the fingerprint key if set.
     fn config(&self) -> IdempotencyConfig {
-        let config = IdempotencyConfig::default();
+        let config = IdempotencyConfig::default().with_wait(Duration::from_secs(10));
         match &self.fingerprint_key {
             Some(key) => config.with_fingerprint_key(key.clone()),
             None => config,
