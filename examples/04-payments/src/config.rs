@@ -10,7 +10,12 @@ use clap::{Parser, ValueEnum};
 
 /// The payments service: a versioned payments resource whose writes are idempotent through ana.
 #[derive(Clone, Debug, Parser)]
-#[command(name = "example-04-payments", version, about)]
+#[command(
+    name = "example-04-payments",
+    version,
+    about,
+    args_override_self = true
+)]
 pub struct Config {
     /// Address to listen on (port 0 picks a free one).
     #[arg(long, default_value = "127.0.0.1:8080", env = "PAYMENTS_LISTEN")]
@@ -31,11 +36,11 @@ pub struct Config {
     pub limit: Option<RateLimit>,
 
     /// Serve `GET` and `DELETE /admin/repo` (count and empty the payments).
-    #[arg(long, env = "PAYMENTS_ADMIN")]
+    #[arg(long, env = "PAYMENTS_ADMIN", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub admin: bool,
 
     /// Serve Prometheus metrics at `GET /metrics`.
-    #[arg(long, default_value_t = true, action = clap::ArgAction::Set, env = "PAYMENTS_METRICS")]
+    #[arg(long, env = "PAYMENTS_METRICS", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = true)]
     pub metrics: bool,
 
     /// Request timeout (humantime: `30s`, `500ms`): a request still running then gets 503.
@@ -55,7 +60,7 @@ pub struct Config {
     pub cors: Option<Vec<String>>,
 
     /// Compress responses (gzip) for clients that accept it.
-    #[arg(long, env = "PAYMENTS_COMPRESS")]
+    #[arg(long, env = "PAYMENTS_COMPRESS", num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set, default_value_t = false)]
     pub compress: bool,
 
     /// How long in-flight requests may take to finish after SIGTERM or SIGINT.
@@ -189,6 +194,10 @@ mod tests {
         .unwrap_or_else(|error| panic!("{error}"));
         assert_eq!(config.repo, RepoKind::Postgres);
         assert!(!config.metrics);
+        assert!(!config.admin);
+        let config = Config::try_parse_from(["x", "--admin", "--compress", "--metrics"])
+            .unwrap_or_else(|error| panic!("{error}"));
+        assert!(config.admin && config.compress && config.metrics);
         assert_eq!(config.cors.map(|c| c.len()), Some(2));
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert!(
