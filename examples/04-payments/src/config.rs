@@ -195,9 +195,9 @@ mod tests {
         assert_eq!(config.repo, RepoKind::Postgres);
         assert!(!config.metrics);
         assert!(!config.admin);
-        let config = Config::try_parse_from(["x", "--admin", "--compress", "--metrics"])
+        let flags = Config::try_parse_from(["x", "--admin", "--compress", "--metrics"])
             .unwrap_or_else(|error| panic!("{error}"));
-        assert!(config.admin && config.compress && config.metrics);
+        assert!(flags.admin && flags.compress && flags.metrics);
         assert_eq!(config.cors.map(|c| c.len()), Some(2));
         assert_eq!(config.timeout, Duration::from_secs(2));
         assert!(

@@ -47,14 +47,17 @@ pub struct Attributes {
 #[serde(deny_unknown_fields)]
 pub struct PaymentInput {
     /// The client-chosen identifier (1 to 255 characters); on replace, the path's.
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub id: String,
     /// On replace: the version the client read (required). Ignored on create.
     #[serde(default)]
     pub version: Option<i64>,
     /// Must be `Payment`.
     #[serde(rename = "type")]
+    #[schema(pattern = "^Payment$")]
     pub kind: String,
     /// The organisation (1 to 255 characters).
+    #[schema(min_length = 1, max_length = 255, pattern = r"\S")]
     pub organisation_id: String,
     /// The attributes; `amount` is required.
     pub attributes: Attributes,

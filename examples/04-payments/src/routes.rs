@@ -262,8 +262,10 @@ async fn delete_payment(
 #[into_params(parameter_in = Query)]
 struct PageQuery {
     /// Items to skip (default 0).
+    #[param(value_type = Option<u64>)]
     from: Option<String>,
     /// Items to return (default 20, at most the server's `--max-results`).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     size: Option<String>,
 }
 
@@ -364,7 +366,12 @@ async fn clear_payments(State(app): State<AppState>) -> Result<StatusCode> {
 #[allow(dead_code)]
 struct IdempotencyHeaders {
     /// A key of 1 to 255 visible ASCII characters: a retry with it replays the first answer.
-    #[param(rename = "X-Idempotency-Key")]
+    #[param(
+        rename = "X-Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$"
+    )]
     x_idempotency_key: Option<String>,
     /// The same key as an RFC 8941 string (`"k"`); both headers must agree.
     #[param(rename = "Idempotency-Key")]
