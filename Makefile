@@ -9,7 +9,7 @@ CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help test lint fmt services bench bench-peers chaos test-redis-cluster example-02 example-03
+.PHONY: help test lint fmt services bench bench-peers chaos test-redis-cluster example-02 example-03 example-04 fuzz-api
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -65,3 +65,9 @@ example-02: ## Example 02 on :3000 (memory store; DATABASE_URL=postgres://…, s
 
 example-03: ## Example 03 (actix-web) on :3000, the same demo as example 02 (same variables)
 	env $(EXAMPLE_02_ENV) $(CARGO) run -p example-03-actix
+
+example-04: ## Example 04, the payments API, on 127.0.0.1:8080 (SQLite file payments.db; ARGS="--repo postgres --repo-uri … --admin --limit 5-S")
+	$(CARGO) run -p example-04-payments -- $(ARGS)
+
+fuzz-api: ## schemathesis (PyPI, venv under target/) against example 04 for FUZZ_SECONDS (120)
+	CARGO=$(CARGO) bash examples/04-payments/scripts/fuzz-api.sh

@@ -1,0 +1,401 @@
+//! The HTTP routes and their OpenAPI description (utoipa): payments, health, admin.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Extension, Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::model::{Invalid, Payment, PaymentInput};
+use crate::problem::{ApiError, Problem};
+use crate::store::{MaybeSession, Replace, Store};
+
+/// How long `GET /health` waits for the database.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the handlers share.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The payments.
+    pub store: Store,
+    /// The largest page served.
+    pub max_results: u32,
+    /// The API's prefix, for `Location`.
+    pub api_version: Arc<str>,
+}
+
+type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+/// `POST`, `PUT` and `DELETE` of payments: put the idempotency layer on these.
+pub fn payment_writes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_payment))
+        .routes(routes!(replace_payment, delete_payment))
+}
+
+/// The reads of payments.
+pub fn payment_reads() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_payments))
+        .routes(routes!(get_payment))
+}
+
+/// `GET /health`.
+pub fn health() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(health_check))
+}
+
+/// `GET /openapi.json`: serves the document in the request's `Extension<OpenApiJson>`.
+pub fn openapi() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(openapi_json))
+}
+
+/// `GET /metrics`: renders the `Extension<PrometheusHandle>` of the request.
+pub fn metrics() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(prometheus_metrics))
+}
+
+/// `GET` and `DELETE /admin/repo`.
+pub fn admin() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(count_payments, clear_payments))
+}
+
+/// A payment answer: the payment, its ETag, and (on create) its location.
+fn payment_response(status: StatusCode, payment: &Payment, location: Option<String>) -> Response {
+    let mut response = (status, Json(payment)).into_response();
+    let headers = response.headers_mut();
+    if let Ok(etag) = HeaderValue::from_str(&format!("\"{}\"", payment.version)) {
+        headers.insert(ETAG, etag);
+    }
+    if let Some(location) = location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(LOCATION, location);
+    }
+    response
+}
+
+/// The body as a payment: JSON (`application/json` or `application/*+json`), valid.
+fn read_payment(headers: &HeaderMap, body: &[u8]) -> Result<PaymentInput> {
+    let json = headers
+        .get(CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .map(|essence| essence.trim().to_ascii_lowercase())
+        .is_some_and(|essence| {
+            essence == "application/json"
+                || (essence.starts_with("application/") && essence.ends_with("+json"))
+        });
+    if !json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let input: PaymentInput = serde_json::from_slice(body)
+        .map_err(|error| ApiError::Invalid(format!("the body is not a payment: {error}")))?;
+    input.validate()?;
+    Ok(input)
+}
+
+fn path_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
+    path.map(|Path(id)| id)
+        .map_err(|rejection| ApiError::Invalid(rejection.body_text()))
+}
+
+/// Create a payment (version 0).
+#[utoipa::path(
+    post, path = "/payments", tag = "payments",
+    request_body(content = PaymentInput, content_type = "application/json"),
+    params(IdempotencyHeaders),
+    responses(
+        (status = 201, description = "Created", body = Payment,
+            headers(("ETag" = String, description = "The version, quoted"), ("Location" = String))),
+        (status = 400, description = "Invalid payment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The id exists, or the same key is in flight", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn create_payment(
+    State(app): State<AppState>,
+    MaybeSession(session): MaybeSession,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let payment = read_payment(&headers, &body)?.into_payment(0);
+    app.store.create(session.as_ref(), &payment).await?;
+    let location = format!("/{}/payments/{}", app.api_version, payment.id);
+    Ok(payment_response(
+        StatusCode::CREATED,
+        &payment,
+        Some(location),
+    ))
+}
+
+/// Read a payment.
+#[utoipa::path(
+    get, path = "/payments/{id}", tag = "payments",
+    params(("id" = String, Path, description = "The payment's id")),
+    responses(
+        (status = 200, description = "The payment", body = Payment,
+            headers(("ETag" = String, description = "The version, quoted"))),
+        (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn get_payment(
+    State(app): State<AppState>,
+    id: std::result::Result<Path<String>, PathRejection>,
+) -> Result<Response> {
+    let id = path_id(id)?;
+    let payment = app.store.get(&id).await?.ok_or(ApiError::NotFound(id))?;
+    Ok(payment_response(StatusCode::OK, &payment, None))
+}
+
+/// The version an `If-Match` header names: `"3"` (or `W/"3"`); `*` names any.
+fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {
+    let Some(value) = headers.get(IF_MATCH) else {
+        return Ok(None);
+    };
+    let bad = || ApiError::Invalid("If-Match must be an ETag of this service (\"3\") or *".into());
+    let value = value.to_str().map_err(|_| bad())?.trim();
+    if value == "*" {
+        return Ok(None);
+    }
+    let tag = value.strip_prefix("W/").unwrap_or(value);
+    let version = tag
+        .strip_prefix('"')
+        .and_then(|tag| tag.strip_suffix('"'))
+        .and_then(|version| version.parse::<i64>().ok())
+        .ok_or_else(bad)?;
+    Ok(Some(version))
+}
+
+/// Replace a payment: `version` is the version read; the answer has the next one.
+#[utoipa::path(
+    put, path = "/payments/{id}", tag = "payments",
+    request_body(content = PaymentInput, content_type = "application/json"),
+    params(
+        ("id" = String, Path, description = "The payment's id"),
+        ("If-Match" = Option<String>, Header, description = "The ETag read (`\"3\"`)"),
+        IdempotencyHeaders,
+    ),
+    responses(
+        (status = 200, description = "Replaced", body = Payment,
+            headers(("ETag" = String, description = "The new version, quoted"))),
+        (status = 400, description = "Invalid payment", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The version read is not current", body = Problem, content_type = "application/problem+json"),
+        (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
+        (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn replace_payment(
+    State(app): State<AppState>,
+    MaybeSession(session): MaybeSession,
+    id: std::result::Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response> {
+    let id = path_id(id)?;
+    let input = read_payment(&headers, &body)?;
+    if input.id != id {
+        return Err(Invalid::IdMismatch.into());
+    }
+    let read = input.version.ok_or(Invalid::MissingVersion)?;
+    let payment = input.into_payment(read.saturating_add(1));
+    let replace = Replace {
+        payment: &payment,
+        read,
+        if_match: if_match(&headers)?,
+    };
+    app.store.replace(session.as_ref(), &replace).await?;
+    Ok(payment_response(StatusCode::OK, &payment, None))
+}
+
+/// `?version=N` of a deletion.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct VersionQuery {
+    /// The version read.
+    version: Option<String>,
+}
+
+/// Delete a payment at the version read.
+#[utoipa::path(
+    delete, path = "/payments/{id}", tag = "payments",
+    params(("id" = String, Path, description = "The payment's id"), VersionQuery, IdempotencyHeaders),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 400, description = "No numeric version", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The version read is not current", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn delete_payment(
+    State(app): State<AppState>,
+    MaybeSession(session): MaybeSession,
+    id: std::result::Result<Path<String>, PathRejection>,
+    query: std::result::Result<Query<VersionQuery>, QueryRejection>,
+) -> Result<StatusCode> {
+    let id = path_id(id)?;
+    let Query(query) = query.map_err(|rejection| ApiError::Invalid(rejection.body_text()))?;
+    let version = query
+        .version
+        .as_deref()
+        .and_then(|version| version.parse::<i64>().ok())
+        .filter(|version| *version >= 0)
+        .ok_or_else(|| ApiError::Invalid("version must be the version read (0 or more)".into()))?;
+    app.store.delete(session.as_ref(), &id, version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `?from=F&size=S` of a listing.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+struct PageQuery {
+    /// Items to skip (default 0).
+    #[param(value_type = Option<u64>)]
+    from: Option<String>,
+    /// Items to return (default 20, at most the server's `--max-results`).
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    size: Option<String>,
+}
+
+/// A page of payments.
+#[derive(Debug, Serialize, ToSchema)]
+struct Page {
+    data: Vec<Payment>,
+}
+
+/// The default page size.
+const DEFAULT_SIZE: u32 = 20;
+
+/// List payments, oldest first.
+#[utoipa::path(
+    get, path = "/payments", tag = "payments",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page", body = Page),
+        (status = 400, description = "Bad from or size", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn list_payments(
+    State(app): State<AppState>,
+    query: std::result::Result<Query<PageQuery>, QueryRejection>,
+) -> Result<Json<Page>> {
+    let Query(query) = query.map_err(|rejection| ApiError::Invalid(rejection.body_text()))?;
+    let from = match query.from.as_deref() {
+        None => 0,
+        Some(from) => from
+            .parse::<u64>()
+            .ok()
+            .filter(|from| i64::try_from(*from).is_ok())
+            .ok_or_else(|| ApiError::Invalid("from must be a number, 0 or more".into()))?,
+    };
+    let max = app.max_results;
+    let size = match query.size.as_deref() {
+        None => DEFAULT_SIZE.min(max),
+        Some(size) => size
+            .parse::<u32>()
+            .ok()
+            .filter(|size| (1..=max).contains(size))
+            .ok_or_else(|| ApiError::Invalid(format!("size must be a number from 1 to {max}")))?,
+    };
+    let data = app.store.list(from, size).await?;
+    Ok(Json(Page { data }))
+}
+
+/// The health answer.
+#[derive(Debug, Serialize, ToSchema)]
+struct Health {
+    /// `ok`.
+    status: &'static str,
+}
+
+/// Readiness: whether the database answers.
+#[utoipa::path(
+    get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Health),
+        (status = 503, description = "The database does not answer", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+async fn health_check(State(app): State<AppState>) -> Result<Json<Health>> {
+    app.store.ping(HEALTH_TIMEOUT).await?;
+    Ok(Json(Health { status: "ok" }))
+}
+
+/// How many payments there are.
+#[derive(Debug, Serialize, ToSchema)]
+struct Count {
+    count: u64,
+}
+
+/// Count the payments.
+#[utoipa::path(
+    get, path = "/admin/repo", tag = "admin",
+    responses((status = 200, description = "The count", body = Count))
+)]
+async fn count_payments(State(app): State<AppState>) -> Result<Json<Count>> {
+    Ok(Json(Count {
+        count: app.store.count().await?,
+    }))
+}
+
+/// Delete every payment.
+#[utoipa::path(
+    delete, path = "/admin/repo", tag = "admin",
+    responses((status = 204, description = "Emptied"))
+)]
+async fn clear_payments(State(app): State<AppState>) -> Result<StatusCode> {
+    app.store.clear().await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The idempotency headers the writes accept (documentation only: ana's layer reads them).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IdempotencyHeaders {
+    /// A key of 1 to 255 visible ASCII characters: a retry with it replays the first answer.
+    #[param(
+        rename = "X-Idempotency-Key",
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[!-~]+$"
+    )]
+    x_idempotency_key: Option<String>,
+    /// The same key as an RFC 8941 string (`"k"`); both headers must agree.
+    #[param(rename = "Idempotency-Key")]
+    idempotency_key: Option<String>,
+}
+
+/// The OpenAPI document, serialized once.
+#[derive(Clone, Debug)]
+pub struct OpenApiJson(pub Arc<str>);
+
+/// This document.
+#[utoipa::path(
+    get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3.1 document", content_type = "application/json"))
+)]
+async fn openapi_json(Extension(OpenApiJson(json)): Extension<OpenApiJson>) -> Response {
+    ([(CONTENT_TYPE, "application/json")], json.to_string()).into_response()
+}
+
+/// ana's and the HTTP metrics, in Prometheus's text format.
+#[utoipa::path(
+    get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "text/plain"))
+)]
+async fn prometheus_metrics(Extension(handle): Extension<PrometheusHandle>) -> String {
+    handle.render()
+}
