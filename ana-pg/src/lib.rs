@@ -181,6 +181,7 @@
 
 mod cleanup;
 mod error;
+pub mod outbox;
 mod repository;
 mod schema;
 mod session;
