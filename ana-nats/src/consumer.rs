@@ -55,7 +55,7 @@ pub fn fingerprint(message: &async_nats::Message) -> Fingerprint {
 }
 
 /// What became of one delivery. Every delivery settles exactly once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Settlement {
     /// The handler ran and its record is Finished: acked.
@@ -137,9 +137,11 @@ pub enum ConsumerEvent<'a> {
 ///   finish and settle their messages, then returns. Messages pulled but not started are
 ///   redelivered after `ack_wait`.
 ///
-/// The record's timeout ([`with_timeout`](Self::with_timeout), default 5 minutes) frees the key
-/// of a consumer that crashed while its handler ran; until then the redeliveries are nak'd as
-/// still running. Give the JetStream consumer a `max_deliver` that allows for that, or none.
+/// The record's timeout ([`with_timeout`](Self::with_timeout), default a minute) frees the key
+/// of a consumer that crashed (or was aborted) while it held the record; until then the
+/// redeliveries are nak'd as still running. Give the JetStream consumer a `max_deliver` that
+/// allows for that, or none. A handler still running past the timeout may be taken over by a
+/// redelivery: its finish is then refused (fenced) and, with a SQL store, its SQL rolled back.
 pub struct IdempotentConsumer<R, Ctx> {
     manager: Manager<Fingerprint, R, Ctx>,
     consumer: PullConsumer,
@@ -184,7 +186,7 @@ where
             hook: None,
             concurrency: 16,
             progress,
-            timeout: Duration::from_secs(300),
+            timeout: Duration::from_secs(60),
             retry_delay: Duration::from_secs(1),
         };
         Self {
@@ -228,8 +230,9 @@ where
         self
     }
 
-    /// How long a delivery holds its record before another may take over (default 5
-    /// minutes): the time a crashed consumer blocks its messages.
+    /// How long a delivery holds its record before another may take over (default a
+    /// minute): the time a crashed consumer blocks its messages. Keep it above the longest
+    /// handler.
     #[must_use]
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.config.timeout = timeout;
