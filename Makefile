@@ -3,13 +3,14 @@
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_URL ?= redis://127.0.0.1:6379
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/test
-export DATABASE_URL REDIS_URL MYSQL_URL
+NATS_URL ?= nats://127.0.0.1:4222
+export DATABASE_URL REDIS_URL MYSQL_URL NATS_URL
 
 CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help test lint fmt services bench test-redis-cluster example-02 example-03
+.PHONY: help test lint fmt services bench test-redis-cluster example-02 example-03 example-05
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -53,3 +54,6 @@ example-02: ## Example 02 on :3000 (memory store; DATABASE_URL=postgres://…, s
 
 example-03: ## Example 03 (actix-web) on :3000, the same demo as example 02 (same variables)
 	env $(EXAMPLE_02_ENV) $(CARGO) run -p example-03-actix
+
+example-05: ## Example 05, FTGO's create-order saga over NATS JetStream on :3000 (needs DATABASE_URL=postgres://… and NATS_URL)
+	$(CARGO) run -p example-05-orders

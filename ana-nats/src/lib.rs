@@ -132,3 +132,8 @@ async fn pause(stop: &mut watch::Receiver<bool>, delay: Duration) {
         () = tokio::time::sleep(delay) => {}
     }
 }
+
+// This crate's README runs as doc tests, so its examples stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct CrateReadmeDoctests;
