@@ -71,7 +71,7 @@ async fn messages_go_out_only_when_their_operation_commits() {
     assert!(matches!(failed, Err(Error::Operation(_))), "{failed:?}");
     // A bad subject is refused before anything is written.
     let bad = outbox
-        .append_on(&mut *db.pool.acquire().await.unwrap(), "a b", b"x")
+        .append_on(&mut db.pool.acquire().await.unwrap(), "a b", b"x")
         .await;
     assert!(
         matches!(bad, Err(OutboxError::InvalidSubject(_))),
