@@ -78,7 +78,7 @@
 //!     }
 //! });
 //!
-//! tokio::signal::ctrl_c().await?;
+//! // ... until the application stops:
 //! consumer.shutdown().await?;
 //! relay.shutdown().await?;
 //! # Ok(()) }
