@@ -32,6 +32,7 @@ bench: services ## Benchmarks (under 10 min): Manager::call (divan), then HTTP a
 	$(CARGO) bench -p ana-bench --bench core
 	$(CARGO) bench -p ana-bench --bench core --features metrics -- layer_new_key
 	$(CARGO) run --profile bench -q -p ana-bench
+	$(CARGO) run --profile bench -q -p ana-bench -- nats
 
 test-redis-cluster: ## ana-redis conformance on a 3-master Redis Cluster it starts and stops (ports 7301-7303)
 	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh

@@ -15,6 +15,7 @@
 
 mod footprint;
 mod measure;
+mod nats;
 mod serve;
 
 use std::io::Write;
@@ -45,6 +46,12 @@ fn main() -> Result<()> {
             serve::in_process(args.get(1).map_or("bare", String::as_str), count)
         }
         Some("limits") => limits(),
+        Some("nats") => nats::run(
+            &std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            &std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+            nats::messages(),
+        ),
         None | Some("run") => run(),
         Some(other) => {
             bail!("unknown command {other:?} (expected run, limits, serve, inproc or footprint)")
