@@ -3,13 +3,14 @@
 DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/test
 REDIS_URL ?= redis://127.0.0.1:6379
 MYSQL_URL ?= mysql://root@127.0.0.1:3306/test
-export DATABASE_URL REDIS_URL MYSQL_URL
+NATS_URL ?= nats://127.0.0.1:4222
+export DATABASE_URL REDIS_URL MYSQL_URL NATS_URL
 
 CARGO ?= cargo
 # cargo-nextest when installed (faster), cargo test otherwise.
 NEXTEST := $(shell $(CARGO) nextest --version >/dev/null 2>&1 && echo yes)
 
-.PHONY: help test lint fmt services bench bench-peers chaos test-redis-cluster example-02 example-03 example-04 fuzz-api
+.PHONY: help test lint fmt services bench bench-peers chaos test-redis-cluster example-02 example-03 example-04 fuzz-api example-05
 
 help: ## List the targets
 	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -31,6 +32,7 @@ bench: services ## Benchmarks (under 10 min): Manager::call (divan), then HTTP a
 	$(CARGO) bench -p ana-bench --bench core
 	$(CARGO) bench -p ana-bench --bench core --features metrics -- layer_new_key
 	$(CARGO) run --profile bench -q -p ana-bench
+	$(CARGO) run --profile bench -q -p ana-bench -- nats
 
 # The peers' crate (bench/peers) is no workspace member: its own lockfile and target dir.
 PEERS_TARGET_DIR ?= $(CURDIR)/target/peers
@@ -71,3 +73,6 @@ example-04: ## Example 04, the payments API, on 127.0.0.1:8080 (SQLite file paym
 
 fuzz-api: ## schemathesis (PyPI, venv under target/) against example 04 for FUZZ_SECONDS (120)
 	CARGO=$(CARGO) bash examples/04-payments/scripts/fuzz-api.sh
+
+example-05: ## Example 05, FTGO's create-order saga over NATS JetStream on :3000 (needs DATABASE_URL=postgres://… and NATS_URL)
+	$(CARGO) run -p example-05-orders

@@ -24,7 +24,10 @@
 //! 3. In the operation, write through the session:
 //!    `let mut tx = session.transaction().await?;` then `.execute(&mut *tx)`. Do not commit it:
 //!    the manager does, together with the record.
-//! 4. Optionally run [`PgRepository::spawn_cleanup`] to mark Running records past their
+//! 4. To send messages exactly when the operation's work commits, append them to the
+//!    [`outbox::Outbox`] through the session (migration 4 creates `<schema>.outbox`); a relay
+//!    such as `ana_nats::OutboxRelay` publishes them.
+//! 5. Optionally run [`PgRepository::spawn_cleanup`] to mark Running records past their
 //!    timeout Failed and delete expired records.
 //!
 //! sqlx is re-exported as [`ana_pg::sqlx`](sqlx), so the version always matches. This crate
@@ -182,6 +185,7 @@
 mod cleanup;
 mod error;
 mod notify;
+pub mod outbox;
 mod repository;
 mod schema;
 mod session;

@@ -121,6 +121,10 @@ impl PgRepository {
         self.shared.schema.as_str()
     }
 
+    pub(crate) fn schema_name(&self) -> &SchemaName {
+        &self.shared.schema
+    }
+
     /// Creates the schema, its `tracked_operations` table, status type and indexes, applying
     /// the embedded migrations the schema lacks.
     ///

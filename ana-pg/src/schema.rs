@@ -82,6 +82,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "failure kinds",
         sql: include_str!("../migrations/0003_failure_kinds.sql"),
     },
+    Migration {
+        version: 4,
+        description: "outbox",
+        sql: include_str!("../migrations/0004_outbox.sql"),
+    },
 ];
 
 /// The columns of a record, in the order [`crate::repository`] decodes them.
@@ -113,7 +118,7 @@ pub(crate) struct Statements {
 pub(crate) struct Sql(Arc<str>);
 
 impl Sql {
-    fn new(text: String) -> Self {
+    pub(crate) fn new(text: String) -> Self {
         Self(text.into())
     }
 

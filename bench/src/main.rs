@@ -18,6 +18,7 @@
 mod footprint;
 mod measure;
 mod peers;
+mod nats;
 mod serve;
 mod sql_limits;
 mod wakeup;
@@ -56,10 +57,16 @@ fn main() -> Result<()> {
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
             &std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
         ),
+        Some("nats") => nats::run(
+            &std::env::var("DATABASE_URL")
+                .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
+            &std::env::var("NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".into()),
+            nats::messages(),
+        ),
         None | Some("run") => run(),
         Some(other) => {
             bail!(
-                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers or wakeup)"
+                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers, wakeup or nats)"
             )
         }
     }
