@@ -17,8 +17,8 @@
 
 mod footprint;
 mod measure;
-mod peers;
 mod nats;
+mod peers;
 mod serve;
 mod sql_limits;
 mod wakeup;
