@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Makes sure the local PostgreSQL, MariaDB and Redis the tests default to are answering; starts
+# Makes sure the local PostgreSQL, MariaDB, Redis and NATS (JetStream) the tests default to are answering; starts
 # them when they are installed here but stopped. Does nothing for a DATABASE_URL / MYSQL_URL /
 # REDIS_URL that points elsewhere. A fresh machine gets MariaDB with
 # `apt-get install mariadb-server` (root over TCP without a password, database `test`:
@@ -8,6 +8,8 @@ set -u
 
 pg_local() { [[ "${DATABASE_URL:-}" == *"@127.0.0.1"* || "${DATABASE_URL:-}" == *"@localhost"* ]]; }
 mysql_local() { [[ "${MYSQL_URL:-}" == *"@127.0.0.1"* || "${MYSQL_URL:-}" == *"@localhost"* ]]; }
+nats_local() { [[ "${NATS_URL:-}" == *"//127.0.0.1"* || "${NATS_URL:-}" == *"//localhost"* ]]; }
+nats_up() { (exec 3<>/dev/tcp/127.0.0.1/4222) 2>/dev/null; }
 redis_local() { [[ "${REDIS_URL:-}" == *"//127.0.0.1"* || "${REDIS_URL:-}" == *"//localhost"* ]]; }
 
 wait_for() { # name, seconds, command...
@@ -47,5 +49,14 @@ if [ -n "${REDIS_URL:-}" ] && redis_local && command -v redis-cli >/dev/null; th
     fi
     wait_for Redis 30 redis-cli -h 127.0.0.1 -p 6379 ping || status=1
   fi
+fi
+if [ -n "${NATS_URL:-}" ] && nats_local && ! nats_up; then
+  if [ -x /usr/sbin/nats-server ]; then
+    echo "services: starting NATS with JetStream"
+    mkdir -p /var/lib/nats-server
+    nohup /usr/sbin/nats-server -a 127.0.0.1 -p 4222 -js -sd /var/lib/nats-server \
+      -l /var/log/nats-server.log >/dev/null 2>&1 &
+  fi
+  wait_for NATS 30 nats_up || status=1
 fi
 exit $status
