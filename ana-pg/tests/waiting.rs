@@ -197,8 +197,10 @@ async fn a_waiter_whose_wait_runs_out_is_told_when_to_retry() {
 async fn a_live_holder_slower_than_its_timeout_keeps_its_lease() {
     let db = TestDb::new().await;
     const TIMEOUT: Duration = Duration::from_millis(500);
-    let manager: PgManager =
-        Manager::new(db.repository.clone()).with_max_lease(Duration::from_secs(60));
+    // Below the default floor on timeouts, to keep the test short.
+    let manager: PgManager = Manager::new(db.repository.clone())
+        .with_max_lease(Duration::from_secs(60))
+        .with_min_timeout(None);
     let (started, start) = oneshot::channel();
     let (release, released) = oneshot::channel();
     let holder = tokio::spawn({
