@@ -55,8 +55,8 @@
 //!
 //! ## One round trip per step, on the server's clock
 //!
-//! `claim`, `complete` and `fail` are each one `EVALSHA` of a Lua script (loaded again on
-//! `NOSCRIPT`), so each step is atomic in Redis and costs one round trip:
+//! `claim`, `complete` and `fail` are each one `EVALSHA` of a Lua script (sent whole with
+//! `EVAL` when the server answers `NOSCRIPT`, which also caches it again), so each step is atomic in Redis and costs one round trip:
 //!
 //! - **claim** creates the record, or takes over a record for which
 //!   [`TrackedOperation::is_claimable_at`](ana_core::TrackedOperation::is_claimable_at) holds
@@ -156,6 +156,7 @@
 mod maintenance;
 mod record;
 mod repository;
+mod script;
 
 pub use repository::{
     DEFAULT_PREFIX, DEFAULT_RETENTION_AFTER_EXPIRATION, DEFAULT_RETENTION_WITHOUT_EXPIRATION,

@@ -11,46 +11,44 @@ use ana_core::{
     Renewal, RepositoryError, Status, TrackedOperation,
 };
 use redis::aio::{ConnectionLike, MultiplexedConnection};
-use redis::{
-    ErrorKind, FromRedisValue, RedisError, RedisFuture, Script, ScriptInvocation, ServerErrorKind,
-    Value,
-};
+use redis::{ErrorKind, FromRedisValue, RedisError, RedisFuture, ServerErrorKind, Value};
 
 use crate::record::{self, corrupt, duration_micros, micros};
+use crate::script::{Call, Lua};
 
-static CLAIM: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(concat!(
         include_str!("lua/prelude.lua"),
         include_str!("lua/claim.lua")
     ))
 });
-static FINISH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+static FINISH: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(concat!(
         include_str!("lua/prelude.lua"),
         include_str!("lua/finish.lua")
     ))
 });
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+static RENEW: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(concat!(
         include_str!("lua/prelude.lua"),
         include_str!("lua/renew.lua")
     ))
 });
-static RESTORE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+static RESTORE: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(concat!(
         include_str!("lua/prelude.lua"),
         include_str!("lua/restore.lua")
     ))
 });
 
-pub(crate) static FORGET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+pub(crate) static FORGET: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(concat!(
         include_str!("lua/prelude.lua"),
         include_str!("lua/forget.lua")
     ))
 });
-pub(crate) static TIME_OUT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(concat!(
+pub(crate) static TIME_OUT: LazyLock<Lua> = LazyLock::new(|| {
+    Lua::new(concat!(
         include_str!("lua/prelude.lua"),
         include_str!("lua/time_out.lua")
     ))
@@ -507,38 +505,29 @@ impl RedisRepository {
         Ok(())
     }
 
-    /// A script invocation on the record's key with the retention arguments every script
+    /// A call of `script` on the record's key with the retention arguments every script
     /// starts with.
-    pub(crate) fn invocation<'a>(
-        &self,
-        script: &'a Script,
-        target: &str,
-        key: &str,
-    ) -> ScriptInvocation<'a> {
+    pub(crate) fn invocation(&self, script: &'static Lua, target: &str, key: &str) -> Call {
         self.invocation_on(script, self.record_key(target, key))
     }
 
-    /// A script invocation on the Redis key `name`, with the retention arguments.
-    pub(crate) fn invocation_on<'a>(
-        &self,
-        script: &'a Script,
-        name: String,
-    ) -> ScriptInvocation<'a> {
-        let mut invocation = script.key(name);
+    /// A call of `script` on the Redis key `name`, with the retention arguments.
+    pub(crate) fn invocation_on(&self, script: &'static Lua, name: String) -> Call {
+        let mut invocation = script.call(name);
         invocation
             .arg(duration_micros(self.after_expiration))
             .arg(duration_micros(self.without_expiration));
         invocation
     }
 
-    /// Runs `invocation` (`EVALSHA`, loading the script when the server does not know it).
+    /// Runs `invocation` (`EVALSHA`, or `EVAL` when the server does not know the script).
     pub(crate) async fn invoke<T: FromRedisValue>(
         &self,
-        invocation: &ScriptInvocation<'_>,
+        invocation: &Call,
     ) -> Result<T, RepositoryError> {
         self.shared
             .run(&self.pool, |mut connection| async move {
-                invocation.invoke_async(&mut connection).await
+                invocation.query(&mut connection).await
             })
             .await
     }

@@ -416,7 +416,8 @@ async fn prefixes_isolate_stores() {
     assert_eq!(runs.load(Ordering::SeqCst), 2);
 }
 
-/// The scripts run after `SCRIPT FLUSH` (NOSCRIPT is answered by loading them again).
+/// The scripts run after `SCRIPT FLUSH`: NOSCRIPT is answered with `EVAL`, which cannot miss
+/// even when another client flushes the scripts again at once.
 #[tokio::test]
 async fn scripts_reload_after_a_flush() {
     let repository = repository().await;
