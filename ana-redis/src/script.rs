@@ -89,7 +89,7 @@ mod tests {
             .args_iter()
             .map(|arg| match arg {
                 Arg::Simple(bytes) => bytes.to_vec(),
-                Arg::Cursor => b"<cursor>".to_vec(),
+                other => panic!("a call holds only plain arguments, not {other:?}"),
             })
             .collect()
     }
