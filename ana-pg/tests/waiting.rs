@@ -47,11 +47,30 @@ fn watched(repository: PgRepository) -> (PgManager, mpsc::UnboundedReceiver<()>)
     (manager, rx)
 }
 
-/// A payment that writes `note` to the ledger in its transaction, once `release` fires.
+/// The holder's side of a gate: its operation says it started (so the record is claimed),
+/// then waits to be released.
+struct Gate {
+    started: oneshot::Sender<()>,
+    release: oneshot::Receiver<()>,
+}
+
+/// A gate, the receiver of its start and the sender of its release.
+fn gate() -> (Gate, oneshot::Receiver<()>, oneshot::Sender<()>) {
+    let (started, start) = oneshot::channel();
+    let (release, released) = oneshot::channel();
+    let gate = Gate {
+        started,
+        release: released,
+    };
+    (gate, start, release)
+}
+
+/// A payment that writes `note` to the ledger in its transaction, once its gate (if any)
+/// opens.
 fn payment(
     schema: String,
     note: &'static str,
-    release: Option<oneshot::Receiver<()>>,
+    gate: Option<Gate>,
 ) -> impl ana_core::Operation<PgSession, Payload = &'static str, Output = String, Error = BoxError>
 {
     operation(
@@ -59,7 +78,8 @@ fn payment(
         KEY,
         "pay 10",
         move |session: PgSession| async move {
-            if let Some(release) = release {
+            if let Some(Gate { started, release }) = gate {
+                let _ = started.send(());
                 let _ = release.await;
             }
             let mut tx = session.transaction().await?;
@@ -88,18 +108,20 @@ async fn a_finish_in_one_process_wakes_a_waiter_in_another() {
     let (a, b) = (process(&db, "a").await, process(&db, "b").await);
     let mut watch = b.watch(RecordId::new(TARGET, KEY));
     let (manager_a, (manager_b, mut waiting)) = (Manager::new(a), watched(b));
-    let (release, released) = oneshot::channel();
+    let (gate, start, release) = gate();
     let holder = tokio::spawn({
         let manager: PgManager = manager_a;
-        let op = payment(db.schema.clone(), "paid on a", Some(released));
+        let op = payment(db.schema.clone(), "paid on a", Some(gate));
         async move { manager.run(op).await }
     });
-    // A's call holds the record once B's waiter reports waiting.
+    within("the holder to claim", start).await.unwrap();
     let waiter = tokio::spawn({
         let op = payment(db.schema.clone(), "paid on b", None);
         async move { manager_b.run_or_wait(op, LIMIT).await }
     });
-    within("the waiter to wait", waiting.recv()).await;
+    within("the waiter to wait", waiting.recv())
+        .await
+        .expect("the waiter reports waiting");
     let _ = release.send(());
     // The notification itself reaches B.
     within("B's notification", watch.changed()).await;
@@ -133,16 +155,19 @@ async fn waiters_finish_by_polling_when_the_listener_is_killed() {
     let db = TestDb::new().await;
     let (a, b) = (process(&db, "a").await, process(&db, "b").await);
     let (manager_a, (manager_b, mut waiting)): (PgManager, _) = (Manager::new(a), watched(b));
-    let (release, released) = oneshot::channel();
+    let (gate, start, release) = gate();
     let holder = tokio::spawn({
-        let op = payment(db.schema.clone(), "paid on a", Some(released));
+        let op = payment(db.schema.clone(), "paid on a", Some(gate));
         async move { manager_a.run(op).await }
     });
+    within("the holder to claim", start).await.unwrap();
     let waiter = tokio::spawn({
         let op = payment(db.schema.clone(), "paid on b", None);
         async move { manager_b.run_or_wait(op, LIMIT).await }
     });
-    within("the waiter to wait", waiting.recv()).await;
+    within("the waiter to wait", waiting.recv())
+        .await
+        .expect("the waiter reports waiting");
     // B's listening connection is up once its LISTEN ran; end it.
     within("B's listener to be killed", async {
         while kill_listeners(&db, "b").await == 0 {
@@ -285,7 +310,9 @@ async fn a_killed_holder_is_taken_over_by_exactly_one_waiter() {
         })
         .collect();
     for _ in 0..WAITERS {
-        within("the waiters to wait", waiting.recv()).await;
+        within("the waiters to wait", waiting.recv())
+            .await
+            .expect("every waiter reports waiting");
     }
     child.start_kill().unwrap();
     assert_eq!(child.wait().await.unwrap().signal(), Some(9));
