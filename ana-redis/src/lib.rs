@@ -157,6 +157,7 @@ mod maintenance;
 mod record;
 mod repository;
 mod script;
+mod wake;
 
 pub use repository::{
     DEFAULT_PREFIX, DEFAULT_RETENTION_AFTER_EXPIRATION, DEFAULT_RETENTION_WITHOUT_EXPIRATION,

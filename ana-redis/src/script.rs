@@ -8,7 +8,7 @@
 //! round trip instead of two and caches the script for the next `EVALSHA`: this module exists
 //! for that semantic difference.
 
-use redis::{Arg, Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedisArgs};
+use redis::{Arg, Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedisArgs, Value};
 
 /// A Lua script: its text and its SHA-1, computed once.
 pub(crate) struct Lua {
@@ -58,18 +58,72 @@ impl Call {
         }
     }
 
+    /// Sends the call with `then` pipelined behind it, in the same round trip, and answers
+    /// the call's reply; `then`'s reply, or its error, is dropped. On `NOSCRIPT` both are sent
+    /// again with `EVAL` (so `then` runs twice: for a `PUBLISH`, one spurious message).
+    pub(crate) async fn query_then<T: FromRedisValue>(
+        self,
+        connection: &mut impl redis::aio::ConnectionLike,
+        then: Cmd,
+    ) -> Result<T, RedisError> {
+        let lua = self.lua;
+        // The call moves into the pipeline (its arguments may hold a large result): no copy.
+        let mut pipeline = redis::pipe();
+        pipeline.ignore_errors();
+        pipeline.add_command(self.command);
+        pipeline.add_command(then).ignore();
+        match first(&pipeline, connection).await {
+            Err(error) if is_no_script(&error) => {
+                let mut commands = pipeline.cmd_iter();
+                let mut again = redis::pipe();
+                again.ignore_errors();
+                if let Some(call) = commands.next() {
+                    again.add_command(lua.eval(call));
+                }
+                for then in commands {
+                    again.add_command(then.clone()).ignore();
+                }
+                first(&again, connection).await
+            }
+            answer => answer,
+        }
+    }
+
     /// The `EVAL` form of the call: the script's text in place of its hash.
     fn eval(&self) -> Cmd {
+        self.lua.eval(&self.command)
+    }
+}
+
+impl Lua {
+    /// The `EVAL` form of `evalsha`, a call of this script: its text in place of its hash.
+    fn eval(&self, evalsha: &Cmd) -> Cmd {
         let mut command = redis::cmd("EVAL");
-        command.arg(self.lua.code);
+        command.arg(self.code);
         // The EVALSHA command's arguments after its name and the hash: the key count, the
         // key, then ARGV.
-        for arg in self.command.args_iter().skip(2) {
+        for arg in evalsha.args_iter().skip(2) {
             if let Arg::Simple(bytes) = arg {
                 command.arg(bytes);
             }
         }
         command
+    }
+}
+
+/// The first reply of `pipeline` (sent with `ignore_errors`, its other commands ignored).
+async fn first<T: FromRedisValue>(
+    pipeline: &redis::Pipeline,
+    connection: &mut impl redis::aio::ConnectionLike,
+) -> Result<T, RedisError> {
+    let replies: Vec<Value> = pipeline.query_async(connection).await?;
+    match replies.into_iter().next() {
+        Some(Value::ServerError(error)) => Err(error.into()),
+        Some(reply) => T::from_redis_value(reply).map_err(RedisError::from),
+        None => Err(RedisError::from((
+            ErrorKind::UnexpectedReturnType,
+            "a pipeline answered nothing",
+        ))),
     }
 }
 
