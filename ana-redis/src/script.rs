@@ -8,12 +8,17 @@
 //! round trip instead of two and caches the script for the next `EVALSHA`: this module exists
 //! for that semantic difference.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use redis::{Arg, Cmd, ErrorKind, FromRedisValue, RedisError, ServerErrorKind, ToRedisArgs, Value};
 
 /// A Lua script: its text and its SHA-1, computed once.
 pub(crate) struct Lua {
     code: &'static str,
     hash: String,
+    /// Whether a [`Call::query_then`] of this script succeeded in this process, so the server
+    /// most likely has it cached.
+    sent: AtomicBool,
 }
 
 impl Lua {
@@ -21,6 +26,7 @@ impl Lua {
         Self {
             code,
             hash: redis::Script::new(code).get_hash().to_owned(),
+            sent: AtomicBool::new(false),
         }
     }
 
@@ -59,20 +65,30 @@ impl Call {
     }
 
     /// Sends the call with `then` pipelined behind it, in the same round trip, and answers
-    /// the call's reply; `then`'s reply, or its error, is dropped. On `NOSCRIPT` both are sent
-    /// again with `EVAL` (so `then` runs twice: for a `PUBLISH`, one spurious message).
+    /// the call's reply; `then`'s reply, or its error, is dropped.
+    ///
+    /// `then` runs whatever the script does, so a `NOSCRIPT` answer would run it once for
+    /// nothing and once more with the `EVAL` sent again. The first call of a script in this
+    /// process is therefore sent with `EVAL` (the script's text, which also caches it):
+    /// `then` runs twice only when the server lost its script cache later (a `SCRIPT
+    /// FLUSH`, a restart, a failover to a node that never saw the script).
     pub(crate) async fn query_then<T: FromRedisValue>(
         self,
         connection: &mut impl redis::aio::ConnectionLike,
         then: Cmd,
     ) -> Result<T, RedisError> {
         let lua = self.lua;
+        let command = if lua.sent.load(Ordering::Relaxed) {
+            self.command
+        } else {
+            self.eval()
+        };
         // The call moves into the pipeline (its arguments may hold a large result): no copy.
         let mut pipeline = redis::pipe();
         pipeline.ignore_errors();
-        pipeline.add_command(self.command);
+        pipeline.add_command(command);
         pipeline.add_command(then).ignore();
-        match first(&pipeline, connection).await {
+        let answer = match first(&pipeline, connection).await {
             Err(error) if is_no_script(&error) => {
                 let mut commands = pipeline.cmd_iter();
                 let mut again = redis::pipe();
@@ -86,7 +102,11 @@ impl Call {
                 first(&again, connection).await
             }
             answer => answer,
+        };
+        if answer.is_ok() {
+            lua.sent.store(true, Ordering::Relaxed);
         }
+        answer
     }
 
     /// The `EVAL` form of the call: the script's text in place of its hash.
