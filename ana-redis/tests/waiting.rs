@@ -538,3 +538,98 @@ async fn every_end_of_a_record_publishes_once() {
             .all(|payload| !payload.contains("completed"))
     );
 }
+
+/// A TCP proxy in front of Redis whose connections can go silent: once frozen, a connection
+/// forwards nothing more and stays open, like a network path that died without a reset.
+struct Proxy {
+    port: u16,
+    connections: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections: Arc<std::sync::Mutex<Vec<Arc<std::sync::atomic::AtomicBool>>>> =
+            Arc::default();
+        let registry = connections.clone();
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    continue;
+                };
+                let frozen = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                registry.lock().unwrap().push(frozen.clone());
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(Self::pump(client_read, server_write, frozen.clone()));
+                tokio::spawn(Self::pump(server_read, client_write, frozen));
+            }
+        });
+        Self { port, connections }
+    }
+
+    async fn pump(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        frozen: Arc<std::sync::atomic::AtomicBool>,
+    ) {
+        use tokio::io::AsyncReadExt;
+        let mut buffer = vec![0; 16 * 1024];
+        while let Ok(read) = from.read(&mut buffer).await {
+            if read == 0 {
+                return;
+            }
+            if frozen.load(Ordering::SeqCst) {
+                // Silent for good: neither forwarded nor closed.
+                std::future::pending::<()>().await;
+            }
+            if to.write_all(&buffer[..read]).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Freezes every connection made so far; how many.
+    fn freeze(&self) -> usize {
+        let connections = self.connections.lock().unwrap();
+        for frozen in connections.iter() {
+            frozen.store(true, Ordering::SeqCst);
+        }
+        connections.len()
+    }
+
+    fn accepted(&self) -> usize {
+        self.connections.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_subscriber_connection_is_noticed_by_its_heartbeat() {
+    let url = redis_url().await;
+    let address = match redis::Client::open(url.as_str())
+        .unwrap()
+        .get_connection_info()
+        .addr()
+    {
+        redis::ConnectionAddr::Tcp(host, port) => format!("{host}:{port}"),
+        other => panic!("this test proxies TCP, not {other:?}"),
+    };
+    let proxy = Proxy::start(address).await;
+    let subscriber = redis::Client::open(format!("redis://127.0.0.1:{}", proxy.port)).unwrap();
+    let repository = store(&random_prefix()).await.with_subscriber(subscriber);
+    let mut watch = repository.watch(RecordId::new(TARGET, KEY));
+    within("the subscriber to subscribe", watch.changed()).await;
+    assert_eq!(proxy.accepted(), 1);
+    // The connection stays open but answers nothing: only the heartbeat can tell.
+    assert_eq!(proxy.freeze(), 1);
+    within("the heartbeat to notice", watch.changed()).await;
+    within("the subscriber to subscribe again", watch.changed()).await;
+    assert_eq!(proxy.accepted(), 2);
+    let manager: RedisManager = Manager::new(repository);
+    manager
+        .call(payment("paid", Arc::default(), None))
+        .await
+        .unwrap();
+    within("the message of the finish", watch.changed()).await;
+}
