@@ -78,13 +78,7 @@ fn payment(
 }
 
 /// A holder that has claimed the record and waits for `release`, counting into `runs`.
-async fn hold(
-    manager: &RedisManager,
-    runs: &Arc<AtomicUsize>,
-) -> (
-    tokio::task::JoinHandle<Result<Outcome<String>, ana_core::Error<BoxError>>>,
-    oneshot::Sender<()>,
-) {
+async fn hold(manager: &RedisManager, runs: &Arc<AtomicUsize>) -> (Task, oneshot::Sender<()>) {
     let (started, start) = oneshot::channel();
     let (release, released) = oneshot::channel();
     let holder = tokio::spawn({
@@ -98,21 +92,36 @@ async fn hold(
     (holder, release)
 }
 
+type Task = tokio::task::JoinHandle<Result<Outcome<String>, ana_core::Error<BoxError>>>;
+
+/// `count` calls of the payment answering `note` that wait on the holder, once all of them
+/// report waiting.
+async fn wait_on(
+    manager: &RedisManager,
+    waiting: &mut mpsc::UnboundedReceiver<()>,
+    count: usize,
+    note: &'static str,
+    runs: &Arc<AtomicUsize>,
+) -> Vec<Task> {
+    let waiters = (0..count)
+        .map(|_| {
+            let (manager, op) = (manager.clone(), payment(note, runs.clone(), None));
+            tokio::spawn(async move { manager.run_or_wait(op, LIMIT).await })
+        })
+        .collect();
+    for _ in 0..count {
+        within("the waiters to wait", waiting.recv()).await.unwrap();
+    }
+    waiters
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_waiters_on_one_key_see_one_run() {
     const WAITERS: usize = 100;
     let (manager, mut waiting) = watched(store(&random_prefix()).await);
     let runs = Arc::new(AtomicUsize::new(0));
     let (holder, release) = hold(&manager, &runs).await;
-    let waiters: Vec<_> = (0..WAITERS)
-        .map(|_| {
-            let (manager, op) = (manager.clone(), payment("paid again", runs.clone(), None));
-            tokio::spawn(async move { manager.run_or_wait(op, LIMIT).await })
-        })
-        .collect();
-    for _ in 0..WAITERS {
-        within("the waiters to wait", waiting.recv()).await.unwrap();
-    }
+    let waiters = wait_on(&manager, &mut waiting, WAITERS, "paid again", &runs).await;
     let _ = release.send(());
     let holder = holder.await.unwrap();
     assert!(
@@ -206,11 +215,10 @@ async fn a_finish_in_another_process_wakes_the_waiter_here() {
     assert!(watch.is_pushed());
     within("the subscriber to subscribe", watch.changed()).await;
     let (manager, mut waiting) = watched(repository);
-    let waiter = tokio::spawn({
-        let op = payment("paid in B", Arc::default(), None);
-        async move { manager.run_or_wait(op, LIMIT).await }
-    });
-    within("the waiter to wait", waiting.recv()).await.unwrap();
+    let [waiter] = wait_on(&manager, &mut waiting, 1, "paid in B", &Arc::default())
+        .await
+        .try_into()
+        .unwrap();
     let mut stdin = child.stdin.take().unwrap();
     stdin.write_all(b"finish\n").await.unwrap();
     stdin.flush().await.unwrap();
@@ -235,15 +243,7 @@ async fn a_killed_holder_is_taken_over_by_exactly_one_waiter() {
     let mut child = holder_process(harness.prefix(), "hang").await;
     let (manager, mut waiting) = watched(harness.repository());
     let runs = Arc::new(AtomicUsize::new(0));
-    let waiters: Vec<_> = (0..WAITERS)
-        .map(|_| {
-            let (manager, op) = (manager.clone(), payment("retried", runs.clone(), None));
-            tokio::spawn(async move { manager.run_or_wait(op, LIMIT).await })
-        })
-        .collect();
-    for _ in 0..WAITERS {
-        within("the waiters to wait", waiting.recv()).await.unwrap();
-    }
+    let waiters = wait_on(&manager, &mut waiting, WAITERS, "retried", &runs).await;
     child.start_kill().unwrap();
     assert_eq!(child.wait().await.unwrap().signal(), Some(9));
     // The holder's timeout passes on the server's clock (its stored times moved back).
@@ -364,11 +364,10 @@ async fn waiters_poll_while_the_subscriber_is_killed_and_it_comes_back() {
     let first = subscriber_id(&mut admin, &user.name)
         .await
         .expect("the subscriber is connected, named, as its user");
-    let waiter = tokio::spawn({
-        let (manager, op) = (manager.clone(), payment("paid again", runs.clone(), None));
-        async move { manager.run_or_wait(op, LIMIT).await }
-    });
-    within("the waiter to wait", waiting.recv()).await.unwrap();
+    let [waiter] = wait_on(&manager, &mut waiting, 1, "paid again", &runs)
+        .await
+        .try_into()
+        .unwrap();
 
     // The subscriber's user is disabled (it cannot subscribe again) and its connection killed.
     user.set("off").await;
@@ -416,11 +415,10 @@ async fn an_unreachable_subscriber_leaves_claims_and_waits_working() {
     let (manager, mut waiting) = watched(repository);
     let runs = Arc::new(AtomicUsize::new(0));
     let (holder, release) = hold(&manager, &runs).await;
-    let waiter = tokio::spawn({
-        let (manager, op) = (manager.clone(), payment("paid again", runs.clone(), None));
-        async move { manager.run_or_wait(op, LIMIT).await }
-    });
-    within("the waiter to wait", waiting.recv()).await.unwrap();
+    let [waiter] = wait_on(&manager, &mut waiting, 1, "paid again", &runs)
+        .await
+        .try_into()
+        .unwrap();
     let _ = release.send(());
     assert!(matches!(holder.await.unwrap(), Ok(Outcome::Executed(_))));
     let out = within("the waiter", waiter).await.unwrap();
