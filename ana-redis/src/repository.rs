@@ -577,12 +577,16 @@ impl RedisRepository {
     }
 
     /// Runs `invocation`, a step that may end the record held by waiting calls (finish, time
-    /// out, forget), with `PUBLISH <prefix>wake <digest of name>` pipelined behind it: one
-    /// round trip, and no change to the scripts. The message goes out whatever the script
-    /// answers (a finish that lost its lease publishes too): a waiting call woken for nothing
-    /// reads its record and waits on. A `PUBLISH` the server refuses (an ACL without the
-    /// channel) is dropped: waiting calls then poll. A cluster store does not publish: a
-    /// `PUBLISH` there travels to every node (see [Wake-ups](crate#wake-ups)).
+    /// out, forget), with `PUBLISH <prefix>wake <digest of name>` pipelined behind it.
+    ///
+    /// Published from here rather than from the scripts: the pipeline costs no round trip
+    /// more, the scripts keep touching their one key and nothing else, and a store that
+    /// cannot publish (a cluster, an ACL without the channel) runs the same scripts. The
+    /// price is that the message goes out whatever the script answered (a finish that lost
+    /// its lease publishes too), which is harmless: a waiting call woken for nothing reads
+    /// its record and waits on. A `PUBLISH` the server refuses is dropped: waiting calls then
+    /// poll. A cluster store does not publish: a `PUBLISH` there travels to every node (see
+    /// [Wake-ups](crate#wake-ups)).
     pub(crate) async fn invoke_and_wake<T: FromRedisValue>(
         &self,
         invocation: Call,
