@@ -200,6 +200,34 @@ impl Fingerprint {
             out.push(char::from(DIGITS[usize::from(byte & 0xf)]));
         }
     }
+
+    /// Reads the 32 hex digits [`push_hex`](Self::push_hex) writes (either case); `None` for
+    /// anything else.
+    ///
+    /// ```
+    /// use ana_core::Fingerprint;
+    ///
+    /// let fingerprint = Fingerprint::of("pay 10");
+    /// let mut hex = String::new();
+    /// fingerprint.push_hex(&mut hex);
+    /// assert_eq!(Fingerprint::from_hex(hex.as_bytes()), Some(fingerprint));
+    /// assert_eq!(Fingerprint::from_hex(b"not hex"), None);
+    /// ```
+    pub fn from_hex(hex: &[u8]) -> Option<Self> {
+        if hex.len() != 2 * Self::LEN {
+            return None;
+        }
+        let digit = |byte: u8| {
+            char::from(byte)
+                .to_digit(16)
+                .and_then(|d| u8::try_from(d).ok())
+        };
+        let mut bytes = [0; Self::LEN];
+        for (slot, pair) in bytes.iter_mut().zip(hex.chunks_exact(2)) {
+            *slot = digit(pair[0])? << 4 | digit(pair[1])?;
+        }
+        Some(Self(bytes))
+    }
 }
 
 impl fmt::Debug for Fingerprint {
@@ -522,6 +550,21 @@ mod tests {
     use std::collections::{BTreeMap, HashMap};
 
     use super::*;
+
+    #[test]
+    fn fingerprints_read_back_from_hex_and_nothing_else() {
+        let fingerprint = Fingerprint::from_bytes(*b"\x00\x01\x7f\x80\xfe\xffabcdefghij");
+        let mut hex = String::new();
+        fingerprint.push_hex(&mut hex);
+        assert_eq!(hex, "00017f80feff6162636465666768696a");
+        assert_eq!(Fingerprint::from_hex(hex.as_bytes()), Some(fingerprint));
+        let upper = hex.to_ascii_uppercase();
+        assert_eq!(Fingerprint::from_hex(upper.as_bytes()), Some(fingerprint));
+        assert_eq!(Fingerprint::from_hex(&hex.as_bytes()[1..]), None);
+        assert_eq!(Fingerprint::from_hex(b"zz"), None);
+        assert_eq!(Fingerprint::from_hex("g".repeat(32).as_bytes()), None);
+        assert_eq!(Fingerprint::from_hex("+1".repeat(16).as_bytes()), None);
+    }
 
     /// The canonical form is compact JSON with every object's keys in order.
     #[test]

@@ -66,7 +66,8 @@
 //!   attempt number *and* the claim number; a record expired before `complete` becomes Failed
 //!   with [`FailureKind::Expired`](ana_core::FailureKind::Expired) and the call gets
 //!   [`Completion::Expired`](ana_core::Completion::Expired). `fail` stores the failure's kind
-//!   in `fail` and its message in `err`.
+//!   in `fail` and its message in `err`. Both publish a [wake-up](#wake-ups) in the same
+//!   round trip.
 //!
 //! Every deadline is computed and compared on the Redis server's clock (`TIME` inside the
 //! script; Redis replicates a script's effects, not the script, so replicas agree), never on
@@ -106,6 +107,52 @@
 //! - **cleanup** walks the keys the same way and marks Running records past their timeout
 //!   Failed (one script each, which checks again). It deletes nothing: the TTLs below do,
 //!   and it says so ([`Cleaned::expires_itself`](ana_core::Cleaned::expires_itself)).
+//!
+//! ## Wake-ups
+//!
+//! A call waiting for another holder's record
+//! ([`Manager::call_or_wait`](ana_core::Manager::call_or_wait), `Prefer: wait` in HTTP) is
+//! woken through Redis pub/sub, on a single server:
+//!
+//! - Every step that may end a held record (`complete`, `fail`, the clean-up's time-out,
+//!   `forget`) sends `PUBLISH <prefix>wake <digest>` in one pipeline with its script: the same
+//!   round trip, the scripts untouched. It publishes whatever the script answered: a finish
+//!   that lost its lease publishes too, and a call woken for nothing reads its record and
+//!   waits on. The digest is the first 32 hex digits of the SHA-1 of the record's Redis key
+//!   (`string.sub(redis.sha1hex(key), 1, 32)` in Lua): nothing of the key travels. Claims and
+//!   replays publish nothing.
+//! - A store from [`RedisRepository::from_url`] (or given a client with
+//!   [`with_subscriber`](RedisRepository::with_subscriber)) opens one subscriber connection,
+//!   at its first waiting call: RESP3, named `ana-wake:<pid>:<n>` (`CLIENT LIST` shows it),
+//!   subscribed to `<prefix>wake`. Waiting calls register their record's digest in the
+//!   process; a message wakes those of its record, which claim again at once. Clones of the
+//!   store share the subscriber, which stops with the last of them.
+//! - The subscriber sends `PING` every second. A connection that drops, or does not answer
+//!   within a second, is replaced, after a pause from 50 ms doubling up to 5 s. Each time it
+//!   subscribes and each time it drops, every waiting call reads its record again: finishes in
+//!   between were not heard.
+//! - Waiting calls poll besides (after 250 ms, then doubling up to one second), so while the
+//!   subscriber is down, or a message is lost, they answer late but never miss the finish.
+//!
+//! **ACL.** The subscriber's user needs `SUBSCRIBE` and `PING`, the channel, and `CLIENT
+//! SETNAME` to be named (without it the connection subscribes unnamed):
+//!
+//! ```text
+//! ACL SETUSER ana-waiter on >secret resetchannels &ana:wake -@all +subscribe +ping +client|setname
+//! ```
+//!
+//! The store's own user needs `PUBLISH` on the channel. A `PUBLISH` the server refuses never
+//! fails the step: the waiting calls of other processes then poll.
+//!
+//! **Versions.** The subscriber speaks RESP3 (Redis 6 or later); on Redis 5 it never
+//! subscribes and waiting calls poll. A store built with [`RedisRepository::new`] on a pool of
+//! its own publishes, but its own waiting calls poll unless it is given a client with
+//! [`with_subscriber`](RedisRepository::with_subscriber).
+//!
+//! **Redis Cluster polls.** A cluster store neither publishes nor subscribes: its waiting
+//! calls poll. A `PUBLISH` on a cluster travels over the cluster bus to every node, so every
+//! finish would cost every node; sharded pub/sub (`SPUBLISH`) would need a subscriber on each
+//! master, moved along with the slots.
 //!
 //! ## Redis Cluster
 //!
@@ -157,6 +204,7 @@ mod maintenance;
 mod record;
 mod repository;
 mod script;
+mod wake;
 
 pub use repository::{
     DEFAULT_PREFIX, DEFAULT_RETENTION_AFTER_EXPIRATION, DEFAULT_RETENTION_WITHOUT_EXPIRATION,

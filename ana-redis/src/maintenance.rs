@@ -27,10 +27,11 @@ const SCAN_COUNT: usize = 1000;
 ///   [`Cleaned::expires_itself`] is set and [`Cleaned::deleted`] is 0.
 impl Maintenance for RedisRepository {
     async fn forget(&self, id: RecordId<'_>, force: bool) -> Result<Forgotten, RepositoryError> {
-        let mut invocation = self.invocation(&FORGET, id.target, id.key);
-        invocation.arg(if force { "1" } else { "0" });
-        let reply: Vec<Value> = self.invoke(&invocation).await?;
         let name = self.record_key(id.target, id.key);
+        let mut invocation = self.invocation_on(&FORGET, name.clone());
+        invocation.arg(if force { "1" } else { "0" });
+        // A forgotten record frees its key: calls waiting on it may claim it.
+        let reply: Vec<Value> = self.invoke_and_wake(invocation, &name).await?;
         let mut reply = reply.into_iter();
         match (reply.next(), reply.next(), reply.next()) {
             (Some(Value::Int(0)), None, None) => Ok(Forgotten::NotFound),
@@ -84,9 +85,10 @@ impl Maintenance for RedisRepository {
                     break;
                 }
                 let kind = FailureKind::TimedOut;
-                let mut invocation = self.invocation_on(&TIME_OUT, record.name);
+                let mut invocation = self.invocation_on(&TIME_OUT, record.name.clone());
                 invocation.arg(kind.message()).arg(kind.as_str());
-                let changed: i64 = self.invoke(&invocation).await?;
+                // A record marked Failed may be claimed again by the calls waiting on it.
+                let changed: i64 = self.invoke_and_wake(invocation, &record.name).await?;
                 cleaned.failed += u64::from(changed == 1);
             }
         }

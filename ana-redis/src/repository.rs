@@ -8,13 +8,14 @@ use std::time::Duration;
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
     Claim, ClaimRequest, Completion, Failure, FailureKind, IdempotencyRepository, Lease, RecordId,
-    Renewal, RepositoryError, Status, TrackedOperation,
+    Renewal, RepositoryError, Status, TrackedOperation, Watch,
 };
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{ErrorKind, FromRedisValue, RedisError, RedisFuture, ServerErrorKind, Value};
 
 use crate::record::{self, corrupt, duration_micros, micros};
 use crate::script::{Call, Lua};
+use crate::wake::{self, Subscriber};
 
 static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
@@ -358,6 +359,7 @@ impl Shared {
 pub struct RedisRepository {
     pool: Pool,
     shared: Arc<Shared>,
+    wake: Arc<Subscriber>,
     prefix: Arc<str>,
     after_expiration: Duration,
     without_expiration: Duration,
@@ -368,6 +370,7 @@ impl fmt::Debug for RedisRepository {
         f.debug_struct("RedisRepository")
             .field("pool", &self.pool)
             .field("prefix", &self.prefix)
+            .field("wake", &self.wake)
             .field("retention_after_expiration", &self.after_expiration)
             .field("retention_without_expiration", &self.without_expiration)
             .finish()
@@ -379,6 +382,7 @@ impl RedisRepository {
         Self {
             pool,
             shared: Shared::new(),
+            wake: Arc::new(Subscriber::new(DEFAULT_PREFIX, None)),
             prefix: DEFAULT_PREFIX.into(),
             after_expiration: DEFAULT_RETENTION_AFTER_EXPIRATION,
             without_expiration: DEFAULT_RETENTION_WITHOUT_EXPIRATION,
@@ -386,12 +390,17 @@ impl RedisRepository {
     }
 
     /// A store on a single Redis server (or a primary behind a proxy) through `pool`.
+    ///
+    /// Its finishes publish wake-ups, but its own waiting calls poll unless it is given a
+    /// client to subscribe with ([`with_subscriber`](Self::with_subscriber)): a pool does not
+    /// hand out its client. [`from_url`](Self::from_url) does both.
     pub fn new(pool: deadpool_redis::Pool) -> Self {
         Self::with_pool(Pool::Single(pool))
     }
 
     /// A store on a Redis Cluster through `pool`. Every script touches one key, so records
-    /// spread over all the cluster's slots.
+    /// spread over all the cluster's slots. Its waiting calls poll: a cluster store neither
+    /// publishes nor subscribes (see [Wake-ups](crate#wake-ups)).
     #[cfg(feature = "cluster")]
     pub fn cluster(pool: deadpool_redis::cluster::Pool) -> Self {
         Self::with_pool(Pool::Cluster(pool))
@@ -399,15 +408,49 @@ impl RedisRepository {
 
     /// A store on the Redis server at `url` (`redis://[user:password@]host:port[/db]`,
     /// `rediss://` with a TLS feature of the driver), with deadpool-redis's default pool
-    /// settings. No connection is made until the first call.
+    /// settings, whose waiting calls are woken through a subscriber on the same server (see
+    /// [Wake-ups](crate#wake-ups); [`with_subscriber`](Self::with_subscriber) gives it other
+    /// credentials). No connection is made until the first call, and no subscription until
+    /// the first waiting call.
     ///
     /// # Errors
     ///
     /// When the URL cannot be parsed.
     pub fn from_url(url: impl Into<String>) -> Result<Self, deadpool_redis::CreatePoolError> {
-        let pool = deadpool_redis::Config::from_url(url)
+        let url = url.into();
+        let pool = deadpool_redis::Config::from_url(url.clone())
             .create_pool(Some(deadpool_redis::Runtime::Tokio1))?;
-        Ok(Self::new(pool))
+        let store = Self::new(pool);
+        // The pool parsed the same URL: this only fails where the pool did.
+        Ok(match redis::Client::open(url) {
+            Ok(client) => store.with_subscriber(client),
+            Err(_) => store,
+        })
+    }
+
+    /// Sets the client the store subscribes to wake-ups with, on its own connection: for a
+    /// Redis user (ACL) that may `SUBSCRIBE` to the channel `<prefix>wake`, or another
+    /// address of the same server. The connection speaks RESP3 whatever the client says, so
+    /// the server must be Redis 6 or later; on an older server, or while the client cannot
+    /// connect or subscribe, waiting calls poll. No effect on a cluster store.
+    ///
+    /// ```no_run
+    /// use ana_redis::{redis, RedisRepository};
+    ///
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let store = RedisRepository::from_url("redis://app:secret@127.0.0.1:6379")?
+    ///     .with_subscriber(redis::Client::open("redis://waiter:secret@127.0.0.1:6379")?);
+    /// # let _ = store;
+    /// # Ok(()) }
+    /// ```
+    #[must_use]
+    pub fn with_subscriber(mut self, client: redis::Client) -> Self {
+        if let Pool::Single(_) = self.pool
+            && let Ok(client) = wake::resp3(&client)
+        {
+            self.wake = Arc::new(Subscriber::new(&self.prefix, Some(client)));
+        }
+        self
     }
 
     /// A store on the Redis Cluster reached through any of `urls` (the other nodes are
@@ -438,6 +481,7 @@ impl RedisRepository {
     #[must_use]
     pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into().into();
+        self.wake = Arc::new(self.wake.with_prefix(&self.prefix));
         self
     }
 
@@ -532,6 +576,34 @@ impl RedisRepository {
             .await
     }
 
+    /// Runs `invocation`, a step that may end the record held by waiting calls (finish, time
+    /// out, forget), with `PUBLISH <prefix>wake <digest of name>` pipelined behind it.
+    ///
+    /// Published from here rather than from the scripts: the pipeline costs no round trip
+    /// more, the scripts keep touching their one key and nothing else, and a store that
+    /// cannot publish (a cluster, an ACL without the channel) runs the same scripts. The
+    /// price is that the message goes out whatever the script answered (a finish that lost
+    /// its lease publishes too), which is harmless: a waiting call woken for nothing reads
+    /// its record and waits on. A `PUBLISH` the server refuses is dropped: waiting calls then
+    /// poll. A cluster store does not publish: a `PUBLISH` there travels to every node (see
+    /// [Wake-ups](crate#wake-ups)).
+    pub(crate) async fn invoke_and_wake<T: FromRedisValue>(
+        &self,
+        invocation: Call,
+        name: &str,
+    ) -> Result<T, RepositoryError> {
+        if !matches!(self.pool, Pool::Single(_)) {
+            return self.invoke(&invocation).await;
+        }
+        let mut publish = redis::cmd("PUBLISH");
+        publish.arg(self.wake.channel()).arg(wake::message(name));
+        self.shared
+            .run(&self.pool, |mut connection| async move {
+                invocation.query_then(&mut connection, publish).await
+            })
+            .await
+    }
+
     /// Runs `command` on the shared connection (see [`Shared::run`]).
     pub(crate) async fn run<T, Fut>(
         &self,
@@ -561,7 +633,8 @@ impl RedisRepository {
         data: &[u8],
         detail: &str,
     ) -> Result<FinishAnswer, RepositoryError> {
-        let mut invocation = self.invocation(&FINISH, id.target, id.key);
+        let name = self.record_key(id.target, id.key);
+        let mut invocation = self.invocation_on(&FINISH, name.clone());
         invocation
             .arg(step)
             .arg(lease.attempt)
@@ -570,17 +643,14 @@ impl RedisRepository {
             .arg(detail)
             .arg(FailureKind::Expired.message())
             .arg(FailureKind::Expired.as_str());
-        match self.invoke::<i64>(&invocation).await? {
+        match self.invoke_and_wake::<i64>(invocation, &name).await? {
             0 => Ok(FinishAnswer::Done),
             1 => Ok(FinishAnswer::Superseded),
             2 => Ok(FinishAnswer::Expired),
             3 => Ok(FinishAnswer::Gone),
-            4 => Err(corrupt(
-                &self.record_key(id.target, id.key),
-                "a stored time is not an integer",
-            )),
+            4 => Err(corrupt(&name, "a stored time is not an integer")),
             other => Err(corrupt(
-                &self.record_key(id.target, id.key),
+                &name,
                 &format!("the finish script answered {other}"),
             )),
         }
@@ -728,7 +798,7 @@ impl IdempotencyRepository for RedisRepository {
     }
 
     /// One script on the server's clock: a compare-and-set on the lease that also keeps the
-    /// record's TTL past its new timeout. Waiting calls on Redis poll with a backoff.
+    /// record's TTL past its new timeout.
     async fn renew(
         &self,
         id: RecordId<'_>,
@@ -750,6 +820,12 @@ impl IdempotencyRepository for RedisRepository {
                     corrupt(&name, "a stored time is not an integer")
                 }),
         }
+    }
+
+    /// A watch woken by the messages of the repository's subscriber (see
+    /// [Wake-ups](crate#wake-ups)); [`Watch::polling`] on a cluster or without a subscriber.
+    fn watch(&self, id: RecordId<'_>) -> Watch {
+        self.wake.watch(&self.record_key(id.target, id.key))
     }
 
     async fn get(
