@@ -793,7 +793,7 @@ impl IdempotencyConfig {
     pub(crate) fn read(
         &self,
         parts: &Parts,
-        now: DateTime<Utc>,
+        now: impl FnOnce() -> DateTime<Utc>,
     ) -> Result<Option<RequestValues>, Rejection> {
         let inner = &*self.inner;
         let headers = &parts.headers;

@@ -320,7 +320,7 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         if parts.extensions.get::<InsideAttempt>().is_some() {
             return Ok(Plan::PassThrough);
         }
-        let Some(values) = self.inner.config.read(parts, self.inner.manager.now())? else {
+        let Some(values) = self.inner.config.read(parts, || self.inner.manager.now())? else {
             return Ok(Plan::PassThrough);
         };
         let limit = self.inner.config.max_request_body();
