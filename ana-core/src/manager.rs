@@ -580,7 +580,13 @@ where
     /// One claim, and what the record it answered means for the call.
     async fn claim_once<E>(&self, request: &ClaimRequest<'_>) -> Result<Step<R, Ctx>, Error<E>> {
         let timer = StoreTimer::start();
-        let claimed = self.repository.claim(request).await;
+        // A store that answers at once (the memory store) takes no boxed future.
+        // (`if let`: its scrutinee is gone before `else`, and takes no room across the await.)
+        let claimed = if let Some(claimed) = self.repository.claim_now(request) {
+            claimed
+        } else {
+            self.repository.claim(request).await
+        };
         timer.stop(self.repository.name(), "claim");
         let (lease, session, previous) = match claimed? {
             Claim::Existing { record, now } => {
@@ -915,12 +921,18 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let bytes = encoded.as_deref().ok();
         let timer = StoreTimer::start();
         let (id, lease) = (held.id(), held.lease);
-        let finish = manager.finish_retry.run(held.deadline, || {
-            manager
-                .repository
-                .complete(session.clone(), id, lease, bytes)
-        });
-        let (done, retries) = within(&held.observed, finish).await;
+        // A store that answers at once (the memory store) takes no boxed future.
+        let (done, retries) =
+            if let Some(done) = manager.repository.complete_now(&session, id, lease, bytes) {
+                (done, 0)
+            } else {
+                let finish = manager.finish_retry.run(held.deadline, || {
+                    manager
+                        .repository
+                        .complete(session.clone(), id, lease, bytes)
+                });
+                within(&held.observed, finish).await
+            };
         timer.stop(manager.repository.name(), "finish");
         held.observed.retried(retries);
         // A store error leaves the attempt armed: it is failed in the background.
@@ -1159,6 +1171,14 @@ trait DynRepository<Ctx>: Renew + Send + Sync + 'static {
         &'a self,
         request: &'a ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<Claim<Ctx>, RepositoryError>>;
+    fn claim_now(&self, request: &ClaimRequest<'_>) -> Option<Result<Claim<Ctx>, RepositoryError>>;
+    fn complete_now(
+        &self,
+        session: &Ctx,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Option<Result<Completion, RepositoryError>>;
     fn complete<'a>(
         &'a self,
         session: Ctx,
@@ -1205,6 +1225,23 @@ impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
         request: &'a ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<Claim<S::Session>, RepositoryError>> {
         Box::pin(IdempotencyRepository::claim(self, request))
+    }
+
+    fn claim_now(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Option<Result<Claim<S::Session>, RepositoryError>> {
+        IdempotencyRepository::claim_now(self, request)
+    }
+
+    fn complete_now(
+        &self,
+        session: &S::Session,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Option<Result<Completion, RepositoryError>> {
+        IdempotencyRepository::complete_now(self, session, id, lease, result)
     }
 
     fn complete<'a>(

@@ -331,6 +331,31 @@ pub trait IdempotencyRepository: Send + Sync + 'static {
         result: Option<&[u8]>,
     ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
 
+    /// [`claim`](Self::claim) answered at once, by a store that needs no I/O for it (the
+    /// memory store): the manager tries it first, and awaits `claim` only on `None` (the
+    /// default). An answer here must be the one `claim` would give.
+    fn claim_now(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Option<Result<Claim<Self::Session>, RepositoryError>> {
+        let _ = request;
+        None
+    }
+
+    /// [`complete`](Self::complete) answered at once, as [`claim_now`](Self::claim_now): the
+    /// manager tries it first, and awaits `complete` (tried again after transient errors) only
+    /// on `None` (the default). An answer here is final: it is not tried again.
+    fn complete_now(
+        &self,
+        session: &Self::Session,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Option<Result<Completion, RepositoryError>> {
+        let _ = (session, id, lease, result);
+        None
+    }
+
     /// Rolls the session back and marks the attempt Failed with `failure` (its kind and its
     /// message), counting it, unless the lease lost the record ([`Completion::Superseded`]).
     /// Never answers [`Completion::Expired`]: a failure is recorded even past the expiration.
