@@ -320,7 +320,9 @@ impl Observed {
         kind: EventKind,
         attempt: Option<u64>,
     ) {
-        let elapsed = self.started.map_or(Duration::ZERO, |started| started.elapsed());
+        let elapsed = self
+            .started
+            .map_or(Duration::ZERO, |started| started.elapsed());
         #[cfg(feature = "tracing")]
         trace(&self.span, kind, elapsed);
         #[cfg(feature = "metrics")]
@@ -352,7 +354,8 @@ impl Observed {
 /// Whether a `tracing` subscriber may take the call's events (which carry its duration).
 fn traced() -> bool {
     #[cfg(feature = "tracing")]
-    return tracing::level_filters::LevelFilter::current() != tracing::level_filters::LevelFilter::OFF;
+    return tracing::level_filters::LevelFilter::current()
+        != tracing::level_filters::LevelFilter::OFF;
     #[cfg(not(feature = "tracing"))]
     false
 }

@@ -971,7 +971,10 @@ pub fn keyed_scoped_key(
     scope: Option<&[u8]>,
     key: &str,
 ) -> String {
-    join(&scope_prefix(&scope_hash(fingerprint_key.hasher(), scope)), key)
+    join(
+        &scope_prefix(&scope_hash(fingerprint_key.hasher(), scope)),
+        key,
+    )
 }
 
 /// The client's key in a key made by [`scoped_key`] (or its keyed form): what follows
