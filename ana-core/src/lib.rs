@@ -136,7 +136,7 @@ pub use record::{
 };
 pub use repository::{
     BoxError, Claim, ClaimRequest, Completion, DecryptError, Failure, IdempotencyRepository, Lease,
-    RecordId, Renewal, RepositoryError,
+    RecordId, Renewal, RepositoryError, SharedRecordId,
 };
 pub use retry::FinishRetry;
 pub use wake::{Wakeups, Watch, record_digest};

@@ -24,7 +24,7 @@ use crate::operation::Operation;
 use crate::record::{FailureKind, Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
     Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId, Renewal,
-    RepositoryError,
+    RepositoryError, SharedRecordId,
 };
 use crate::retry::FinishRetry;
 
@@ -474,8 +474,7 @@ where
                 return Ok(Begun::Acquired(Attempt {
                     held: Held {
                         manager: self,
-                        target: call.target.to_owned(),
-                        key: call.key.to_owned(),
+                        record: SharedRecordId::new(call.target, call.key),
                         label: call.label.map(Box::from),
                         lease,
                         armed: Some(session.clone()),
@@ -581,7 +580,13 @@ where
     /// One claim, and what the record it answered means for the call.
     async fn claim_once<E>(&self, request: &ClaimRequest<'_>) -> Result<Step<R, Ctx>, Error<E>> {
         let timer = StoreTimer::start();
-        let claimed = self.repository.claim(request).await;
+        // A store that answers at once (the memory store) takes no boxed future.
+        // (`if let`: its scrutinee is gone before `else`, and takes no room across the await.)
+        let claimed = if let Some(claimed) = self.repository.claim_now(request) {
+            claimed
+        } else {
+            self.repository.claim(request).await
+        };
         timer.stop(self.repository.name(), "claim");
         let (lease, session, previous) = match claimed? {
             Claim::Existing { record, now } => {
@@ -885,12 +890,17 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
 
     /// The record's target.
     pub fn target(&self) -> &str {
-        &self.held.target
+        self.held.record.target()
     }
 
     /// The record's key.
     pub fn key(&self) -> &str {
-        &self.held.key
+        self.held.record.key()
+    }
+
+    /// The record's target and key, owned: a clone shares them without a copy.
+    pub fn record(&self) -> &SharedRecordId {
+        &self.held.record
     }
 
     /// Records `value` as the result (committing the session with it, for a transactional
@@ -911,12 +921,18 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         let bytes = encoded.as_deref().ok();
         let timer = StoreTimer::start();
         let (id, lease) = (held.id(), held.lease);
-        let finish = manager.finish_retry.run(held.deadline, || {
-            manager
-                .repository
-                .complete(session.clone(), id, lease, bytes)
-        });
-        let (done, retries) = within(&held.observed, finish).await;
+        // A store that answers at once (the memory store) takes no boxed future.
+        let (done, retries) =
+            if let Some(done) = manager.repository.complete_now(&session, id, lease, bytes) {
+                (done, 0)
+            } else {
+                let finish = manager.finish_retry.run(held.deadline, || {
+                    manager
+                        .repository
+                        .complete(session.clone(), id, lease, bytes)
+                });
+                within(&held.observed, finish).await
+            };
         timer.stop(manager.repository.name(), "finish");
         held.observed.retried(retries);
         // A store error leaves the attempt armed: it is failed in the background.
@@ -931,7 +947,8 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
                     (&manager.replay_cache, cached, &encoded)
                 {
                     let now = manager.clock.now();
-                    cache.insert(&held.target, &held.key, fingerprint, bytes, now, expiration);
+                    let (target, key) = (held.record.target(), held.record.key());
+                    cache.insert(target, key, fingerprint, bytes, now, expiration);
                 }
                 match encoded {
                     Ok(_) => {
@@ -942,12 +959,12 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
                 }
             }
             Completion::Superseded => Error::Superseded {
-                target: held.target.clone(),
-                key: held.key.clone(),
+                target: held.record.target().to_owned(),
+                key: held.record.key().to_owned(),
             },
             Completion::Expired => Error::Expired {
-                target: held.target.clone(),
-                key: held.key.clone(),
+                target: held.record.target().to_owned(),
+                key: held.record.key().to_owned(),
             },
         };
         Err(held.ended(ended))
@@ -981,8 +998,7 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
 /// stay Running. The compare-and-set on the attempt makes a late clean-up harmless.
 struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     manager: &'m Manager<P, R, Ctx>,
-    target: String,
-    key: String,
+    record: SharedRecordId,
     label: Option<Box<str>>,
     lease: Lease,
     armed: Option<Ctx>,
@@ -999,8 +1015,8 @@ struct Held<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
 impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> fmt::Debug for Held<'_, P, R, Ctx> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Held")
-            .field("target", &self.target)
-            .field("key", &self.key)
+            .field("target", &self.record.target())
+            .field("key", &self.record.key())
             .field("lease", &self.lease)
             .field("armed", &self.armed.is_some())
             .finish_non_exhaustive()
@@ -1009,7 +1025,7 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> fmt::Debug for Held<'_, P
 
 impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Held<'_, P, R, Ctx> {
     fn id(&self) -> RecordId<'_> {
-        RecordId::new(&self.target, &self.key)
+        self.record.id()
     }
 
     fn disarm(&mut self) {
@@ -1026,9 +1042,9 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Held<'_, P, R, Ctx> {
             return;
         }
         let subject = Subject {
-            target: &self.target,
-            label: self.label.as_deref().unwrap_or(&self.target),
-            key: &self.key,
+            target: self.record.target(),
+            label: self.label.as_deref().unwrap_or(self.record.target()),
+            key: self.record.key(),
             store: self.manager.repository.name(),
         };
         let attempt = Some(self.lease.attempt);
@@ -1059,14 +1075,10 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Drop for Held<'_, P, R, C
         // Counted done however the task ends: run to its end, panicked, or dropped unrun by a
         // runtime shutting down (then the record's timeout frees it).
         let cleanup = Cleanup::start(Arc::clone(&self.manager.cleanups));
-        let (target, key, lease) = (
-            std::mem::take(&mut self.target),
-            std::mem::take(&mut self.key),
-            self.lease,
-        );
+        let (record, lease) = (self.record.clone(), self.lease);
         runtime.spawn(async move {
             let _cleanup = cleanup;
-            let id = RecordId::new(&target, &key);
+            let id = record.id();
             // A store fault here leaves the record to its timeout.
             let _ = repository
                 .fail(session, id, lease, FailureKind::Cancelled.into())
@@ -1159,6 +1171,14 @@ trait DynRepository<Ctx>: Renew + Send + Sync + 'static {
         &'a self,
         request: &'a ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<Claim<Ctx>, RepositoryError>>;
+    fn claim_now(&self, request: &ClaimRequest<'_>) -> Option<Result<Claim<Ctx>, RepositoryError>>;
+    fn complete_now(
+        &self,
+        session: &Ctx,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Option<Result<Completion, RepositoryError>>;
     fn complete<'a>(
         &'a self,
         session: Ctx,
@@ -1205,6 +1225,23 @@ impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
         request: &'a ClaimRequest<'a>,
     ) -> BoxFuture<'a, Result<Claim<S::Session>, RepositoryError>> {
         Box::pin(IdempotencyRepository::claim(self, request))
+    }
+
+    fn claim_now(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Option<Result<Claim<S::Session>, RepositoryError>> {
+        IdempotencyRepository::claim_now(self, request)
+    }
+
+    fn complete_now(
+        &self,
+        session: &S::Session,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Option<Result<Completion, RepositoryError>> {
+        IdempotencyRepository::complete_now(self, session, id, lease, result)
     }
 
     fn complete<'a>(

@@ -347,6 +347,53 @@ impl MemoryRepository {
         Ok(Some(acquired(Lease { attempt: 1, claim }, id, None)))
     }
 
+    /// [`IdempotencyRepository::claim`], which needs no I/O.
+    fn claim_in_memory(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Result<Claim<MemorySession>, RepositoryError> {
+        let now = micros(self.clock.now());
+        let id = identity(request.target, request.key);
+        match self.try_claim(request, &id, now, true)? {
+            Some(claim) => Ok(claim),
+            None => {
+                self.try_claim(request, &id, now, false)?
+                    .ok_or(RepositoryError::CapacityExceeded {
+                        capacity: self.capacity,
+                    })
+            }
+        }
+    }
+
+    /// [`IdempotencyRepository::complete`], which needs no I/O.
+    fn complete_in_memory(
+        &self,
+        session: MemorySession,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Completion {
+        self.finish(session, lease, Completion::Expired, |header, now| {
+            if header.is_expired_at(now) {
+                let expired = FailureKind::Expired;
+                let failed = Header {
+                    status: Status::Failed,
+                    failure: Some(expired),
+                    error_count: header.error_count.saturating_add(1),
+                    ..header
+                };
+                return (failed, expired.message().as_bytes(), Completion::Expired);
+            }
+            let finished = Header {
+                status: Status::Finished,
+                failure: None,
+                no_result: result.is_none(),
+                finished_at: now,
+                ..header
+            };
+            (finished, result.unwrap_or_default(), Completion::Done)
+        })
+    }
+
     fn next_claim(&self) -> u64 {
         self.shared.claims.fetch_add(1, Ordering::Relaxed) + 1
     }
@@ -402,17 +449,15 @@ impl IdempotencyRepository for MemoryRepository {
         &self,
         request: &ClaimRequest<'_>,
     ) -> Result<Claim<MemorySession>, RepositoryError> {
-        let now = micros(self.clock.now());
-        let id = identity(request.target, request.key);
-        match self.try_claim(request, &id, now, true)? {
-            Some(claim) => Ok(claim),
-            None => {
-                self.try_claim(request, &id, now, false)?
-                    .ok_or(RepositoryError::CapacityExceeded {
-                        capacity: self.capacity,
-                    })
-            }
-        }
+        self.claim_in_memory(request)
+    }
+
+    /// The claim needs no I/O: the manager takes it without a boxed future.
+    fn claim_now(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Option<Result<Claim<MemorySession>, RepositoryError>> {
+        Some(self.claim_in_memory(request))
     }
 
     /// `id` is not read: `session` carries the identity its claim computed.
@@ -423,28 +468,18 @@ impl IdempotencyRepository for MemoryRepository {
         lease: Lease,
         result: Option<&[u8]>,
     ) -> Result<Completion, RepositoryError> {
-        Ok(
-            self.finish(session, lease, Completion::Expired, |header, now| {
-                if header.is_expired_at(now) {
-                    let expired = FailureKind::Expired;
-                    let failed = Header {
-                        status: Status::Failed,
-                        failure: Some(expired),
-                        error_count: header.error_count.saturating_add(1),
-                        ..header
-                    };
-                    return (failed, expired.message().as_bytes(), Completion::Expired);
-                }
-                let finished = Header {
-                    status: Status::Finished,
-                    failure: None,
-                    no_result: result.is_none(),
-                    finished_at: now,
-                    ..header
-                };
-                (finished, result.unwrap_or_default(), Completion::Done)
-            }),
-        )
+        Ok(self.complete_in_memory(session, lease, result))
+    }
+
+    /// The finish needs no I/O: the manager takes it without a boxed future.
+    fn complete_now(
+        &self,
+        session: &MemorySession,
+        _id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Option<Result<Completion, RepositoryError>> {
+        Some(Ok(self.complete_in_memory(*session, lease, result)))
     }
 
     /// `id` is not read: `session` carries the identity its claim computed.

@@ -244,7 +244,9 @@ pub(crate) struct Subject<'a> {
 /// One call, from its start to its outcome: its start time and its span.
 #[derive(Debug)]
 pub(crate) struct Observed {
-    started: std::time::Instant,
+    /// `None` when nothing reads the call's duration: no hook, no metrics, no `tracing`
+    /// subscriber. A clock read is a system call on some machines.
+    started: Option<std::time::Instant>,
     /// Tries again of the attempt's finish.
     finish_retries: u32,
     #[cfg(feature = "tracing")]
@@ -255,8 +257,9 @@ impl Observed {
     pub(crate) fn start(reporting: &Reporting, subject: Subject<'_>) -> Self {
         #[cfg(not(feature = "tracing"))]
         let _ = (reporting, subject);
+        let timed = cfg!(feature = "metrics") || reporting.hook.is_some() || traced();
         Self {
-            started: std::time::Instant::now(),
+            started: timed.then(std::time::Instant::now),
             finish_retries: 0,
             #[cfg(feature = "tracing")]
             span: if reporting.spans {
@@ -317,7 +320,9 @@ impl Observed {
         kind: EventKind,
         attempt: Option<u64>,
     ) {
-        let elapsed = self.started.elapsed();
+        let elapsed = self
+            .started
+            .map_or(Duration::ZERO, |started| started.elapsed());
         #[cfg(feature = "tracing")]
         trace(&self.span, kind, elapsed);
         #[cfg(feature = "metrics")]
@@ -344,6 +349,15 @@ impl Observed {
             });
         }
     }
+}
+
+/// Whether a `tracing` subscriber may take the call's events (which carry its duration).
+fn traced() -> bool {
+    #[cfg(feature = "tracing")]
+    return tracing::level_filters::LevelFilter::current()
+        != tracing::level_filters::LevelFilter::OFF;
+    #[cfg(not(feature = "tracing"))]
+    false
 }
 
 /// One store round trip, for `ana_store_duration_seconds`.

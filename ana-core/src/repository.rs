@@ -1,6 +1,8 @@
 //! The storage contract: [`IdempotencyRepository`].
 
+use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -67,6 +69,65 @@ impl<'a> RecordId<'a> {
     /// The identity `(target, key)`.
     pub const fn new(target: &'a str, key: &'a str) -> Self {
         Self { target, key }
+    }
+}
+
+/// A record's identity owned: target and key in one shared allocation, so that a clone (for a
+/// request's extensions, a background task) copies neither.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct SharedRecordId {
+    /// The target, then the key.
+    text: Arc<str>,
+    /// Where the key starts in `text`.
+    split: usize,
+}
+
+impl SharedRecordId {
+    /// The identity `(target, key)`, copied once.
+    pub fn new(target: &str, key: &str) -> Self {
+        // Joined on the stack when it fits (keys are at most a few hundred bytes), so that the
+        // `Arc` is the one allocation: `Arc<str>` is made from one `&str`.
+        let mut joined = [0; 320];
+        let len = target.len() + key.len();
+        let text = match joined.get_mut(..len) {
+            Some(buffer) => {
+                let (head, tail) = buffer.split_at_mut(target.len());
+                head.copy_from_slice(target.as_bytes());
+                tail.copy_from_slice(key.as_bytes());
+                // Two `&str` joined are UTF-8: the check passes.
+                std::str::from_utf8(buffer)
+                    .map_or_else(|_| Arc::from(format!("{target}{key}")), Arc::from)
+            }
+            None => Arc::from(format!("{target}{key}")),
+        };
+        Self {
+            text,
+            split: target.len(),
+        }
+    }
+
+    /// The record's target.
+    pub fn target(&self) -> &str {
+        self.text.get(..self.split).unwrap_or_default()
+    }
+
+    /// The record's key.
+    pub fn key(&self) -> &str {
+        self.text.get(self.split..).unwrap_or_default()
+    }
+
+    /// The borrowed identity.
+    pub fn id(&self) -> RecordId<'_> {
+        RecordId::new(self.target(), self.key())
+    }
+}
+
+impl fmt::Debug for SharedRecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SharedRecordId")
+            .field("target", &self.target())
+            .field("key", &self.key())
+            .finish()
     }
 }
 
@@ -269,6 +330,31 @@ pub trait IdempotencyRepository: Send + Sync + 'static {
         lease: Lease,
         result: Option<&[u8]>,
     ) -> impl Future<Output = Result<Completion, RepositoryError>> + Send;
+
+    /// [`claim`](Self::claim) answered at once, by a store that needs no I/O for it (the
+    /// memory store): the manager tries it first, and awaits `claim` only on `None` (the
+    /// default). An answer here must be the one `claim` would give.
+    fn claim_now(
+        &self,
+        request: &ClaimRequest<'_>,
+    ) -> Option<Result<Claim<Self::Session>, RepositoryError>> {
+        let _ = request;
+        None
+    }
+
+    /// [`complete`](Self::complete) answered at once, as [`claim_now`](Self::claim_now): the
+    /// manager tries it first, and awaits `complete` (tried again after transient errors) only
+    /// on `None` (the default). An answer here is final: it is not tried again.
+    fn complete_now(
+        &self,
+        session: &Self::Session,
+        id: RecordId<'_>,
+        lease: Lease,
+        result: Option<&[u8]>,
+    ) -> Option<Result<Completion, RepositoryError>> {
+        let _ = (session, id, lease, result);
+        None
+    }
 
     /// Rolls the session back and marks the attempt Failed with `failure` (its kind and its
     /// message), counting it, unless the lease lost the record ([`Completion::Superseded`]).

@@ -217,7 +217,7 @@ struct Inner {
 #[derive(Clone)]
 struct KeyedHashes {
     key: FingerprintKey,
-    unscoped: Fingerprint,
+    unscoped: ScopePrefix,
 }
 
 impl Default for IdempotencyConfig {
@@ -289,9 +289,7 @@ impl fmt::Debug for IdempotencyConfig {
 /// The values of one request, read by [`IdempotencyConfig::read`].
 #[derive(Clone, Debug)]
 pub(crate) struct RequestValues {
-    /// `<scope hash>:<client key>`: the record's key, the client's at its end.
-    pub(crate) scoped_key: String,
-    pub(crate) target: String,
+    pub(crate) names: Names,
     pub(crate) reference_time: Option<DateTime<Utc>>,
     /// `None`: never (a zero duration on the wire).
     pub(crate) timeout: Option<Duration>,
@@ -302,7 +300,71 @@ pub(crate) struct RequestValues {
 impl RequestValues {
     /// The key the client sent.
     pub(crate) fn key(&self) -> &str {
-        client_key(&self.scoped_key)
+        client_key(self.names.scoped_key())
+    }
+}
+
+/// How many bytes of a request's names are kept in place: a scope hash (33 bytes), a UUID key
+/// and a target of some fifty bytes.
+const INLINE_NAMES: usize = 128;
+
+/// The record's key (`<scope hash>:<client key>`), then the target, in one buffer: on the
+/// stack when they fit (the usual request), so that reading a request's names allocates
+/// nothing.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Names {
+    text: NamesText,
+    /// Where the target starts.
+    key_end: usize,
+}
+
+#[derive(Clone, Debug)]
+enum NamesText {
+    Inline(arrayvec::ArrayString<INLINE_NAMES>),
+    Heap(String),
+}
+
+impl Default for NamesText {
+    fn default() -> Self {
+        Self::Inline(arrayvec::ArrayString::new())
+    }
+}
+
+impl Names {
+    fn as_str(&self) -> &str {
+        match &self.text {
+            NamesText::Inline(text) => text,
+            NamesText::Heap(text) => text,
+        }
+    }
+
+    fn push_str(&mut self, piece: &str) {
+        match &mut self.text {
+            NamesText::Inline(text) => {
+                if text.try_push_str(piece).is_err() {
+                    let mut heap = String::with_capacity(2 * (text.len() + piece.len()));
+                    heap.push_str(text);
+                    heap.push_str(piece);
+                    self.text = NamesText::Heap(heap);
+                }
+            }
+            NamesText::Heap(text) => text.push_str(piece),
+        }
+    }
+
+    /// Ends the record's key: what is pushed next is the target.
+    fn end_key(&mut self) {
+        self.key_end = self.as_str().len();
+    }
+
+    /// `<scope hash>:<client key>`: the record's key.
+    pub(crate) fn scoped_key(&self) -> &str {
+        self.as_str().get(..self.key_end).unwrap_or_default()
+    }
+
+    /// The operation's target.
+    pub(crate) fn target(&self) -> &str {
+        self.as_str().get(self.key_end..).unwrap_or_default()
     }
 }
 
@@ -640,7 +702,7 @@ impl IdempotencyConfig {
     #[cfg(feature = "encryption")]
     #[must_use]
     pub fn with_fingerprint_key(mut self, key: FingerprintKey) -> Self {
-        let unscoped = scope_hash(key.hasher(), None);
+        let unscoped = scope_prefix(&scope_hash(key.hasher(), None));
         self.inner().fingerprint_key = Some(KeyedHashes { key, unscoped });
         self
     }
@@ -713,16 +775,17 @@ impl IdempotencyConfig {
     }
 
     /// `<scope hash>:<key>`, the scope hash keyed when a fingerprint key is set.
-    fn scoped_key(&self, scope: Option<&[u8]>, key: &str) -> String {
+    /// `<scope hash>:` for a request's scope (or its absence), under the fingerprint key if
+    /// any.
+    fn scope_prefix(&self, scope: Option<&[u8]>) -> ScopePrefix {
         #[cfg(feature = "encryption")]
         if let Some(keyed) = &self.inner.fingerprint_key {
-            let hash = match scope {
-                Some(_) => scope_hash(keyed.key.hasher(), scope),
+            return match scope {
+                Some(_) => scope_prefix(&scope_hash(keyed.key.hasher(), scope)),
                 None => keyed.unscoped,
             };
-            return join(hash, key);
         }
-        scoped_key(scope, key)
+        plain_scope_prefix(scope)
     }
 
     /// Reads the idempotency values of a request; `Ok(None)` when it has no key and keys are
@@ -730,7 +793,7 @@ impl IdempotencyConfig {
     pub(crate) fn read(
         &self,
         parts: &Parts,
-        now: DateTime<Utc>,
+        now: impl FnOnce() -> DateTime<Utc>,
     ) -> Result<Option<RequestValues>, Rejection> {
         let inner = &*self.inner;
         let headers = &parts.headers;
@@ -789,17 +852,28 @@ impl IdempotencyConfig {
             .map_err(rejection)?,
         }
         .map_or(inner.default_expiration, nonzero);
-        let target = match &inner.target {
-            Some(target) => target(parts),
-            None => default_target(parts),
-        };
+        let mut names = Names::default();
+        let custom_scope;
         let scope = match &inner.scope {
-            Some(scope) => scope(parts),
-            None => default_scope(parts),
+            Some(scope) => {
+                custom_scope = scope(parts);
+                custom_scope.as_deref()
+            }
+            None => authorization(parts),
         };
+        names.push_str(&self.scope_prefix(scope));
+        names.push_str(&key);
+        names.end_key();
+        match &inner.target {
+            Some(target) => names.push_str(&target(parts)),
+            None => {
+                for piece in default_target_pieces(parts) {
+                    names.push_str(piece);
+                }
+            }
+        }
         Ok(Some(RequestValues {
-            scoped_key: self.scoped_key(scope.as_deref(), &key),
-            target,
+            names,
             reference_time,
             timeout,
             expiration,
@@ -814,13 +888,12 @@ fn nonzero(duration: Duration) -> Option<Duration> {
 
 /// `[METHOD]path`, e.g. `[POST]/payments` (no query).
 pub fn default_target(parts: &Parts) -> String {
-    let (method, path) = (parts.method.as_str(), parts.uri.path());
-    let mut target = String::with_capacity(method.len() + path.len() + 2);
-    target.push('[');
-    target.push_str(method);
-    target.push(']');
-    target.push_str(path);
-    target
+    default_target_pieces(parts).concat()
+}
+
+/// The pieces of [`default_target`], to join without a `String` of its own.
+fn default_target_pieces(parts: &Parts) -> [&str; 4] {
+    ["[", parts.method.as_str(), "]", parts.uri.path()]
 }
 
 /// The fingerprint of the method, the path and query, and the body, each length-framed.
@@ -848,23 +921,46 @@ fn payload(mut hasher: FingerprintHasher, parts: &Parts, body: &[u8]) -> Fingerp
 
 /// The raw `Authorization` header, if any (only its hash is ever stored).
 pub fn default_scope(parts: &Parts) -> Option<Vec<u8>> {
+    authorization(parts).map(<[u8]>::to_vec)
+}
+
+fn authorization(parts: &Parts) -> Option<&[u8]> {
     parts
         .headers
         .get(header::AUTHORIZATION)
-        .map(|value| value.as_bytes().to_vec())
+        .map(http::HeaderValue::as_bytes)
 }
 
 /// `<32 hex digits>:<key>`: the hash of the scope (or of its absence), then the client's key.
 /// The hash has a fixed length, so no key can forge another scope's prefix.
 pub fn scoped_key(scope: Option<&[u8]>, key: &str) -> String {
+    join(&plain_scope_prefix(scope), key)
+}
+
+/// `<scope hash>:`, the part of a record's key before the client's.
+type ScopePrefix = arrayvec::ArrayString<{ 2 * Fingerprint::LEN + 1 }>;
+
+/// The unkeyed [`ScopePrefix`] of a scope (or of its absence).
+fn plain_scope_prefix(scope: Option<&[u8]>) -> ScopePrefix {
     // Requests without credentials all share one scope hash: computed once.
-    static UNSCOPED: LazyLock<Fingerprint> =
-        LazyLock::new(|| scope_hash(FingerprintHasher::default(), None));
-    let hash = match scope {
-        Some(_) => scope_hash(FingerprintHasher::default(), scope),
+    static UNSCOPED: LazyLock<ScopePrefix> =
+        LazyLock::new(|| scope_prefix(&scope_hash(FingerprintHasher::default(), None)));
+    match scope {
+        Some(_) => scope_prefix(&scope_hash(FingerprintHasher::default(), scope)),
         None => *UNSCOPED,
-    };
-    join(hash, key)
+    }
+}
+
+fn scope_prefix(hash: &Fingerprint) -> ScopePrefix {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut prefix = ScopePrefix::new();
+    // 32 hex digits and a colon: exactly the capacity.
+    for byte in hash.as_bytes() {
+        let _ = prefix.try_push(char::from(DIGITS[usize::from(byte >> 4)]));
+        let _ = prefix.try_push(char::from(DIGITS[usize::from(byte & 0xf)]));
+    }
+    let _ = prefix.try_push(':');
+    prefix
 }
 
 /// [`scoped_key`] with the scope hash HMAC-SHA256 under `fingerprint_key`: what
@@ -875,7 +971,10 @@ pub fn keyed_scoped_key(
     scope: Option<&[u8]>,
     key: &str,
 ) -> String {
-    join(scope_hash(fingerprint_key.hasher(), scope), key)
+    join(
+        &scope_prefix(&scope_hash(fingerprint_key.hasher(), scope)),
+        key,
+    )
 }
 
 /// The client's key in a key made by [`scoped_key`] (or its keyed form): what follows
@@ -884,12 +983,8 @@ pub(crate) fn client_key(scoped: &str) -> &str {
     scoped.get(2 * Fingerprint::LEN + 1..).unwrap_or(scoped)
 }
 
-fn join(hash: Fingerprint, key: &str) -> String {
-    let mut scoped = String::with_capacity(2 * Fingerprint::LEN + 1 + key.len());
-    hash.push_hex(&mut scoped);
-    scoped.push(':');
-    scoped.push_str(key);
-    scoped
+fn join(prefix: &str, key: &str) -> String {
+    [prefix, key].concat()
 }
 
 fn scope_hash(mut hasher: FingerprintHasher, scope: Option<&[u8]>) -> Fingerprint {

@@ -21,7 +21,7 @@ use crate::problem::Rejection;
 use crate::recorded::{RecordedResponse, RecordedResponseCodec};
 use ana_core::{
     Begun, BoxError, Call, Clock, Error, Failure, FailureKind, Fingerprint, IdempotencyRepository,
-    Manager,
+    Manager, SharedRecordId,
 };
 
 /// The manager type the HTTP layer drives.
@@ -90,9 +90,9 @@ impl<B> Outcome<B> {
 #[derive(Clone, Debug)]
 pub struct Attempt<Ctx> {
     session: Ctx,
-    /// The record's key, `<scope hash>:<client key>`.
-    scoped_key: String,
-    target: String,
+    /// The record's target and key (`<scope hash>:<client key>`), shared with the manager's
+    /// attempt.
+    record: SharedRecordId,
 }
 
 impl<Ctx> Attempt<Ctx> {
@@ -108,12 +108,12 @@ impl<Ctx> Attempt<Ctx> {
 
     /// The idempotency key the client sent.
     pub fn key(&self) -> &str {
-        client_key(&self.scoped_key)
+        client_key(self.record.key())
     }
 
     /// The operation's target (`[POST]/payments`).
     pub fn target(&self) -> &str {
-        &self.target
+        self.record.target()
     }
 }
 
@@ -167,7 +167,7 @@ impl Prepared {
 
     /// The target.
     pub fn target(&self) -> &str {
-        &self.values.target
+        self.values.names.target()
     }
 }
 
@@ -320,7 +320,7 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         if parts.extensions.get::<InsideAttempt>().is_some() {
             return Ok(Plan::PassThrough);
         }
-        let Some(values) = self.inner.config.read(parts, self.inner.manager.now())? else {
+        let Some(values) = self.inner.config.read(parts, || self.inner.manager.now())? else {
             return Ok(Plan::PassThrough);
         };
         let limit = self.inner.config.max_request_body();
@@ -344,11 +344,13 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
         parts: &Parts,
         body: &[u8],
     ) -> Result<Claimed<'_, Ctx>, Outcome<B>> {
-        let values = prepared.values;
+        // Borrowed, not moved: a local copy would take its room in the future beside the
+        // argument's.
+        let values = &prepared.values;
         let grpc = is_grpc(&parts.headers);
         let mut call = Call::new(
-            &values.target,
-            &values.scoped_key,
+            values.names.target(),
+            values.names.scoped_key(),
             self.inner.config.fingerprint(parts, body),
         )
         .reference_time(values.reference_time)
@@ -367,7 +369,8 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
             }
             Err(error) => {
                 let key = values.key().to_owned();
-                let rejected = self.reject(error, key, values.target, grpc);
+                let target = values.names.target().to_owned();
+                let rejected = self.reject(error, key, target, grpc);
                 return Err(applied(rejected, wait));
             }
         };
@@ -375,8 +378,7 @@ impl<Ctx: Clone + Send + Sync + 'static> Engine<Ctx> {
             engine: self,
             context: Attempt {
                 session: attempt.session().clone(),
-                scoped_key: values.scoped_key,
-                target: values.target,
+                record: attempt.record().clone(),
             },
             attempt,
             grpc,

@@ -119,11 +119,12 @@ pub(crate) fn parse_sf_string(bytes: &[u8]) -> Option<String> {
     }
 }
 
-/// The RFC 3339 reference time of `name`, refusing one more than `max_skew` ahead of `now`.
+/// The RFC 3339 reference time of `name`, refusing one more than `max_skew` ahead of `now`
+/// (read only when the header is there).
 pub(crate) fn read_reference_time(
     headers: &HeaderMap,
     name: &HeaderName,
-    now: DateTime<Utc>,
+    now: impl FnOnce() -> DateTime<Utc>,
     max_skew: Duration,
 ) -> Result<Option<DateTime<Utc>>, HeaderProblem> {
     let Some(value) = single(headers, name)? else {
@@ -137,7 +138,7 @@ pub(crate) fn read_reference_time(
         .with_timezone(&Utc);
     let latest = chrono::TimeDelta::from_std(max_skew)
         .ok()
-        .and_then(|skew| now.checked_add_signed(skew))
+        .and_then(|skew| now().checked_add_signed(skew))
         .unwrap_or(DateTime::<Utc>::MAX_UTC);
     if at > latest {
         return Err(problem(

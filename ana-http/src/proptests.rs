@@ -72,7 +72,7 @@ proptest! {
         }
         let Ok(request) = request.body(()) else { return Ok(()) };
         let (parts, ()) = request.into_parts();
-        match IdempotencyConfig::default().read(&parts, Utc::now()) {
+        match IdempotencyConfig::default().read(&parts, Utc::now) {
             Ok(Some(values)) => prop_assert!(super::is_valid_key(values.key())),
             Ok(None) => prop_assert!(false, "a key is required by default"),
             Err(rejection) => {

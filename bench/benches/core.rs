@@ -107,14 +107,18 @@ fn routes() -> axum::Router {
     )
 }
 
+/// The route as a server runs it: `axum::serve` calls `with_state(())`, which turns the
+/// handlers and their layers into routes once; a router called without it builds the layered
+/// route again for each request.
 fn router(layered: bool) -> axum::Router {
-    if layered {
+    let router = if layered {
         routes().layer(ana_axum::IdempotencyLayer::new(
             MemoryRepository::new().with_capacity(usize::MAX),
         ))
     } else {
         routes()
-    }
+    };
+    router.with_state(())
 }
 
 /// The layer over a manager that makes no `ana.call` span: what `tracing` costs is the
@@ -123,9 +127,11 @@ fn router_without_spans() -> axum::Router {
     let repository = MemoryRepository::new().with_capacity(usize::MAX);
     let manager =
         Manager::with_codec(repository, ana_http::RecordedResponseCodec).with_spans(false);
-    routes().layer(ana_axum::IdempotencyLayer::from_engine(
-        ana_http::Engine::from_manager(manager),
-    ))
+    routes()
+        .layer(ana_axum::IdempotencyLayer::from_engine(
+            ana_http::Engine::from_manager(manager),
+        ))
+        .with_state(())
 }
 
 fn request(key: &str) -> http::Request<axum::body::Body> {
