@@ -1,6 +1,6 @@
 """schemathesis hooks for example 04 (`make fuzz-api`): the rules between two parts of a
 request that an OpenAPI document cannot state. Each hook only joins parts that are valid on
-their own, so a case generated to break the document still breaks it."""
+their own, so a request generated to break the document still breaks it."""
 
 import re
 from urllib.parse import quote, unquote
@@ -11,15 +11,17 @@ from requests.structures import CaseInsensitiveDict
 # The document's patterns (src/routes.rs, src/model.rs).
 PLAIN_KEY = re.compile(r"[!-~]{1,255}\Z")
 IETF_KEY = re.compile(r'"((?:[!#-\[\]-~]|\\["\\]){1,255})"\Z')
-ID = re.compile(r"[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*\Z")
+ID = re.compile(r"[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*\Z")
 
 
 def valid_id(value):
-    return isinstance(value, str) and 1 <= len(value) <= 255 and ID.match(value) is not None
+    return isinstance(value, str) and len(value) <= 255 and ID.match(value) is not None
 
 
+# Before the call, not at generation: the stateful phase fills the path from earlier answers
+# after generating the rest.
 @schemathesis.hook
-def map_case(context, case):
+def before_call(context, case, kwargs):
     headers = CaseInsensitiveDict(case.headers or {})
     # `Idempotency-Key: "k"` and `X-Idempotency-Key: k` both sent must name the same key.
     ietf = headers.get("Idempotency-Key")
@@ -32,8 +34,7 @@ def map_case(context, case):
     # once more: its coverage phase draws header values from letters and digits only, finds
     # none for `Idempotency-Key` (quoted), sends it empty and would count that request valid.
     case.headers = headers
-    # A replacement's body names the payment of its path. schemathesis keeps path parameters
-    # as they go on the wire, percent-encoded: the service reads them decoded.
+    # A replacement's body names the payment of its path (kept percent-encoded, as sent).
     if case.method.upper() == "PUT" and isinstance(case.body, dict):
         body_id = case.body.get("id")
         wire_id = case.path_parameters.get("id")
@@ -43,4 +44,3 @@ def map_case(context, case):
                 case.body = {**case.body, "id": path_id}
             else:
                 case.path_parameters = {**case.path_parameters, "id": quote(body_id, safe="")}
-    return case

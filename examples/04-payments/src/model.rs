@@ -66,12 +66,12 @@ pub struct Attributes {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PaymentInput {
-    /// The client-chosen identifier (1 to 255 characters, no control characters, not only
-    /// spaces).
+    /// The client-chosen identifier: 1 to 255 of the characters a URL path segment holds as
+    /// they are (letters, digits, `-`, `.`, `_`, `~`), not only dots.
     #[schema(
         min_length = 1,
         max_length = 255,
-        pattern = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+        pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$"
     )]
     pub id: String,
     /// Ignored on create; a whole number, 0 or more, when sent.
@@ -98,11 +98,11 @@ pub struct PaymentInput {
 #[derive(Clone, Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Replacement {
-    /// The path's id.
+    /// The path's id (the same rules as on create).
     #[schema(
         min_length = 1,
         max_length = 255,
-        pattern = r"^[^\x00-\x1f\x7f]*[^\x00-\x20\x7f][^\x00-\x1f\x7f]*$"
+        pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$"
     )]
     pub id: String,
     /// The version the client read: the replacement is at the next one.
@@ -178,6 +178,12 @@ pub enum Invalid {
     /// An identifier holds a control character.
     #[error("{0} must not hold control characters")]
     Control(&'static str),
+    /// The id holds a character other than letters, digits, `-`, `.`, `_` and `~`.
+    #[error("id may only hold letters, digits, -, ., _ and ~")]
+    IdCharacters,
+    /// The id is only dots.
+    #[error("id must not be only dots")]
+    Dots,
     /// An identifier is too long.
     #[error("{0} must be at most {MAX_ID_LEN} characters")]
     TooLong(&'static str),
@@ -201,8 +207,8 @@ impl PaymentInput {
     ///
     /// The first rule the payment breaks.
     pub fn validate(&self) -> Result<(), Invalid> {
-        check_id("id", &self.id)?;
-        check_id("organisation_id", &self.organisation_id)?;
+        check_id(&self.id)?;
+        check_organisation(&self.organisation_id)?;
         if self.kind != "Payment" {
             return Err(Invalid::Kind);
         }
@@ -221,12 +227,36 @@ impl PaymentInput {
     }
 }
 
-fn check_id(field: &'static str, value: &str) -> Result<(), Invalid> {
-    if value.chars().count() > MAX_ID_LEN {
+/// The id: it names the payment in URLs (`/v1/payments/{id}`, `Location`), so it holds only
+/// the characters a path segment carries as they are, and is not `.` or `..` (or more dots),
+/// which clients resolve away.
+pub fn check_id(id: &str) -> Result<(), Invalid> {
+    let field = "id";
+    if id.is_empty() {
+        Err(Invalid::Empty(field))
+    } else if id.chars().count() > MAX_ID_LEN {
         Err(Invalid::TooLong(field))
-    } else if value.chars().any(|c| c.is_ascii_control()) {
+    } else if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+    {
+        Err(Invalid::IdCharacters)
+    } else if id.bytes().all(|b| b == b'.') {
+        Err(Invalid::Dots)
+    } else {
+        Ok(())
+    }
+}
+
+/// The organisation: any text of up to [`MAX_ID_LEN`] characters without control characters,
+/// not only spaces.
+fn check_organisation(organisation: &str) -> Result<(), Invalid> {
+    let field = "organisation_id";
+    if organisation.chars().count() > MAX_ID_LEN {
+        Err(Invalid::TooLong(field))
+    } else if organisation.chars().any(|c| c.is_ascii_control()) {
         Err(Invalid::Control(field))
-    } else if value.chars().all(|c| c == ' ') {
+    } else if organisation.chars().all(|c| c == ' ') {
         Err(Invalid::Empty(field))
     } else {
         Ok(())
@@ -294,9 +324,15 @@ mod tests {
             Err(Invalid::Empty("organisation_id"))
         );
         assert_eq!(
-            input("p\u{0}", "o", "Payment").validate(),
-            Err(Invalid::Control("id"))
+            input("p", "o\u{0}", "Payment").validate(),
+            Err(Invalid::Control("organisation_id"))
         );
+        assert_eq!(
+            input("p/1", "o", "Payment").validate(),
+            Err(Invalid::IdCharacters)
+        );
+        assert_eq!(input("..", "o", "Payment").validate(), Err(Invalid::Dots));
+        assert_eq!(input("a.b~c_d-1", "o", "Payment").validate(), Ok(()));
         assert_eq!(input("p", "o", "Refund").validate(), Err(Invalid::Kind));
         let long = "x".repeat(MAX_ID_LEN + 1);
         assert_eq!(
@@ -367,18 +403,29 @@ mod tests {
                 "amount {text:?}"
             );
         }
-        let ids = [
+        for (id, max) in [
             documented::<PaymentInput>("/properties/id"),
-            documented::<PaymentInput>("/properties/organisation_id"),
             documented::<Replacement>("/properties/id"),
-            documented::<Replacement>("/properties/organisation_id"),
-        ];
-        for (id, max) in ids {
+        ] {
             assert_eq!(max, Some(MAX_ID_LEN));
-            for text in strings(&['a', ' ', '\t', '\u{0}', '\u{7f}', 'é', '\u{2003}'], 4) {
+            for text in strings(&['a', 'Z', '9', '.', '-', '_', '~', '/', ' ', '%', 'é'], 3) {
                 // `minLength` 1 besides the pattern.
                 let documented = !text.is_empty() && id.is_match(&text);
-                assert_eq!(documented, check_id("id", &text).is_ok(), "id {text:?}");
+                assert_eq!(documented, check_id(&text).is_ok(), "id {text:?}");
+            }
+        }
+        for (organisation, max) in [
+            documented::<PaymentInput>("/properties/organisation_id"),
+            documented::<Replacement>("/properties/organisation_id"),
+        ] {
+            assert_eq!(max, Some(MAX_ID_LEN));
+            for text in strings(&['a', ' ', '\t', '\u{0}', '\u{7f}', 'é', '\u{2003}'], 4) {
+                let documented = !text.is_empty() && organisation.is_match(&text);
+                assert_eq!(
+                    documented,
+                    check_organisation(&text).is_ok(),
+                    "organisation {text:?}"
+                );
             }
         }
     }

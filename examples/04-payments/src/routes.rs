@@ -172,7 +172,7 @@ async fn create_payment(
 /// Read a payment.
 #[utoipa::path(
     get, path = "/payments/{id}", tag = "payments",
-    params(("id" = String, Path, description = "The payment's id")),
+    params(("id" = String, Path, min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$", description = "The payment's id")),
     responses(
         (status = 200, description = "The payment", body = Payment,
             headers(("ETag" = String, description = "The version, quoted"))),
@@ -214,7 +214,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {
     put, path = "/payments/{id}", tag = "payments",
     request_body(content = Replacement, content_type = "application/json"),
     params(
-        ("id" = String, Path, description = "The payment's id (the body's `id` must be the same)"),
+        ("id" = String, Path, min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$", description = "The payment's id (the body's `id` must be the same)"),
         IfMatchHeader,
         IdempotencyHeaders,
     ),
@@ -267,7 +267,7 @@ struct VersionQuery {
 /// Delete a payment at the version read.
 #[utoipa::path(
     delete, path = "/payments/{id}", tag = "payments",
-    params(("id" = String, Path, description = "The payment's id"), VersionQuery, IdempotencyHeaders),
+    params(("id" = String, Path, min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$", description = "The payment's id"), VersionQuery, IdempotencyHeaders),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "No numeric version", body = Problem, content_type = "application/problem+json"),
