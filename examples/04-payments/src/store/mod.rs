@@ -149,6 +149,17 @@ pub enum Store {
     MySql(MySqlPool),
 }
 
+/// Commits `tx` as a task of its own, so that it runs to its end even if the request is
+/// cancelled (its client hung up) with the `COMMIT` in flight: sqlx counts the transaction open
+/// until `COMMIT` has answered, and would send a `ROLLBACK` after it (which Postgres, the
+/// commit done, answers with the warning "there is no transaction in progress").
+async fn commit<DB: sqlx::Database>(tx: sqlx::Transaction<'static, DB>) -> Result<(), StoreError> {
+    tokio::spawn(tx.commit())
+        .await
+        .map_err(|error| StoreError::Backend(Box::new(error)))??;
+    Ok(())
+}
+
 /// Runs `$op(connection, args…)` in the session's transaction when there is one (its commit
 /// is ana's), or in a transaction of its own, committed when `$op` succeeds.
 macro_rules! in_transaction {
@@ -162,7 +173,7 @@ macro_rules! in_transaction {
                 let mut tx = $begin($pool).await?;
                 let out = $op(&mut *tx, $($arg),*).await;
                 if out.is_ok() {
-                    tx.commit().await?;
+                    commit(tx).await?;
                 }
                 out
             }
