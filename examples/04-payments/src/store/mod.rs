@@ -149,15 +149,20 @@ pub enum Store {
     MySql(MySqlPool),
 }
 
-/// Commits `tx` as a task of its own, so that it runs to its end even if the request is
-/// cancelled (its client hung up) with the `COMMIT` in flight: sqlx counts the transaction open
-/// until `COMMIT` has answered, and would send a `ROLLBACK` after it (which Postgres, the
-/// commit done, answers with the warning "there is no transaction in progress").
-async fn commit<DB: sqlx::Database>(tx: sqlx::Transaction<'static, DB>) -> Result<(), StoreError> {
-    tokio::spawn(tx.commit())
+/// Runs `step` (a transaction's `BEGIN` or `COMMIT`) as a task of its own, to its end even if
+/// the request is cancelled (its client hung up) with the statement in flight. sqlx counts a
+/// transaction open from the answer to `BEGIN` to the answer to `COMMIT`: a `BEGIN` cancelled
+/// in flight would put the connection back in the pool inside a transaction nobody ends (the
+/// next user's statements would run in it; Postgres warns "there is already a transaction in
+/// progress"), and a `COMMIT` cancelled in flight would have sqlx send a `ROLLBACK` after it
+/// ("there is no transaction in progress").
+pub(crate) async fn to_the_end<T: Send + 'static>(
+    step: impl Future<Output = Result<T, sqlx::Error>> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::spawn(step)
         .await
-        .map_err(|error| StoreError::Backend(Box::new(error)))??;
-    Ok(())
+        .map_err(|error| StoreError::Backend(Box::new(error)))?
+        .map_err(StoreError::from)
 }
 
 /// Runs `$op(connection, args…)` in the session's transaction when there is one (its commit
@@ -173,7 +178,7 @@ macro_rules! in_transaction {
                 let mut tx = $begin($pool).await?;
                 let out = $op(&mut *tx, $($arg),*).await;
                 if out.is_ok() {
-                    commit(tx).await?;
+                    to_the_end(tx.commit()).await?;
                 }
                 out
             }
