@@ -296,6 +296,15 @@ mod tests {
             .unwrap_or_else(|error| match error {})
     }
 
+    /// The document `app` serves at `/openapi.json`.
+    async fn served_document(app: &Router) -> serde_json::Value {
+        let response = send(app, "get", "/openapi.json").await;
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        serde_json::from_slice(&body).unwrap_or_else(|error| panic!("{error}"))
+    }
+
     /// The document lists exactly the routes served, and each one is routed (not the
     /// fallback's 404, not a 405).
     #[tokio::test]
@@ -309,12 +318,7 @@ mod tests {
             .handle();
         let app = app(&config, database, Some(metrics)).unwrap_or_else(|error| panic!("{error}"));
 
-        let response = send(&app, "get", "/openapi.json").await;
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let document: serde_json::Value =
-            serde_json::from_slice(&body).unwrap_or_else(|error| panic!("{error}"));
+        let document = served_document(&app).await;
         assert_eq!(document["openapi"], "3.1.0");
         let mut listed: Vec<(String, String)> = document["paths"]
             .as_object()
@@ -382,12 +386,7 @@ mod tests {
             .await
             .unwrap_or_else(|error| panic!("{error}"));
         let app = app(&config, database, None).unwrap_or_else(|error| panic!("{error}"));
-        let response = send(&app, "get", "/openapi.json").await;
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let document: serde_json::Value =
-            serde_json::from_slice(&body).unwrap_or_else(|error| panic!("{error}"));
+        let document = served_document(&app).await;
         let parameters = &document["paths"]["/v2/payments"]["get"]["parameters"];
         let size = parameters
             .as_array()
