@@ -27,12 +27,14 @@ endif
 	CARGO=$(CARGO) bash ana-redis/scripts/redis-cluster.sh
 	$(CARGO) test --workspace --all-features --doc
 
-bench: services ## Benchmarks (under 10 min): Manager::call (divan), then HTTP and store ratios (wrk, pgbench, redis-benchmark)
+bench: services ## Benchmarks (under 10 min): Manager::call (divan), HTTP and store ratios (wrk, pgbench, redis-benchmark), example 04's POST
 	bash scripts/bench-tools.sh
 	$(CARGO) bench -p ana-bench --bench core
 	$(CARGO) bench -p ana-bench --bench core --features metrics -- layer_new_key
 	$(CARGO) run --profile bench -q -p ana-bench
 	$(CARGO) run --profile bench -q -p ana-bench -- nats
+	$(CARGO) build --profile bench -q -p example-04-payments
+	$(CARGO) run --profile bench -q -p ana-bench -- payments
 
 # The peers' crate (bench/peers) is no workspace member: its own lockfile and target dir.
 PEERS_TARGET_DIR ?= $(CURDIR)/target/peers

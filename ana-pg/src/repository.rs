@@ -16,7 +16,7 @@ use sqlx::{PgExecutor, PgPool, Row};
 use crate::error::{ClaimRace, ForgetRace, map_sqlx};
 use crate::notify::Notifications;
 use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
-use crate::session::{PgSession, State};
+use crate::session::{self, PgSession, State};
 
 /// How many times a claim statement is run when a concurrent claim makes its answer useless
 /// (no row, or a stale read of a record it could have taken; see [`PgRepository`]).
@@ -402,24 +402,24 @@ impl IdempotencyRepository for PgRepository {
             None => return self.finished_before(id, lease).await,
         };
         match self.complete_on(&mut *tx, id, lease, result).await {
-            Ok(1) => match tx.commit().await {
+            Ok(1) => match session::commit(tx).await {
                 Ok(()) => Ok(Completion::Done),
                 Err(error) => {
                     // The server rolled back (or the outcome is unknown, and the
                     // compare-and-set leaves a committed Finished record alone).
                     self.fail_quietly(id, lease, FailureKind::CommitFailed)
                         .await;
-                    Err(map_sqlx(error))
+                    Err(error)
                 }
             },
             Ok(_) => {
                 // Rolled back on the server even if this fails (the connection is then
                 // closed instead of pooled).
-                let _ = tx.rollback().await;
+                session::rollback(tx).await;
                 self.classify(id, lease).await
             }
             Err(error) => {
-                let _ = tx.rollback().await;
+                session::rollback(tx).await;
                 self.fail_quietly(id, lease, FailureKind::CommitFailed)
                     .await;
                 Err(map_sqlx(error))
@@ -435,8 +435,7 @@ impl IdempotencyRepository for PgRepository {
         failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
         if let Some(State::Open(tx)) = session.take().await {
-            // A failed rollback closes the connection, which rolls back on the server too.
-            let _ = tx.rollback().await;
+            session::rollback(tx).await;
         }
         self.fail_attempt(id, lease, failure).await
     }

@@ -10,10 +10,11 @@ use ana_core::{
     IdempotencyRepository, Lease, Maintenance, RecordId, Renewal, RepositoryError, Stats, Status,
     TrackedOperation,
 };
+use sqlx::pool::PoolConnection;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{AssertSqlSafe, Row, SqliteConnection, SqliteExecutor, SqlitePool};
+use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection, SqliteExecutor, SqlitePool};
 
 use crate::error::{ClaimRace, is_busy, map_sqlx};
 use crate::schema::{self, SQL};
@@ -346,16 +347,18 @@ impl SqliteRepository {
     /// this claim waiting for the holder's whole transaction. Waits at most the connection's
     /// busy timeout in all.
     async fn write(
-        conn: &mut SqliteConnection,
+        conn: &mut ClaimConnection,
         request: &ClaimRequest<'_>,
     ) -> Result<Written, RepositoryError> {
         let busy_ms: i64 = sqlx::query_scalar("PRAGMA busy_timeout")
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut *conn.connection)
             .await
             .map_err(map_sqlx)?;
-        set_busy_timeout(conn, busy_ms.min(CLAIM_SLICE_MS)).await?;
-        let written = Self::write_in_slices(conn, request, busy_ms).await;
-        set_busy_timeout(conn, busy_ms).await?;
+        conn.lowered = true;
+        set_busy_timeout(&mut conn.connection, busy_ms.min(CLAIM_SLICE_MS)).await?;
+        let written = Self::write_in_slices(&mut conn.connection, request, busy_ms).await;
+        set_busy_timeout(&mut conn.connection, busy_ms).await?;
+        conn.lowered = false;
         written
     }
 
@@ -421,6 +424,24 @@ async fn set_busy_timeout(conn: &mut SqliteConnection, ms: i64) -> Result<(), Re
         .map_err(map_sqlx)
 }
 
+/// The connection of a claim. Dropped while its busy timeout is lowered to
+/// [`CLAIM_SLICE_MS`] (a claim cancelled while it waits for the write lock, say by a client
+/// hanging up, or a failed restore), it is closed instead of going back to the pool: pooled,
+/// every statement on it would give up on the write lock after a few milliseconds
+/// ("database is locked"), and the next claim would read that timeout as the one to restore.
+struct ClaimConnection {
+    connection: PoolConnection<Sqlite>,
+    lowered: bool,
+}
+
+impl Drop for ClaimConnection {
+    fn drop(&mut self) {
+        if self.lowered {
+            self.connection.close_on_drop();
+        }
+    }
+}
+
 /// What the claim's first read found.
 enum Found {
     /// A record that may not run again: the claim's answer.
@@ -440,9 +461,12 @@ impl IdempotencyRepository for SqliteRepository {
         &self,
         request: &ClaimRequest<'_>,
     ) -> Result<Claim<SqliteSession>, RepositoryError> {
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut conn = ClaimConnection {
+            connection: self.pool.acquire().await.map_err(map_sqlx)?,
+            lowered: false,
+        };
         for _ in 0..CLAIM_TRIES {
-            let previous = match Self::find(&mut conn, request).await? {
+            let previous = match Self::find(&mut conn.connection, request).await? {
                 Found::Standing(record, now) => {
                     return Ok(Claim::Existing {
                         record: *record,
@@ -464,11 +488,8 @@ impl IdempotencyRepository for SqliteRepository {
                 }
                 Ok(Written::Existing(record, now)) => return Ok(Claim::Existing { record, now }),
                 Ok(Written::Again) => {}
-                Err(error) => {
-                    // Its busy timeout may not have been restored: not pooled again.
-                    conn.close_on_drop();
-                    return Err(error);
-                }
+                // A connection whose busy timeout was not restored is closed on drop.
+                Err(error) => return Err(error),
             }
         }
         Err(RepositoryError::Backend(Box::new(ClaimRace {

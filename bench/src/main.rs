@@ -5,6 +5,7 @@
 //! cargo run --profile bench -p ana-bench -- serve memory  # one server, prints its port
 //! cargo run --profile bench -p ana-bench -- limits        # pgbench and redis-benchmark alone
 //! cargo run --profile bench -p ana-bench -- peers <ana-bench-peers binary>  # ana vs its peers
+//! cargo run --profile bench -p ana-bench -- payments  # example 04: idempotent vs bare POST
 //! valgrind --tool=callgrind target/release/ana-bench inproc new 10000  # the route in process
 //! ```
 //!
@@ -18,6 +19,7 @@
 mod footprint;
 mod measure;
 mod nats;
+mod payments;
 mod peers;
 mod serve;
 mod sql_limits;
@@ -52,6 +54,7 @@ fn main() -> Result<()> {
         }
         Some("limits") => limits(),
         Some("peers") => peers::run(args.get(1).map(String::as_str)),
+        Some("payments") => payments::run(args.get(1).map(String::as_str)),
         Some("wakeup") => wakeup::report(
             &std::env::var("DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
@@ -66,7 +69,7 @@ fn main() -> Result<()> {
         None | Some("run") => run(),
         Some(other) => {
             bail!(
-                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers, wakeup or nats)"
+                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers, payments, wakeup or nats)"
             )
         }
     }

@@ -37,7 +37,17 @@ impl Server {
 
     /// Starts `command`, a server that prints `listening on 127.0.0.1:<port>` first (as
     /// `ana-bench serve` does), and waits for that line.
-    pub(crate) fn spawn(mut command: Command, variant: &str) -> Result<Self> {
+    pub(crate) fn spawn(command: Command, variant: &str) -> Result<Self> {
+        Self::spawn_announcing(command, variant, "listening on 127.0.0.1:")
+    }
+
+    /// Starts `command`, a server whose first line on stdout is `announce` followed by its
+    /// port, and waits for that line.
+    pub(crate) fn spawn_announcing(
+        mut command: Command,
+        variant: &str,
+        announce: &str,
+    ) -> Result<Self> {
         let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -50,7 +60,7 @@ impl Server {
             .context("reading the server's port")?;
         let port = line
             .trim()
-            .strip_prefix("listening on 127.0.0.1:")
+            .strip_prefix(announce)
             .and_then(|port| port.parse().ok());
         match port {
             Some(port) => Ok(Self { child, port }),

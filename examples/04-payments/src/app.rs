@@ -31,7 +31,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::config::{Config, RateLimit, RepoKind};
 use crate::problem::ApiError;
-use crate::routes::{self, AppState, OpenApiJson};
+use crate::routes::{self, AppState, OpenApiJson, WriteLayer};
 use crate::store::Store;
 
 /// The OpenAPI document's fixed parts; the paths come from the routes.
@@ -48,7 +48,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub struct Database {
     /// The payments.
     pub store: Store,
-    writes: Box<dyn FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState> + Send>,
+    writes: WriteLayer,
 }
 
 impl std::fmt::Debug for Database {
@@ -65,12 +65,10 @@ fn idempotency<R: IdempotencyRepository>(repository: R) -> IdempotencyLayer<R::S
         .with_config(IdempotencyConfig::default().with_key_required(false))
 }
 
-/// Wraps the write routes in ana's layer on `repository`.
-fn layered<R: IdempotencyRepository>(
-    repository: R,
-) -> Box<dyn FnOnce(OpenApiRouter<AppState>) -> OpenApiRouter<AppState> + Send> {
+/// Puts ana's layer on `repository` around the write handlers.
+fn layered<R: IdempotencyRepository>(repository: R) -> WriteLayer {
     let layer = idempotency(repository);
-    Box::new(move |writes| writes.layer(layer))
+    Box::new(move |methods| methods.route_layer(layer.clone()))
 }
 
 impl Database {
@@ -139,7 +137,7 @@ pub fn app(
         max_results: config.max_results,
         api_version: Arc::from(config.api_version.as_str()),
     };
-    let mut api = routes::payment_reads().merge((database.writes)(routes::payment_writes()));
+    let mut api = routes::payment_reads().merge(routes::payment_writes(&database.writes));
     if let Some(limit) = config.limit {
         api = api.layer(rate_limit(limit)?);
     }
@@ -154,7 +152,11 @@ pub fn app(
         routes = routes.merge(routes::metrics());
     }
     let (mut router, openapi) = routes.with_state(state).split_for_parts();
-    router = router.layer(Extension(OpenApiJson(openapi.to_json()?.into())));
+    let mut document = serde_json::to_value(&openapi)?;
+    document_page_size(&mut document, &config.api_version, config.max_results);
+    router = router.layer(Extension(OpenApiJson(
+        serde_json::to_string(&document)?.into(),
+    )));
     if let Some(metrics) = metrics {
         router = router.layer(Extension(metrics));
     }
@@ -179,6 +181,20 @@ pub fn app(
     Ok(router
         .layer(axum::middleware::from_fn(http_metrics))
         .layer(TraceLayer::new_for_http()))
+}
+
+/// Sets the document's largest `size` of a listing to the server's (`--max-results`).
+fn document_page_size(document: &mut serde_json::Value, api_version: &str, max: u32) {
+    // The version is a path segment without `/` or `~`: nothing to escape in the pointer.
+    let pointer = format!("/paths/~1{api_version}~1payments/get/parameters");
+    let parameters = document
+        .pointer_mut(&pointer)
+        .and_then(serde_json::Value::as_array_mut);
+    for parameter in parameters.into_iter().flatten() {
+        if parameter["name"] == "size" {
+            parameter["schema"]["maximum"] = max.into();
+        }
+    }
 }
 
 /// Per client address: `count` a period, in bursts of up to `count`; over it, a 429 problem
@@ -280,6 +296,15 @@ mod tests {
             .unwrap_or_else(|error| match error {})
     }
 
+    /// The document `app` serves at `/openapi.json`.
+    async fn served_document(app: &Router) -> serde_json::Value {
+        let response = send(app, "get", "/openapi.json").await;
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        serde_json::from_slice(&body).unwrap_or_else(|error| panic!("{error}"))
+    }
+
     /// The document lists exactly the routes served, and each one is routed (not the
     /// fallback's 404, not a 405).
     #[tokio::test]
@@ -293,12 +318,7 @@ mod tests {
             .handle();
         let app = app(&config, database, Some(metrics)).unwrap_or_else(|error| panic!("{error}"));
 
-        let response = send(&app, "get", "/openapi.json").await;
-        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
-            .await
-            .unwrap_or_else(|error| panic!("{error}"));
-        let document: serde_json::Value =
-            serde_json::from_slice(&body).unwrap_or_else(|error| panic!("{error}"));
+        let document = served_document(&app).await;
         assert_eq!(document["openapi"], "3.1.0");
         let mut listed: Vec<(String, String)> = document["paths"]
             .as_object()
@@ -334,5 +354,48 @@ mod tests {
         }
         let response = send(&app, "get", "/v2/payments").await;
         assert_eq!(response.status(), http::StatusCode::NOT_FOUND);
+
+        // Another method on a write route is the router's 405, even with a key ana refuses.
+        let request = http::Request::builder()
+            .method("TRACE")
+            .uri("/v1/payments/p1")
+            .header("idempotency-key", "not a string")
+            .body(axum::body::Body::empty())
+            .unwrap_or_else(|error| panic!("{error}"));
+        let response = app
+            .clone()
+            .oneshot(request)
+            .await
+            .unwrap_or_else(|error| match error {});
+        assert_eq!(response.status(), http::StatusCode::METHOD_NOT_ALLOWED);
+    }
+
+    /// The document's largest page is the server's `--max-results`, under its `--api-version`.
+    #[tokio::test]
+    async fn the_document_says_the_servers_page_size() {
+        let config = Config::parse_from([
+            "x",
+            "--repo-uri",
+            "sqlite::memory:",
+            "--max-results",
+            "7",
+            "--api-version",
+            "v2",
+        ]);
+        let database = Database::connect(&config)
+            .await
+            .unwrap_or_else(|error| panic!("{error}"));
+        let app = app(&config, database, None).unwrap_or_else(|error| panic!("{error}"));
+        let document = served_document(&app).await;
+        let parameters = &document["paths"]["/v2/payments"]["get"]["parameters"];
+        let size = parameters
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|parameter| parameter["name"] == "size")
+            .unwrap_or_else(|| panic!("no size in {parameters}"));
+        assert_eq!(size["schema"]["maximum"], 7);
+        let response = send(&app, "get", "/v2/payments?size=8").await;
+        assert_eq!(response.status(), http::StatusCode::BAD_REQUEST);
     }
 }

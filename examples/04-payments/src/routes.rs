@@ -7,16 +7,18 @@ use axum::Json;
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Extension, Path, Query, State};
 use axum::response::{IntoResponse, Response};
+use axum::routing::MethodRouter;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, ETAG, IF_MATCH, LOCATION};
 use http::{HeaderMap, HeaderValue, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
-use utoipa_axum::router::OpenApiRouter;
+use utoipa::{IntoParams, IntoResponses, ToSchema};
+use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouter};
 use utoipa_axum::routes;
 
-use crate::model::{Invalid, Payment, PaymentInput};
+use crate::model::{Invalid, Payment, PaymentInput, Replacement};
 use crate::problem::{ApiError, Problem};
 use crate::store::{MaybeSession, Replace, Store};
 
@@ -36,11 +38,18 @@ pub struct AppState {
 
 type Result<T, E = ApiError> = std::result::Result<T, E>;
 
-/// `POST`, `PUT` and `DELETE` of payments: put the idempotency layer on these.
-pub fn payment_writes() -> OpenApiRouter<AppState> {
+/// What wraps the write handlers (ana's layer): applied to the handlers of each method, not
+/// to the path's router, so that another method on their paths gets the router's 405 before
+/// any idempotency header is read.
+pub type WriteLayer = Box<dyn Fn(MethodRouter<AppState>) -> MethodRouter<AppState> + Send + Sync>;
+
+/// `POST`, `PUT` and `DELETE` of payments, their handlers wrapped in `layer`.
+pub fn payment_writes(layer: &WriteLayer) -> OpenApiRouter<AppState> {
+    let wrapped =
+        |(schemas, paths, methods): UtoipaMethodRouter<AppState>| (schemas, paths, layer(methods));
     OpenApiRouter::new()
-        .routes(routes!(create_payment))
-        .routes(routes!(replace_payment, delete_payment))
+        .routes(wrapped(routes!(create_payment)))
+        .routes(wrapped(routes!(replace_payment, delete_payment)))
 }
 
 /// The reads of payments.
@@ -83,8 +92,8 @@ fn payment_response(status: StatusCode, payment: &Payment, location: Option<Stri
     response
 }
 
-/// The body as a payment: JSON (`application/json` or `application/*+json`), valid.
-fn read_payment(headers: &HeaderMap, body: &[u8]) -> Result<PaymentInput> {
+/// The body as a `T`: JSON (`application/json` or `application/*+json`).
+fn read_json<T: DeserializeOwned>(headers: &HeaderMap, body: &[u8]) -> Result<T> {
     let json = headers
         .get(CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
@@ -97,10 +106,29 @@ fn read_payment(headers: &HeaderMap, body: &[u8]) -> Result<PaymentInput> {
     if !json {
         return Err(ApiError::UnsupportedMediaType);
     }
-    let input: PaymentInput = serde_json::from_slice(body)
-        .map_err(|error| ApiError::Invalid(format!("the body is not a payment: {error}")))?;
-    input.validate()?;
-    Ok(input)
+    serde_json::from_slice(body)
+        .map_err(|error| ApiError::Invalid(format!("the body is not a payment: {error}")))
+}
+
+/// The answers every payments route may give besides its own: the rate limit's and the
+/// server's.
+#[derive(IntoResponses)]
+#[allow(dead_code)]
+enum ServiceErrors {
+    /// Over the rate limit (`--limit`).
+    #[response(
+        status = 429,
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    RateLimited(Problem),
+    /// The database does not answer, or the request took longer than `--timeout`.
+    #[response(
+        status = 503,
+        content_type = "application/problem+json",
+        headers(("Retry-After" = u64, description = "Seconds to wait"))
+    )]
+    Unavailable(Problem),
 }
 
 fn path_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<String> {
@@ -120,6 +148,7 @@ fn path_id(path: std::result::Result<Path<String>, PathRejection>) -> Result<Str
         (status = 409, description = "The id exists, or the same key is in flight", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+        ServiceErrors,
     )
 )]
 async fn create_payment(
@@ -128,7 +157,9 @@ async fn create_payment(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response> {
-    let payment = read_payment(&headers, &body)?.into_payment(0);
+    let input: PaymentInput = read_json(&headers, &body)?;
+    input.validate()?;
+    let payment = input.into_payment(0);
     app.store.create(session.as_ref(), &payment).await?;
     let location = format!("/{}/payments/{}", app.api_version, payment.id);
     Ok(payment_response(
@@ -141,11 +172,13 @@ async fn create_payment(
 /// Read a payment.
 #[utoipa::path(
     get, path = "/payments/{id}", tag = "payments",
-    params(("id" = String, Path, description = "The payment's id")),
+    params(("id" = String, Path, min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$", description = "The payment's id")),
     responses(
         (status = 200, description = "The payment", body = Payment,
             headers(("ETag" = String, description = "The version, quoted"))),
+        (status = 400, description = "The id is not UTF-8", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
+        ServiceErrors,
     )
 )]
 async fn get_payment(
@@ -179,10 +212,10 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {
 /// Replace a payment: `version` is the version read; the answer has the next one.
 #[utoipa::path(
     put, path = "/payments/{id}", tag = "payments",
-    request_body(content = PaymentInput, content_type = "application/json"),
+    request_body(content = Replacement, content_type = "application/json"),
     params(
-        ("id" = String, Path, description = "The payment's id"),
-        ("If-Match" = Option<String>, Header, description = "The ETag read (`\"3\"`)"),
+        ("id" = String, Path, min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$", description = "The payment's id (the body's `id` must be the same)"),
+        IfMatchHeader,
         IdempotencyHeaders,
     ),
     responses(
@@ -194,6 +227,7 @@ fn if_match(headers: &HeaderMap) -> Result<Option<i64>> {
         (status = 412, description = "If-Match does not match", body = Problem, content_type = "application/problem+json"),
         (status = 415, description = "Not JSON", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+        ServiceErrors,
     )
 )]
 async fn replace_payment(
@@ -204,11 +238,13 @@ async fn replace_payment(
     body: Bytes,
 ) -> Result<Response> {
     let id = path_id(id)?;
-    let input = read_payment(&headers, &body)?;
+    let replacement: Replacement = read_json(&headers, &body)?;
+    let read = replacement.version;
+    let input = PaymentInput::from(replacement);
+    input.validate()?;
     if input.id != id {
         return Err(Invalid::IdMismatch.into());
     }
-    let read = input.version.ok_or(Invalid::MissingVersion)?;
     let payment = input.into_payment(read.saturating_add(1));
     let replace = Replace {
         payment: &payment,
@@ -224,19 +260,21 @@ async fn replace_payment(
 #[into_params(parameter_in = Query)]
 struct VersionQuery {
     /// The version read.
+    #[param(value_type = i64, required = true, minimum = 0)]
     version: Option<String>,
 }
 
 /// Delete a payment at the version read.
 #[utoipa::path(
     delete, path = "/payments/{id}", tag = "payments",
-    params(("id" = String, Path, description = "The payment's id"), VersionQuery, IdempotencyHeaders),
+    params(("id" = String, Path, min_length = 1, max_length = 255, pattern = r"^[A-Za-z0-9._~-]*[A-Za-z0-9_~-][A-Za-z0-9._~-]*$", description = "The payment's id"), VersionQuery, IdempotencyHeaders),
     responses(
         (status = 204, description = "Deleted"),
         (status = 400, description = "No numeric version", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such payment", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The version read is not current", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "The key was used for another request", body = Problem, content_type = "application/problem+json"),
+        ServiceErrors,
     )
 )]
 async fn delete_payment(
@@ -262,10 +300,11 @@ async fn delete_payment(
 #[into_params(parameter_in = Query)]
 struct PageQuery {
     /// Items to skip (default 0).
-    #[param(value_type = Option<u64>)]
+    #[param(value_type = i64, required = false, minimum = 0)]
     from: Option<String>,
-    /// Items to return (default 20, at most the server's `--max-results`).
-    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
+    /// Items to return (default 20, at most the server's `--max-results`: the document
+    /// served says the server's).
+    #[param(value_type = u32, required = false, minimum = 1, maximum = 100)]
     size: Option<String>,
 }
 
@@ -285,6 +324,7 @@ const DEFAULT_SIZE: u32 = 20;
     responses(
         (status = 200, description = "A page", body = Page),
         (status = 400, description = "Bad from or size", body = Problem, content_type = "application/problem+json"),
+        ServiceErrors,
     )
 )]
 async fn list_payments(
@@ -295,10 +335,12 @@ async fn list_payments(
     let from = match query.from.as_deref() {
         None => 0,
         Some(from) => from
-            .parse::<u64>()
+            .parse::<i64>()
             .ok()
-            .filter(|from| i64::try_from(*from).is_ok())
-            .ok_or_else(|| ApiError::Invalid("from must be a number, 0 or more".into()))?,
+            .and_then(|from| u64::try_from(from).ok())
+            .ok_or_else(|| {
+                ApiError::Invalid(format!("from must be a number from 0 to {}", i64::MAX))
+            })?,
     };
     let max = app.max_results;
     let size = match query.size.as_deref() {
@@ -368,14 +410,37 @@ struct IdempotencyHeaders {
     /// A key of 1 to 255 visible ASCII characters: a retry with it replays the first answer.
     #[param(
         rename = "X-Idempotency-Key",
+        value_type = String,
+        required = false,
         min_length = 1,
         max_length = 255,
         pattern = "^[!-~]+$"
     )]
     x_idempotency_key: Option<String>,
-    /// The same key as an RFC 8941 string (`"k"`); both headers must agree.
-    #[param(rename = "Idempotency-Key")]
+    /// The same key as an RFC 8941 string (`"k"`, `\"` and `\\` escaped); when both headers
+    /// are sent, their keys must be the same.
+    #[param(
+        rename = "Idempotency-Key",
+        value_type = String,
+        required = false,
+        pattern = r#"^"([!#-\[\]-~]|\\["\\]){1,255}"$"#
+    )]
     idempotency_key: Option<String>,
+}
+
+/// The `If-Match` header of a replacement (documentation only: [`if_match`] reads it).
+#[derive(Debug, IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)]
+struct IfMatchHeader {
+    /// The ETag read (`"3"`), or `*` for any.
+    #[param(
+        rename = "If-Match",
+        value_type = String,
+        required = false,
+        pattern = r#"^(\*|(W/)?"[0-9]{1,18}")$"#
+    )]
+    if_match: Option<String>,
 }
 
 /// The OpenAPI document, serialized once.

@@ -1,10 +1,12 @@
 //! The behaviour scenarios (`tests/features/*.feature`, cucumber) against the real binary on a
-//! free loopback port, on SQLite (a file per scenario) and on Postgres (`DATABASE_URL`, a
-//! database per scenario, dropped after it).
+//! free loopback port, on SQLite (a file per scenario), on Postgres (`DATABASE_URL`) and on
+//! MySQL or MariaDB (`MYSQL_URL`), a database of its own per scenario on the servers, dropped
+//! after it.
 //!
-//! Two tests for nextest (`scenarios::sqlite`, `scenarios::postgres`), run as one process
-//! each; `cargo test` runs both. Scenarios tagged `@postgres` need a database the test can
-//! stop or lock (a proxy it kills, a table lock it holds): they run on Postgres.
+//! Three tests for nextest (`scenarios::sqlite`, `scenarios::postgres`, `scenarios::mysql`),
+//! run as one process each; `cargo test` runs all three. Scenarios tagged `@server` need a
+//! database server the test can stop (a proxy it kills): they run on Postgres and MySQL.
+//! Scenarios tagged `@postgres` hold a table lock and watch `pg_stat_activity`: Postgres only.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -18,7 +20,7 @@ use cucumber::writer::Stats as _;
 use cucumber::{World, given, then, when};
 use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
-use sqlx::{Connection, PgConnection};
+use sqlx::{Connection, MySqlConnection, PgConnection};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};
@@ -30,18 +32,17 @@ use tokio::task::{JoinHandle, JoinSet};
 enum Backend {
     Sqlite,
     Postgres,
+    Mysql,
 }
 
-/// 0: SQLite, 1: Postgres (set before each run).
+const BACKENDS: [Backend; 3] = [Backend::Sqlite, Backend::Postgres, Backend::Mysql];
+
+/// The index in [`BACKENDS`] of the run's database (set before each run).
 static BACKEND: AtomicUsize = AtomicUsize::new(0);
 static SCENARIO: AtomicUsize = AtomicUsize::new(0);
 
 fn backend() -> Backend {
-    if BACKEND.load(Ordering::SeqCst) == 0 {
-        Backend::Sqlite
-    } else {
-        Backend::Postgres
-    }
+    BACKENDS[BACKEND.load(Ordering::SeqCst)]
 }
 
 fn database_url() -> String {
@@ -49,7 +50,36 @@ fn database_url() -> String {
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
 }
 
-/// A URL like `base` on another database (and, with `port`, another port).
+fn mysql_url() -> String {
+    std::env::var("MYSQL_URL").unwrap_or_else(|_| "mysql://root@127.0.0.1:3306/test".into())
+}
+
+/// Runs `statement` on the server `backend` names, connected as its URL says.
+async fn on_server(backend: Backend, statement: String) {
+    match backend {
+        Backend::Postgres => {
+            let mut conn = PgConnection::connect(&database_url())
+                .await
+                .expect("Postgres at DATABASE_URL");
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        Backend::Mysql => {
+            let mut conn = MySqlConnection::connect(&mysql_url())
+                .await
+                .expect("MySQL or MariaDB at MYSQL_URL");
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        Backend::Sqlite => unreachable!("SQLite has no server"),
+    }
+}
+
+/// A URL like `base` (Postgres or MySQL) on another database (and, with `port`, another port).
 fn with_database(base: &str, database: &str, port: Option<u16>) -> String {
     let mut url = reqwest::Url::parse(base).expect("DATABASE_URL is a URL");
     url.set_path(&format!("/{database}"));
@@ -127,8 +157,8 @@ struct Payments {
     /// Headers for the next request only.
     headers: Vec<(String, String)>,
     last: Option<Reply>,
-    /// Databases and files this scenario made, removed after it.
-    databases: Vec<String>,
+    /// Databases (on Postgres or MySQL) and files this scenario made, removed after it.
+    databases: Vec<(Backend, String)>,
     files: Vec<std::path::PathBuf>,
     proxy: Option<Proxy>,
     /// The connection holding a lock on the payments table.
@@ -165,47 +195,40 @@ impl Payments {
         self.last.as_ref().expect("a request was sent")
     }
 
-    /// A fresh database for one server: a SQLite file, or a Postgres database (through
-    /// `proxy` when given).
+    /// A fresh database for one server: a SQLite file, or a database on the Postgres or
+    /// MySQL server (through `proxy` when given).
     async fn fresh_database(&mut self, proxy: bool) -> (String, String) {
         let n = SCENARIO.fetch_add(1, Ordering::SeqCst);
         let name = format!("ana_pay_{}_{n}", std::process::id());
-        match backend() {
+        let (repo, admin, default_port) = match backend() {
             Backend::Sqlite => {
                 let path = std::env::temp_dir().join(format!("{name}.db"));
                 for suffix in ["", "-wal", "-shm"] {
                     self.files
                         .push(path.with_file_name(format!("{name}.db{suffix}")));
                 }
-                ("sqlite".into(), format!("sqlite://{}", path.display()))
+                return ("sqlite".into(), format!("sqlite://{}", path.display()));
             }
-            Backend::Postgres => {
-                let admin = database_url();
-                let mut conn = PgConnection::connect(&admin)
-                    .await
-                    .expect("Postgres at DATABASE_URL");
-                sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-                self.databases.push(name.clone());
-                let port = if proxy {
-                    let url = reqwest::Url::parse(&admin).unwrap();
-                    let target = format!(
-                        "{}:{}",
-                        url.host_str().unwrap_or("127.0.0.1"),
-                        url.port().unwrap_or(5432)
-                    );
-                    let started = Proxy::start(target).await;
-                    let port = started.port;
-                    self.proxy = Some(started);
-                    Some(port)
-                } else {
-                    None
-                };
-                ("postgres".into(), with_database(&admin, &name, port))
-            }
-        }
+            Backend::Postgres => ("postgres", database_url(), 5432),
+            Backend::Mysql => ("mysql", mysql_url(), 3306),
+        };
+        on_server(backend(), format!("CREATE DATABASE {name}")).await;
+        self.databases.push((backend(), name.clone()));
+        let port = if proxy {
+            let url = reqwest::Url::parse(&admin).unwrap();
+            let target = format!(
+                "{}:{}",
+                url.host_str().unwrap_or("127.0.0.1"),
+                url.port().unwrap_or(default_port)
+            );
+            let started = Proxy::start(target).await;
+            let port = started.port;
+            self.proxy = Some(started);
+            Some(port)
+        } else {
+            None
+        };
+        (repo.into(), with_database(&admin, &name, port))
     }
 
     async fn start(&mut self, flags: &str, proxy: bool) {
@@ -281,16 +304,12 @@ impl Payments {
         for file in self.files.drain(..) {
             let _ = std::fs::remove_file(file);
         }
-        if !self.databases.is_empty() {
-            let mut conn = PgConnection::connect(&database_url()).await.unwrap();
-            for name in self.databases.drain(..) {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-                )))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            }
+        for (backend, name) in std::mem::take(&mut self.databases) {
+            let drop = match backend {
+                Backend::Postgres => format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                _ => format!("DROP DATABASE IF EXISTS {name}"),
+            };
+            on_server(backend, drop).await;
         }
     }
 }
@@ -411,7 +430,7 @@ async fn database_stops(world: &mut Payments) {
 
 #[given("the payments table is locked")]
 async fn lock_table(world: &mut Payments) {
-    let name = world.databases.last().expect("a Postgres database").clone();
+    let (_, name) = world.databases.last().expect("a Postgres database").clone();
     let mut conn = PgConnection::connect(&with_database(&database_url(), &name, None))
         .await
         .unwrap();
@@ -440,7 +459,7 @@ async fn start_replacing(world: &mut Payments, id: String, version: i64, key: St
         }
     }));
     // Until the request waits for the table lock (its key claimed), bounded.
-    let name = world.databases.last().unwrap().clone();
+    let (_, name) = world.databases.last().unwrap().clone();
     let locker = world.locker.as_mut().expect("the table is locked");
     for _ in 0..600 {
         let waiting: i64 = sqlx::query_scalar(
@@ -594,7 +613,8 @@ async fn exactly_one(world: &mut Payments, winner: u16, others: u16) {
 }
 
 async fn run(backend: Backend) {
-    BACKEND.store(usize::from(backend == Backend::Postgres), Ordering::SeqCst);
+    let index = BACKENDS.iter().position(|b| *b == backend).unwrap();
+    BACKEND.store(index, Ordering::SeqCst);
     let features = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/features");
     let writer = Payments::cucumber()
         .with_cli(cucumber::cli::Opts::<_, _, _, cucumber::cli::Empty>::default())
@@ -608,11 +628,17 @@ async fn run(backend: Backend) {
             })
         })
         .filter_run(features, move |feature, rule, scenario| {
-            let postgres_only = [&feature.tags, &scenario.tags]
-                .into_iter()
-                .chain(rule.map(|rule| &rule.tags))
-                .any(|tags| tags.iter().any(|tag| tag == "postgres"));
-            backend == Backend::Postgres || !postgres_only
+            let tagged = |name: &str| {
+                [&feature.tags, &scenario.tags]
+                    .into_iter()
+                    .chain(rule.map(|rule| &rule.tags))
+                    .any(|tags| tags.iter().any(|tag| tag == name))
+            };
+            match backend {
+                Backend::Postgres => true,
+                Backend::Mysql => !tagged("postgres"),
+                Backend::Sqlite => !tagged("postgres") && !tagged("server"),
+            }
         })
         .await;
     assert!(
@@ -623,9 +649,10 @@ async fn run(backend: Backend) {
 }
 
 /// The tests this binary offers, as libtest names them (for nextest's `--list`).
-const TESTS: [(&str, Backend); 2] = [
+const TESTS: [(&str, Backend); 3] = [
     ("scenarios::sqlite", Backend::Sqlite),
     ("scenarios::postgres", Backend::Postgres),
+    ("scenarios::mysql", Backend::Mysql),
 ];
 
 #[tokio::main]
@@ -639,7 +666,7 @@ async fn main() {
         }
         return;
     }
-    // `binary [filter] [--exact] [--skip x]…`: the test named (or matched), else both.
+    // `binary [filter] [--exact] [--skip x]…`: the tests named (or matched), else all.
     let mut filters = Vec::new();
     let mut words = args.iter();
     while let Some(arg) = words.next() {

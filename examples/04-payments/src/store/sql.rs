@@ -2,7 +2,7 @@
 //! written once ([`dialect!`]) and stamped out for each driver's connection type.
 
 use crate::model::Payment;
-use crate::store::{Replace, StoreError};
+use crate::store::{Replace, StoreError, to_the_end};
 
 /// The statements of one database. Positional parameters, in the order the code binds them.
 struct Sql {
@@ -121,8 +121,9 @@ macro_rules! dialect {
 
             pub(crate) async fn begin(
                 pool: &sqlx::Pool<$db>,
-            ) -> Result<sqlx::Transaction<'static, $db>, sqlx::Error> {
-                pool.begin_with(SQL.begin).await
+            ) -> Result<sqlx::Transaction<'static, $db>, StoreError> {
+                let pool = pool.clone();
+                to_the_end(async move { pool.begin_with(SQL.begin).await }).await
             }
 
             pub(crate) async fn migrate(conn: &mut Connection) -> Result<(), StoreError> {

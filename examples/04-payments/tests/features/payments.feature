@@ -269,7 +269,7 @@ Feature: The payments API
       Then exactly one got 200 and the others 409
       And payment "p1" is at version 1
 
-  @postgres
+  @server
   Rule: The database's availability
 
     Scenario: Health with the database stopped
@@ -281,6 +281,7 @@ Feature: The payments API
       And the body is a problem with status 503
       And the header "Retry-After" is a number of seconds over 0
 
+    @postgres
     Scenario: A duplicate in flight gets 409 with Retry-After
       Given payment "p1" exists
       And the payments table is locked
