@@ -5,6 +5,7 @@
 //! cargo run --profile bench -p ana-bench -- serve memory  # one server, prints its port
 //! cargo run --profile bench -p ana-bench -- limits        # pgbench and redis-benchmark alone
 //! cargo run --profile bench -p ana-bench -- peers <ana-bench-peers binary>  # ana vs its peers
+//! cargo run --profile bench -p ana-bench -- redis-cost 20000  # Redis's time per new key, replay
 //! valgrind --tool=callgrind target/release/ana-bench inproc new 10000  # the route in process
 //! ```
 //!
@@ -19,6 +20,7 @@ mod footprint;
 mod measure;
 mod nats;
 mod peers;
+mod redis_cost;
 mod serve;
 mod sql_limits;
 mod wakeup;
@@ -52,6 +54,9 @@ fn main() -> Result<()> {
         }
         Some("limits") => limits(),
         Some("peers") => peers::run(args.get(1).map(String::as_str)),
+        Some("redis-cost") => {
+            redis_cost::run(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(20_000))
+        }
         Some("wakeup") => wakeup::report(
             &std::env::var("DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
@@ -66,7 +71,7 @@ fn main() -> Result<()> {
         None | Some("run") => run(),
         Some(other) => {
             bail!(
-                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers, wakeup or nats)"
+                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers, redis-cost, wakeup or nats)"
             )
         }
     }
