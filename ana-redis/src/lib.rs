@@ -153,6 +153,7 @@
 //! add deadpool-redis's `PING` each time. After a connection error that connection is
 //! dropped (the failing call answers `Unavailable`) and the next call takes a fresh one.
 
+mod layout;
 mod maintenance;
 mod record;
 mod repository;

@@ -1,4 +1,4 @@
--- Shared by every ana-redis script. KEYS[1] is the record's hash; ARGV[1] is the retention
+-- Shared by every ana-redis script. KEYS[1] is the record's key; ARGV[1] is the retention
 -- after the expiration and ARGV[2] the retention of a record without expiration, both in
 -- microseconds. Times are integer microseconds since the Unix epoch, on the server's clock.
 local key = KEYS[1]
@@ -7,13 +7,36 @@ local without_expiration = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
+-- A record is one string: a fixed-width header, the failure kind's name, then the data (the
+-- result, or the failure's message). The offsets (1-based) are layout.rs's, checked by its
+-- tests.
+local AT_STATUS = 2
+local AT_HAS_DATA = 3
+local AT_FINGERPRINT = 4
+local AT_ATTEMPT = 36
+local AT_CLAIM = 56
+local AT_REFERENCE_TIME = 76
+local AT_STARTED_AT = 93
+local AT_TIMEOUT = 110
+local AT_EXPIRATION = 127
+local AT_FINISHED_AT = 144
+local AT_ERROR_COUNT = 161
+local AT_KIND_LENGTH = 171
+local HEADER = 172
+local MARKER = 'A'
+local NO_TIME = '_________________'
+local READY, RUNNING, FINISHED, FAILED = '0', '1', '2', '3'
+local STATUS_NAMES = {['0'] = 'ready', ['1'] = 'running', ['2'] = 'finished', ['3'] = 'failed'}
+
 -- An integer as a decimal string, never in exponent form.
 local function int(n)
   return string.format('%.0f', n)
 end
 
--- A stored integer field: nil when absent; `corrupt` is raised when present but not a number.
+-- Set when a stored number is present but malformed.
 local corrupt = false
+
+-- A hash field of the layout of earlier versions: nil when absent.
 local function num(v)
   if not v then
     return nil
@@ -25,10 +48,50 @@ local function num(v)
   return n
 end
 
--- Sets the record's TTL: its expiration plus the retention after it, or, without an
--- expiration, the retention from now. A Running record is also kept until its lock deadline
--- (or a full retention when it has none), so it never vanishes under its holder.
-local function retain(exp, running, timeout)
+-- Whether `v` is a record of the string layout.
+local function is_record(v)
+  return #v >= HEADER and string.sub(v, 1, 1) == MARKER
+end
+
+-- The time at `at` of the string `v`: nil when absent.
+local function time_at(v, at)
+  local field = string.sub(v, at, at + 16)
+  if field == NO_TIME then
+    return nil
+  end
+  local n = tonumber(field)
+  if not n then
+    corrupt = true
+  end
+  return n
+end
+
+-- A time as the header holds it.
+local function time_field(n)
+  if n == nil then
+    return NO_TIME
+  end
+  return string.format('%017.0f', n)
+end
+
+-- The record `v` Failed with `message` and `kind`: the attempt's fields kept, no finish time,
+-- one more failed attempt.
+local function failed(v, message, kind)
+  local errors = tonumber(string.sub(v, AT_ERROR_COUNT, AT_ERROR_COUNT + 9))
+  if not errors then
+    corrupt = true
+    errors = 0
+  end
+  return MARKER .. FAILED .. '1' .. string.sub(v, AT_FINGERPRINT, AT_FINISHED_AT - 1)
+    .. NO_TIME .. string.format('%010.0f', errors + 1) .. string.format('%02d', #kind)
+    .. kind .. message
+end
+
+-- The record's TTL, as an absolute time in milliseconds: its expiration plus the retention
+-- after it, or, without an expiration, the retention from now. A Running record is also kept
+-- until its lock deadline (or a full retention when it has none), so it never vanishes under
+-- its holder.
+local function retain_at(exp, running, timeout)
   local at
   if exp then
     at = exp + after_expiration
@@ -41,5 +104,16 @@ local function retain(exp, running, timeout)
       at = hold
     end
   end
-  redis.call('PEXPIREAT', key, int(math.floor(at / 1000)))
+  -- A time in the past deletes the record at once, as Redis does; PXAT needs it positive.
+  return int(math.max(1, math.floor(at / 1000)))
+end
+
+-- Writes the string `v` with its TTL.
+local function store(v, exp, running, timeout)
+  redis.call('SET', key, v, 'PXAT', retain_at(exp, running, timeout))
+end
+
+-- Sets the TTL of a record of the hash layout.
+local function retain(exp, running, timeout)
+  redis.call('PEXPIREAT', key, retain_at(exp, running, timeout))
 end
