@@ -19,43 +19,34 @@ use crate::layout::{self, Header};
 use crate::record::{self, corrupt, duration_micros, micros};
 use crate::script::{Call, Lua};
 
-static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/claim.lua")
-    ))
-});
+/// A script: prelude.lua, helpers.lua, then the script's own file.
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Lua::new(concat!(
+                include_str!("lua/prelude.lua"),
+                include_str!("lua/helpers.lua"),
+                include_str!($file)
+            ))
+        })
+    };
+}
+
+static CLAIM: LazyLock<Lua> = script!("lua/claim.lua");
+/// Complete and fail. A complete returns before helpers.lua's functions are made, and so
+/// pays nothing for them.
 static FINISH: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
         include_str!("lua/prelude.lua"),
-        include_str!("lua/finish.lua")
+        include_str!("lua/finish.lua"),
+        include_str!("lua/helpers.lua"),
+        include_str!("lua/fail.lua")
     ))
 });
-static RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/renew.lua")
-    ))
-});
-static RESTORE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/restore.lua")
-    ))
-});
-
-pub(crate) static FORGET: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/forget.lua")
-    ))
-});
-pub(crate) static TIME_OUT: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/time_out.lua")
-    ))
-});
+static RENEW: LazyLock<Lua> = script!("lua/renew.lua");
+static RESTORE: LazyLock<Lua> = script!("lua/restore.lua");
+pub(crate) static FORGET: LazyLock<Lua> = script!("lua/forget.lua");
+pub(crate) static TIME_OUT: LazyLock<Lua> = script!("lua/time_out.lua");
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "ana:";

@@ -123,13 +123,25 @@ async fn running_record_lives_until_its_timeout() {
         timeout: Some(Duration::from_secs(600)),
         ..request("held", Fingerprint::of("body"))
     };
-    acquire(&repository, &request).await;
+    let (lease, session) = acquire(&repository, &request).await;
     let record = repository.get(TARGET, "held").await.unwrap().unwrap();
     let timeout = record.timeout.expect("a timeout");
     let name = repository.record_key(TARGET, "held");
     assert_eq!(
         expiry(&mut redis, &name).await.1,
         timeout.timestamp_micros().div_euclid(1000)
+    );
+
+    // Finished, it is kept until its expiration plus the retention (none here) only.
+    let done = repository
+        .complete(session, id("held"), lease, Some(b"1"))
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Done);
+    let expiration = record.expiration.expect("an expiration");
+    assert_eq!(
+        expiry(&mut redis, &name).await.1,
+        expiration.timestamp_micros().div_euclid(1000)
     );
 }
 

@@ -150,8 +150,7 @@ impl Cost {
             scripts_usec: per_command
                 .iter()
                 .filter(|(name, ..)| crate::peers::is_script(name))
-                .map(|(_, _, usec)| usec)
-                .sum(),
+                .fold(0.0, |sum, (_, _, usec)| sum + usec),
             per_command,
         }
     }

@@ -5,6 +5,7 @@
 -- the record, or {0, now, record} with the record as it stands: its string, or the hash's
 -- HGETALL. A record taken over is written in the string layout; its claim number is the
 -- server's time in microseconds.
+local STATUS_NAMES = {['0'] = 'ready', ['1'] = 'running', ['2'] = 'finished', ['3'] = 'failed'}
 local timeout = nil
 if ARGV[5] ~= '' then
   timeout = now + tonumber(ARGV[5])

@@ -4,6 +4,8 @@
 -- (complete) or the failure kind (fail), ARGV[7] and ARGV[8] the error message and failure
 -- kind stored when the record expired before the attempt completed.
 -- Returns 0 done, 1 superseded, 2 expired (complete only), 3 record gone, 4 record corrupt.
+-- A complete, the common case, runs with no function of helpers.lua (which come after it):
+-- making their closures would be a good part of its cost.
 local v = redis.pcall('GET', key)
 if not v then
   -- Gone: its retention ran out.
@@ -13,7 +15,7 @@ if type(v) ~= 'string' then
   -- Another type of value (a record of the hash layout written since): not this claim's.
   return 1
 end
-if not is_record(v) then
+if #v < HEADER or string.sub(v, 1, 1) ~= MARKER then
   return 4
 end
 local status = string.sub(v, AT_STATUS, AT_STATUS)
@@ -26,9 +28,13 @@ if status ~= RUNNING or not mine then
   end
   return 1
 end
-local exp = time_at(v, AT_EXPIRATION)
-if corrupt then
-  return 4
+local exp = nil
+local exp_field = string.sub(v, AT_EXPIRATION, AT_EXPIRATION + 16)
+if exp_field ~= NO_TIME then
+  exp = tonumber(exp_field)
+  if not exp then
+    return 4
+  end
 end
 
 if ARGV[3] == 'complete' and not (exp and now > exp) then
@@ -36,25 +42,22 @@ if ARGV[3] == 'complete' and not (exp and now > exp) then
   if ARGV[6] == '1' then
     data = ARGV[5]
   end
+  local record = MARKER .. FINISHED .. ARGV[6]
+    .. string.sub(v, AT_FINGERPRINT, AT_FINISHED_AT - 1) .. string.format('%017.0f', now)
+    .. string.sub(v, AT_ERROR_COUNT, AT_ERROR_COUNT + 9) .. '00' .. data
+  -- The TTL of a Finished record is retain_at(exp, false): its expiration plus the retention
+  -- after it, which the claim already set when the timeout came before that (its TTL is the
+  -- later of the two), so it is kept as it is.
+  local timeout = tonumber(string.sub(v, AT_TIMEOUT, AT_TIMEOUT + 16))
   -- Finishing point: finished.
-  store(MARKER .. FINISHED .. ARGV[6] .. string.sub(v, AT_FINGERPRINT, AT_FINISHED_AT - 1)
-    .. time_field(now) .. string.sub(v, AT_ERROR_COUNT, AT_ERROR_COUNT + 9) .. '00' .. data,
-    exp, false, nil)
+  if exp and timeout and timeout <= exp + after_expiration then
+    redis.call('SET', key, record, 'KEEPTTL')
+  else
+    local at = now + without_expiration
+    if exp then
+      at = exp + after_expiration
+    end
+    redis.call('SET', key, record, 'PXAT', string.format('%.0f', math.max(1, math.floor(at / 1000))))
+  end
   return 0
 end
-
-local message = ARGV[5]
-local kind = ARGV[6]
-local answer = 0
-if ARGV[3] == 'complete' then
-  message = ARGV[7]
-  kind = ARGV[8]
-  answer = 2
-end
-local record = failed(v, message, kind)
-if corrupt then
-  return 4
-end
--- Finishing point: failed (expired, when a complete came after the expiration).
-store(record, exp, false, nil)
-return answer
