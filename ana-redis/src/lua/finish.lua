@@ -50,12 +50,12 @@ if ARGV[3] == 'complete' and not (exp and now > exp) then
   -- later of the two), so it is kept as it is.
   local timeout = tonumber(string.sub(v, AT_TIMEOUT, AT_TIMEOUT + 16))
   -- Finishing point: finished.
-  if exp and timeout and timeout <= exp + after_expiration then
+  if exp and timeout and timeout <= exp + tonumber(ARGV[1]) then
     redis.call('SET', key, record, 'KEEPTTL')
   else
-    local at = now + without_expiration
+    local at = now + tonumber(ARGV[2])
     if exp then
-      at = exp + after_expiration
+      at = exp + tonumber(ARGV[1])
     end
     redis.call('SET', key, record, 'PXAT', string.format('%.0f', math.max(1, math.floor(at / 1000))))
   end

@@ -2,6 +2,9 @@
 -- run of a script that reaches its definition: finish.lua runs its common path (a complete)
 -- before these.
 
+local after_expiration = tonumber(ARGV[1])
+local without_expiration = tonumber(ARGV[2])
+
 -- An integer as a decimal string, never in exponent form.
 local function int(n)
   return string.format('%.0f', n)

@@ -1,10 +1,8 @@
 -- Shared by every ana-redis script, first: locals only, cheap to run (the functions are in
--- helpers.lua). KEYS[1] is the record's key; ARGV[1] is the retention
--- after the expiration and ARGV[2] the retention of a record without expiration, both in
--- microseconds. Times are integer microseconds since the Unix epoch, on the server's clock.
+-- helpers.lua). KEYS[1] is the record's key; ARGV[1] is the retention after the expiration and
+-- ARGV[2] the retention of a record without expiration, both in microseconds (read where they
+-- are needed). Times are integer microseconds since the Unix epoch, on the server's clock.
 local key = KEYS[1]
-local after_expiration = tonumber(ARGV[1])
-local without_expiration = tonumber(ARGV[2])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 
