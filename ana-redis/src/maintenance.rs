@@ -19,7 +19,8 @@ const SCAN_COUNT: usize = 1000;
 /// - `forget` is one Lua script: it reads the record's status and timeout on the server's
 ///   clock and deletes it, or not, in the same step, so no claim comes between.
 /// - `stats` walks the prefix's keys with `SCAN` on the server, or on every master of a
-///   cluster, reading each batch's `status`, `timeout` and `exp` fields in one pipeline:
+///   cluster, reading each batch's headers in one pipeline (and the fields of records of
+///   the hash layout in a second one):
 ///   a full pass over the keyspace (Redis filters keys by the prefix as it goes). Keys that
 ///   `SCAN` returns twice are counted once.
 /// - `cleanup` walks the keys the same way and marks Running records past their timeout Failed,

@@ -460,7 +460,7 @@ impl RedisRepository {
 
     /// The Redis key of the record `(target, key)`: the prefix, the target's length in bytes,
     /// `:`, the target, `:`, the key. The length makes the layout unambiguous whatever the
-    /// target holds. Useful to inspect a record (`HGETALL`, `PTTL`).
+    /// target holds. Useful to inspect a record (`GET`, `PTTL`).
     pub fn record_key(&self, target: &str, key: &str) -> String {
         format!("{}{}:{target}:{key}", self.prefix, target.len())
     }

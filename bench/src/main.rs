@@ -13,7 +13,7 @@
 //! behind `IdempotencyLayer` on the memory store, Postgres, Redis, SQLite and MySQL (new keys
 //! and replays, load from `wrk` in a separate process on loopback), the stores' own limits
 //! (`pgbench` with the claim + finish protocol and the replay `SELECT`; `redis-benchmark` with
-//! the claim script; the SQLite and MySQL repositories' statements in a sqlx loop), and the
+//! the claim's `SET … NX GET`; the SQLite and MySQL repositories' statements in a sqlx loop), and the
 //! memory store's footprint for a million records.
 
 mod footprint;
@@ -226,7 +226,7 @@ fn run() -> Result<()> {
         &pg_new_tx,
     ));
     rows.push(Row::limit("pgbench replay SELECT", &pg_replay));
-    rows.push(Row::limit("redis-benchmark claim script", &redis_new));
+    rows.push(Row::limit("redis-benchmark claim SET NX GET", &redis_new));
     rows.push(Row::limit(
         "sqlite read+claim+complete statements",
         &sqlite_new,
@@ -310,7 +310,7 @@ fn run() -> Result<()> {
             ratio(find("redis", true), bare_replay),
         ),
         (
-            "redis new key / redis-benchmark claim script",
+            "redis new key / redis-benchmark claim SET NX GET",
             ratio(find("redis", false), redis_new),
         ),
         (
@@ -366,7 +366,7 @@ fn limits() -> Result<()> {
         replay.requests_per_second
     );
     println!(
-        "redis-benchmark claim script {:.0} req/s",
+        "redis-benchmark claim SET NX GET {:.0} req/s",
         redis.requests_per_second
     );
     let runtime = tokio::runtime::Runtime::new()?;
@@ -680,7 +680,8 @@ fn report(
     let _ = writeln!(
         out,
         "\nFor information (no target): the store paths without the replay cache; a new key \
-         on Redis runs two scripts (claim, complete), redis-benchmark one; the benchmark's \
+         on Redis runs a SET NX GET (the claim, what redis-benchmark runs) and a script (the \
+         complete); the benchmark's \
          handler opens no transaction, so its Postgres finish is one autocommitted UPDATE \
          (a handler writing in its session adds BEGIN and COMMIT). The SQLite and MySQL \
          limits are their repository's own statements sent with sqlx in a loop, one task a \
