@@ -126,8 +126,8 @@ impl RedisCost {
         self.commands
             .iter()
             .filter(|(name, ..)| is_script(name))
-            .map(|(_, _, usec)| usec)
-            .sum()
+            // Folded from 0.0: an empty f64 sum is -0.0, printed with its sign.
+            .fold(0.0, |sum, (_, _, usec)| sum + usec)
     }
 }
 
