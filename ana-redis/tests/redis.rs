@@ -13,8 +13,8 @@ use std::time::Duration;
 use ana_core::chrono::{DateTime, TimeDelta, Utc};
 use ana_core::{
     Claim, ClaimRequest, Completion, Error, Failure, FailureKind, Fingerprint,
-    IdempotencyRepository, Lease, Manager, RecordId, RepositoryError, Status, TrackedOperation,
-    operation,
+    IdempotencyRepository, Lease, Manager, Operation, RecordId, RepositoryError, Status,
+    TrackedOperation, operation,
 };
 use ana_redis::redis::{self, AsyncCommands};
 use ana_redis::{RedisRepository, RedisSession};
@@ -53,6 +53,33 @@ async fn acquire(
     match repository.claim(request).await.expect("claim") {
         Claim::Acquired { lease, session, .. } => (lease, session),
         Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
+    }
+}
+
+/// An operation on `key` that counts its runs in `runs` and answers `ran`.
+fn counted(
+    runs: &Arc<AtomicUsize>,
+    key: &'static str,
+) -> impl Operation<RedisSession, Payload = &'static str, Output = String, Error = std::io::Error> {
+    let runs = Arc::clone(runs);
+    operation(TARGET, key, "body", move |_ctx: RedisSession| async move {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>("ran".to_owned())
+    })
+}
+
+/// A claim that takes a standing record over: its lease, session and previous status.
+async fn take_over(
+    repository: &RedisRepository,
+    request: &ClaimRequest<'_>,
+) -> (Lease, RedisSession, Option<Status>) {
+    match repository.claim(request).await.expect("claim") {
+        Claim::Acquired {
+            lease,
+            session,
+            previous,
+        } => (lease, session, previous),
+        Claim::Existing { record, .. } => panic!("expected a takeover, found {record:?}"),
     }
 }
 
@@ -482,13 +509,7 @@ async fn a_dropped_connection_is_replaced() {
         .with_prefix(random_prefix());
     let manager: Manager<&str, String, RedisSession> = Manager::new(repository);
     let runs = Arc::new(AtomicUsize::new(0));
-    let op = |key: &'static str| {
-        let runs = Arc::clone(&runs);
-        operation(TARGET, key, "body", move |_ctx: RedisSession| async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, std::io::Error>("ran".to_owned())
-        })
-    };
+    let op = |key: &'static str| counted(&runs, key);
     assert_eq!(manager.call(op("before")).await.expect("a call"), "ran");
 
     let mut admin = connect(&redis_url().await).await;
@@ -739,13 +760,7 @@ async fn records_of_the_hash_layout_still_work() {
     // A Finished record replays through the manager, and reads back whole.
     let manager: Manager<&str, String, RedisSession> = Manager::new(repository.clone());
     let runs = Arc::new(AtomicUsize::new(0));
-    let op = |key: &'static str| {
-        let runs = Arc::clone(&runs);
-        operation(TARGET, key, "body", move |_ctx: RedisSession| async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, std::io::Error>("ran".to_owned())
-        })
-    };
+    let op = |key: &'static str| counted(&runs, key);
     let replayed = manager.run(op("finished")).await.unwrap();
     assert!(replayed.is_replayed());
     assert_eq!(replayed.into_inner(), "paid");
@@ -768,18 +783,7 @@ async fn records_of_the_hash_layout_still_work() {
 
     // Running past its timeout: taken over (attempt 3), finished in the string layout, with
     // the reference time, expiration and failed attempts it had.
-    let (lease, session, previous) = match repository
-        .claim(&request("stale", fingerprint))
-        .await
-        .unwrap()
-    {
-        Claim::Acquired {
-            lease,
-            session,
-            previous,
-        } => (lease, session, previous),
-        Claim::Existing { record, .. } => panic!("expected a takeover, found {record:?}"),
-    };
+    let (lease, session, previous) = take_over(&repository, &request("stale", fingerprint)).await;
     assert_eq!((lease.attempt, previous), (3, Some(Status::Running)));
     let name = repository.record_key(TARGET, "stale");
     let kind: String = redis::cmd("TYPE")
@@ -801,18 +805,7 @@ async fn records_of_the_hash_layout_still_work() {
     assert_eq!((stale.attempt, stale.error_count), (3, 1));
 
     // Failed: retried, and a second failure counts on top of the first.
-    let (lease, session, previous) = match repository
-        .claim(&request("failed", fingerprint))
-        .await
-        .unwrap()
-    {
-        Claim::Acquired {
-            lease,
-            session,
-            previous,
-        } => (lease, session, previous),
-        Claim::Existing { record, .. } => panic!("expected a retry, found {record:?}"),
-    };
+    let (lease, session, previous) = take_over(&repository, &request("failed", fingerprint)).await;
     assert_eq!((lease.attempt, previous), (3, Some(Status::Failed)));
     repository
         .fail(session, id("failed"), lease, failure("declined again"))
