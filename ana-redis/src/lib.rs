@@ -30,54 +30,81 @@
 //!
 //! ## What is stored
 //!
-//! One hash per record, under the key `<prefix><len(target)>:<target>:<key>`
+//! One string per record, under the key `<prefix><len(target)>:<target>:<key>`
 //! ([`RedisRepository::record_key`]; the default prefix is `ana:`), for example
 //! `ana:14:[POST]/charges:order-42`. The target's length makes the layout unambiguous.
 //!
-//! | field | holds |
+//! The string is a fixed-width ASCII header of 172 bytes, then the failure kind's name and
+//! the data (readable with `redis-cli GET`):
+//!
+//! | bytes | holds |
 //! |---|---|
-//! | `status` | `ready`, `running`, `finished` or `failed` |
-//! | `fp` | the payload fingerprint, 16 raw bytes |
-//! | `ref`, `start`, `timeout`, `exp`, `fin` | reference time, start of the current attempt, its lock deadline, expiration, finish time: integer microseconds since the Unix epoch |
-//! | `res` | the encoded result, once Finished; absent on a Finished record whose result could not be encoded |
-//! | `err` | the last error message, while Failed |
-//! | `fail` | the last failure's [`FailureKind`](ana_core::FailureKind) name (`error`, `panic`, `cancelled`, `timed_out`, `expired`, …), while Failed |
-//! | `errs`, `att` | failed attempts, and the current attempt number ([`Lease::attempt`](ana_core::Lease::attempt)) |
-//! | `tok` | the claim number of the current attempt ([`Lease::claim`](ana_core::Lease::claim)): the server's time of the claim in microseconds, decimal |
+//! | 0 | `A`, the layout's marker |
+//! | 1 | the status: `0` Ready, `1` Running, `2` Finished, `3` Failed |
+//! | 2 | `1` when data follows the header (the result, or the failure's message) |
+//! | 3–34 | the payload fingerprint, 32 hex digits |
+//! | 35–54, 55–74 | the attempt number ([`Lease::attempt`](ana_core::Lease::attempt)) and the claim number of the current attempt ([`Lease::claim`](ana_core::Lease::claim)), 20 digits each |
+//! | 75–159 | reference time, start of the current attempt, its lock deadline, expiration, finish time: microseconds since the Unix epoch, 17 characters each (`_` × 17 when absent) |
+//! | 160–169 | failed attempts, 10 digits |
+//! | 170–171, then | the length of the failure kind's name ([`FailureKind`](ana_core::FailureKind): `error`, `panic`, `cancelled`, `timed_out`, `expired`, …; `00` unless Failed), the name, then the data |
 //!
-//! A Failed record without a `fail` field (one written without it) is read with the kind its
-//! message stands for: a kind's [default message](ana_core::FailureKind::message) gives that
-//! kind, `Got panic "…"` gives [`Panic`](ana_core::FailureKind::Panic), any other message
-//! [`Error`](ana_core::FailureKind::Error). A `fail` field naming no known kind makes the
-//! record corrupt. A `res` holding the bytes `\xffana: the result could not be encoded\xff`
-//! is read as no result too: it is the marker of an unencodable result from a writer that sets
-//! `res` on every Finished record.
+//! A Finished record whose result could not be encoded holds no data. A Failed record
+//! without a kind is read with the kind its message stands for: a kind's
+//! [default message](ana_core::FailureKind::message) gives that kind, `Got panic "…"` gives
+//! [`Panic`](ana_core::FailureKind::Panic), any other message
+//! [`Error`](ana_core::FailureKind::Error).
 //!
-//! ## One round trip per step, on the server's clock
+//! ### Records of the hash layout
 //!
-//! `claim`, `complete` and `fail` are each one `EVALSHA` of a Lua script (sent whole with
-//! `EVAL` when the server answers `NOSCRIPT`, which also caches it again), so each step is atomic in Redis and costs one round trip:
+//! Earlier versions of this crate stored one hash per record (fields `status`, `fp`, `ref`,
+//! `start`, `timeout`, `exp`, `fin`, `res`, `err`, `fail`, `errs`, `att`, `tok`). This
+//! version still reads them, so a rolling upgrade loses nothing: they replay, a claim takes
+//! them over (and writes the record as a string from then on), `get`, `stats`, `cleanup` and
+//! `forget` handle them. The reverse does not hold: **an earlier version cannot read the
+//! strings** (its scripts answer `WRONGTYPE`, a [`Backend`](ana_core::RepositoryError::Backend)
+//! error), so once a new instance writes a key, instances of an earlier version fail on it.
+//! Upgrade every instance at once, or accept those errors for the keys written during the
+//! upgrade.
 //!
-//! - **claim** creates the record, or takes over a record for which
-//!   [`TrackedOperation::is_claimable_at`](ana_core::TrackedOperation::is_claimable_at) holds
-//!   (same fingerprint, not expired, and Ready, Failed or Running past its timeout), or
-//!   returns the record as it stands with the server's time. Never check-then-insert.
-//! - **complete** and **fail** are a compare-and-set on the [`Lease`](ana_core::Lease): the
-//!   attempt number *and* the claim number; a record expired before `complete` becomes Failed
-//!   with [`FailureKind::Expired`](ana_core::FailureKind::Expired) and the call gets
-//!   [`Completion::Expired`](ana_core::Completion::Expired). `fail` stores the failure's kind
-//!   in `fail` and its message in `err`. Both publish a [wake-up](#wake-ups) in the same
-//!   round trip.
+//! ## One round trip per step
 //!
-//! Every deadline is computed and compared on the Redis server's clock (`TIME` inside the
-//! script; Redis replicates a script's effects, not the script, so replicas agree), never on
-//! the application servers' clocks. `get` is a plain `HGETALL`.
+//! Each step is one command or one `EVALSHA` of a Lua script (sent whole with `EVAL` when the
+//! server answers `NOSCRIPT`, which also caches it again), atomic in Redis:
 //!
-//! Tested on Redis 7.0; needs Redis 5 or later (scripts replicated by their effects).
+//! - **claim** is `SET key <new Running record> NX GET PXAT <ttl>`: a new key is created
+//!   and claimed by this one command, no script. When a record stands, the same command
+//!   answers with it: a Finished record replays from that answer, and a record Running
+//!   within its timeout is answered as it stands. Only a record for which
+//!   [`TrackedOperation::is_claimable_at`](ana_core::TrackedOperation::is_claimable_at)
+//!   holds (same fingerprint, not expired, and Ready, Failed or Running past its timeout), or
+//!   a record of the hash layout, goes on to the claim script, which decides again and takes
+//!   it over on the server's clock. Never check-then-insert.
+//! - **complete** and **fail** are one script: a compare-and-set on the
+//!   [`Lease`](ana_core::Lease), the attempt number *and* the claim number (`GET`, compare,
+//!   `SET`); a record expired before `complete` becomes Failed with
+//!   [`FailureKind::Expired`](ana_core::FailureKind::Expired) and the call gets
+//!   [`Completion::Expired`](ana_core::Completion::Expired). Both publish a
+//!   [wake-up](#wake-ups) in the same round trip.
+//! - **get** is a plain `GET`.
 //!
+//! ### Clocks
+//!
+//! The claim of a new key is made without a script, so the times it writes (the start of
+//! the attempt and its lock deadline, the claim time plus the timeout) come from the clock
+//! of the application server that claims, and its claim number is 64 random bits; the
+//! answer to a claim that finds a record (Finished, or Running within its timeout) is judged
+//! on that clock too. Every other step reads the Redis server's clock (`TIME` inside the
+//! script; Redis replicates a script's effects, not the script, so replicas agree): a
+//! takeover, which also numbers its claim with the server's time in microseconds, the expiry
+//! check of `complete`, renewals, `cleanup` and `forget`. Keep the application servers'
+//! clocks in step with the Redis server's (NTP): a skew moves a new record's lock deadline
+//! by as much.
+//!
+//! Needs Redis 7.0 or later (`SET … NX GET`); tested on Redis 7.0.
+
 //! ## Retention: Redis never grows without bound
 //!
-//! Every write sets the record's TTL (`PEXPIREAT`):
+//! Every write sets the record's TTL (`PXAT`):
 //!
 //! - a record with an expiration lives until its expiration plus
 //!   [`with_retention_after_expiration`](RedisRepository::with_retention_after_expiration)
@@ -101,9 +128,9 @@
 //!   server's clock and deletes, or refuses a record whose holder may still be at work, in
 //!   the same step, so no claim can come between.
 //! - **stats** walks the prefix's keys with `SCAN … MATCH <prefix>*` on the server, or on
-//!   every master of a cluster (found with `CLUSTER SLOTS`), reading each batch's `status`,
-//!   `timeout` and `exp` with one pipeline of `HMGET`s: a full pass over the keyspace, to run
-//!   now and then, not on every request.
+//!   every master of a cluster (found with `CLUSTER SLOTS`), reading each batch's headers
+//!   with one pipeline of `GETRANGE`s (and `HMGET`s for records of the hash layout): a full
+//!   pass over the keyspace, to run now and then, not on every request.
 //! - **cleanup** walks the keys the same way and marks Running records past their timeout
 //!   Failed (one script each, which checks again). It deletes nothing: the TTLs below do,
 //!   and it says so ([`Cleaned::expires_itself`](ana_core::Cleaned::expires_itself)).
@@ -156,8 +183,8 @@
 //!
 //! ## Redis Cluster
 //!
-//! Each script touches exactly one key, the record's hash, so every step runs on the one node
-//! that owns the key's slot, and records spread over all slots. No hash tag is needed (one
+//! Each command and each script touches exactly one key, the record's, so every step runs on
+//! the one node that owns the key's slot, and records spread over all slots. No hash tag is needed (one
 //! key is always one slot) and none is added, so keys do not pile onto one node; do not put
 //! `{…}` in the prefix unless you want them to. Build the store with
 //! [`RedisRepository::cluster`] or [`RedisRepository::from_cluster_urls`] (feature
@@ -200,6 +227,7 @@
 //! add deadpool-redis's `PING` each time. After a connection error that connection is
 //! dropped (the failing call answers `Unavailable`) and the next call takes a fresh one.
 
+mod layout;
 mod maintenance;
 mod record;
 mod repository;

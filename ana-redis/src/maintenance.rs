@@ -9,6 +9,7 @@ use ana_core::{
 };
 use redis::Value;
 
+use crate::layout;
 use crate::record::{corrupt, time};
 use crate::repository::{FORGET, Node, RedisRepository, TIME_OUT};
 
@@ -18,7 +19,8 @@ const SCAN_COUNT: usize = 1000;
 /// - `forget` is one Lua script: it reads the record's status and timeout on the server's
 ///   clock and deletes it, or not, in the same step, so no claim comes between.
 /// - `stats` walks the prefix's keys with `SCAN` on the server, or on every master of a
-///   cluster, reading each batch's `status`, `timeout` and `exp` fields in one pipeline:
+///   cluster, reading each batch's headers in one pipeline (and the fields of records of
+///   the hash layout in a second one):
 ///   a full pass over the keyspace (Redis filters keys by the prefix as it goes). Keys that
 ///   `SCAN` returns twice are counted once.
 /// - `cleanup` walks the keys the same way and marks Running records past their timeout Failed,
@@ -114,6 +116,8 @@ impl Scanned {
 struct Batch {
     now: i64,
     records: Vec<Scanned>,
+    /// Keys of records of the hash layout, still to read.
+    hashes: Vec<String>,
 }
 
 /// A walk over the prefix's keys, node after node.
@@ -172,29 +176,53 @@ impl<'r> Scan<'r> {
             if names.is_empty() {
                 continue;
             }
+            // The header of each record's string; a record of the hash layout answers
+            // WRONGTYPE and is read with HMGET next.
             let mut pipeline = redis::pipe();
-            pipeline.cmd("TIME");
+            pipeline.ignore_errors().cmd("TIME");
             for name in &names {
                 pipeline
-                    .cmd("HMGET")
+                    .cmd("GETRANGE")
                     .arg(name)
-                    .arg("status")
-                    .arg("timeout")
-                    .arg("exp");
+                    .arg(0)
+                    .arg(layout::HEADER - 1);
             }
+            let on = node.clone();
             let replies =
                 self.repository
+                    .run(|mut connection| async move {
+                        connection.pipeline_on_node(&on, pipeline).await
+                    })
+                    .await?;
+            let mut batch = read_batch(names, replies)?;
+            if !batch.hashes.is_empty() {
+                let mut pipeline = redis::pipe();
+                pipeline.ignore_errors();
+                for name in &batch.hashes {
+                    pipeline
+                        .cmd("HMGET")
+                        .arg(name)
+                        .arg("status")
+                        .arg("timeout")
+                        .arg("exp");
+                }
+                let replies = self
+                    .repository
                     .run(|mut connection| async move {
                         connection.pipeline_on_node(&node, pipeline).await
                     })
                     .await?;
-            return read_batch(names, replies).map(Some);
+                let hashes = std::mem::take(&mut batch.hashes);
+                read_hashes(hashes, replies, &mut batch.records)?;
+            }
+            return Ok(Some(batch));
         }
     }
 }
 
-/// The records of a step from the replies of its pipeline: `TIME`, then one `HMGET` per key.
-/// A key gone since the `SCAN` (its TTL ran out, it was forgotten) is left out.
+/// The records of a step from the replies of its first pipeline: `TIME`, then one `GETRANGE`
+/// of the header per key. A key gone since the `SCAN` (its TTL ran out, it was forgotten) is
+/// left out; a key holding another type than a string is left in [`Batch::hashes`].
 fn read_batch(names: Vec<String>, replies: Vec<Value>) -> Result<Batch, RepositoryError> {
     let mut replies = replies.into_iter();
     let now = match replies.next() {
@@ -202,10 +230,51 @@ fn read_batch(names: Vec<String>, replies: Vec<Value>) -> Result<Batch, Reposito
         _ => None,
     }
     .ok_or_else(|| corrupt("TIME", "the server time is malformed"))?;
-    let mut records = Vec::with_capacity(names.len());
+    let mut batch = Batch {
+        now,
+        records: Vec::with_capacity(names.len()),
+        hashes: Vec::new(),
+    };
     for (name, reply) in names.into_iter().zip(replies) {
-        let Value::Array(fields) = reply else {
-            return Err(corrupt(&name, "unexpected HMGET reply"));
+        let header = match reply {
+            Value::BulkString(bytes) => bytes,
+            Value::ServerError(error) if error.code() == "WRONGTYPE" => {
+                batch.hashes.push(name);
+                continue;
+            }
+            other => {
+                return Err(corrupt(
+                    &name,
+                    &format!("unexpected GETRANGE reply {other:?}"),
+                ));
+            }
+        };
+        if header.is_empty() {
+            continue;
+        }
+        let header = layout::read_header(&name, &header)?;
+        batch.records.push(Scanned {
+            name,
+            status: header.status,
+            timeout: header.timeout,
+            expiration: header.expiration,
+        });
+    }
+    Ok(batch)
+}
+
+/// Records of the hash layout, from one `HMGET` of `status`, `timeout` and `exp` per key. A
+/// key gone or turned into a string since is left out (the string layout's writer claimed it).
+fn read_hashes(
+    names: Vec<String>,
+    replies: Vec<Value>,
+    records: &mut Vec<Scanned>,
+) -> Result<(), RepositoryError> {
+    for (name, reply) in names.into_iter().zip(replies) {
+        let fields = match reply {
+            Value::Array(fields) => fields,
+            Value::ServerError(error) if error.code() == "WRONGTYPE" => continue,
+            other => return Err(corrupt(&name, &format!("unexpected HMGET reply {other:?}"))),
         };
         let mut fields = fields.into_iter().map(|value| match value {
             Value::BulkString(bytes) => Some(bytes),
@@ -232,7 +301,7 @@ fn read_batch(names: Vec<String>, replies: Vec<Value>) -> Result<Batch, Reposito
             expiration,
         });
     }
-    Ok(Batch { now, records })
+    Ok(())
 }
 
 /// `TIME`'s reply (seconds, microseconds) as microseconds since the Unix epoch.

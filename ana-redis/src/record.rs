@@ -1,22 +1,19 @@
-//! The stored form of a record: one Redis hash, and reading it back.
+//! Records of the hash layout, written by earlier versions of this crate (one field per
+//! part of the record): still read, so that a rolling upgrade keeps replaying and taking over
+//! them. This crate writes records in the string layout (`layout.rs`).
 
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{FailureKind, Fingerprint, RepositoryError, Status, TrackedOperation};
 use redis::Value;
 
-/// Hash fields. Times are integer microseconds since the Unix epoch.
-pub(crate) const STATUS: &str = "status";
-pub(crate) const FINGERPRINT: &str = "fp";
-pub(crate) const REFERENCE_TIME: &str = "ref";
-pub(crate) const STARTED_AT: &str = "start";
-pub(crate) const TIMEOUT: &str = "timeout";
-pub(crate) const EXPIRATION: &str = "exp";
-pub(crate) const FINISHED_AT: &str = "fin";
-pub(crate) const RESULT: &str = "res";
-pub(crate) const ERROR: &str = "err";
-pub(crate) const FAILURE: &str = "fail";
-pub(crate) const ERROR_COUNT: &str = "errs";
-pub(crate) const ATTEMPT: &str = "att";
+/// Hash fields, named in errors. Times are integer microseconds since the Unix epoch.
+const REFERENCE_TIME: &str = "ref";
+const STARTED_AT: &str = "start";
+const TIMEOUT: &str = "timeout";
+const EXPIRATION: &str = "exp";
+const FINISHED_AT: &str = "fin";
+const ERROR_COUNT: &str = "errs";
+const ATTEMPT: &str = "att";
 
 /// The largest time magnitude written, in microseconds: Lua numbers are doubles, exact up to
 /// 2^53 (about the year 2255). Later times are stored as this one.
@@ -34,7 +31,7 @@ const UNENCODABLE_MARKER: &[u8] = b"\xffana: the result could not be encoded\xff
 /// The kind of a failure stored without a `fail` field, from its message: the default
 /// message of a kind (the texts stored for cancellations, expirations and transaction
 /// failures), `Got panic "…"` for a panic, the operation's own error otherwise.
-fn kind_of_message(message: &[u8]) -> FailureKind {
+pub(crate) fn kind_of_message(message: &[u8]) -> FailureKind {
     FailureKind::ALL
         .iter()
         .copied()
@@ -50,40 +47,6 @@ fn kind_of_message(message: &[u8]) -> FailureKind {
 /// A duration in microseconds, clamped so that `now + duration` stays exact in Lua.
 pub(crate) fn duration_micros(duration: std::time::Duration) -> i64 {
     i64::try_from(duration.as_micros()).map_or(MAX_MICROS / 2, |us| us.min(MAX_MICROS / 2))
-}
-
-/// The hash fields of `record`, as [`RedisRepository::restore`](crate::RedisRepository::restore)
-/// writes them.
-pub(crate) fn fields(record: &TrackedOperation) -> Vec<(&'static str, Vec<u8>)> {
-    let int = |n: i64| n.to_string().into_bytes();
-    let mut out = vec![
-        (STATUS, record.status.as_str().as_bytes().to_vec()),
-        (FINGERPRINT, record.fingerprint.as_bytes().to_vec()),
-        (REFERENCE_TIME, int(micros(record.reference_time))),
-        (ERROR_COUNT, record.error_count.to_string().into_bytes()),
-        (ATTEMPT, record.attempt.to_string().into_bytes()),
-    ];
-    let times = [
-        (STARTED_AT, record.started_at),
-        (TIMEOUT, record.timeout),
-        (EXPIRATION, record.expiration),
-        (FINISHED_AT, record.finished_at),
-    ];
-    out.extend(
-        times
-            .into_iter()
-            .filter_map(|(field, at)| at.map(|at| (field, int(micros(at))))),
-    );
-    if let Some(result) = &record.result {
-        out.push((RESULT, result.clone()));
-    }
-    if let Some(error) = &record.error {
-        out.push((ERROR, error.as_bytes().to_vec()));
-    }
-    if let Some(failure) = record.failure {
-        out.push((FAILURE, failure.as_str().as_bytes().to_vec()));
-    }
-    out
 }
 
 /// Reads a record from its hash, given as the reply of `HGETALL` (a flat array of field,

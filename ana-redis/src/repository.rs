@@ -2,8 +2,10 @@
 
 use std::fmt;
 use std::future::Future;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ana_core::chrono::{DateTime, Utc};
 use ana_core::{
@@ -13,47 +15,39 @@ use ana_core::{
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::{ErrorKind, FromRedisValue, RedisError, RedisFuture, ServerErrorKind, Value};
 
+use crate::layout::{self, Header};
 use crate::record::{self, corrupt, duration_micros, micros};
 use crate::script::{Call, Lua};
 use crate::wake::{self, Subscriber};
 
-static CLAIM: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/claim.lua")
-    ))
-});
+/// A script: prelude.lua, helpers.lua, then the script's own file.
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Lua::new(concat!(
+                include_str!("lua/prelude.lua"),
+                include_str!("lua/helpers.lua"),
+                include_str!($file)
+            ))
+        })
+    };
+}
+
+static CLAIM: LazyLock<Lua> = script!("lua/claim.lua");
+/// Complete and fail. A complete returns before helpers.lua's functions are made, and so
+/// pays nothing for them.
 static FINISH: LazyLock<Lua> = LazyLock::new(|| {
     Lua::new(concat!(
         include_str!("lua/prelude.lua"),
-        include_str!("lua/finish.lua")
+        include_str!("lua/finish.lua"),
+        include_str!("lua/helpers.lua"),
+        include_str!("lua/fail.lua")
     ))
 });
-static RENEW: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/renew.lua")
-    ))
-});
-static RESTORE: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/restore.lua")
-    ))
-});
-
-pub(crate) static FORGET: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/forget.lua")
-    ))
-});
-pub(crate) static TIME_OUT: LazyLock<Lua> = LazyLock::new(|| {
-    Lua::new(concat!(
-        include_str!("lua/prelude.lua"),
-        include_str!("lua/time_out.lua")
-    ))
-});
+static RENEW: LazyLock<Lua> = script!("lua/renew.lua");
+static RESTORE: LazyLock<Lua> = script!("lua/restore.lua");
+pub(crate) static FORGET: LazyLock<Lua> = script!("lua/forget.lua");
+pub(crate) static TIME_OUT: LazyLock<Lua> = script!("lua/time_out.lua");
 
 /// The default key prefix.
 pub const DEFAULT_PREFIX: &str = "ana:";
@@ -510,7 +504,7 @@ impl RedisRepository {
 
     /// The Redis key of the record `(target, key)`: the prefix, the target's length in bytes,
     /// `:`, the target, `:`, the key. The length makes the layout unambiguous whatever the
-    /// target holds. Useful to inspect a record (`HGETALL`, `PTTL`).
+    /// target holds. Useful to inspect a record (`GET`, `PTTL`).
     pub fn record_key(&self, target: &str, key: &str) -> String {
         format!("{}{}:{target}:{key}", self.prefix, target.len())
     }
@@ -541,10 +535,8 @@ impl RedisRepository {
                     .timeout
                     .map(|at| micros(at).to_string())
                     .unwrap_or_default(),
-            );
-        for (field, value) in record::fields(record) {
-            invocation.arg(field).arg(value);
-        }
+            )
+            .arg(layout::encode(record));
         let _: Value = self.invoke(&invocation).await?;
         Ok(())
     }
@@ -623,6 +615,19 @@ impl RedisRepository {
             .await
     }
 
+    /// Runs `command`, a command on a string; `None` when the server answers `WRONGTYPE`:
+    /// the key holds another type of value, such as a record of the hash layout.
+    async fn query_string(&self, command: &redis::Cmd) -> Result<Option<Value>, RepositoryError> {
+        self.shared
+            .run(&self.pool, |mut connection| async move {
+                match command.query_async(&mut connection).await {
+                    Err(error) if error.code() == Some("WRONGTYPE") => Ok(None),
+                    answer => answer.map(Some),
+                }
+            })
+            .await
+    }
+
     /// The finish script: `step` is `complete` (`data` the result, `detail` `1`, or `0` when
     /// there is none) or `fail` (`data` the message, `detail` the failure kind).
     async fn finish(
@@ -637,8 +642,7 @@ impl RedisRepository {
         let mut invocation = self.invocation_on(&FINISH, name.clone());
         invocation
             .arg(step)
-            .arg(lease.attempt)
-            .arg(lease.claim)
+            .arg(layout::lease_field(lease.attempt, lease.claim))
             .arg(data)
             .arg(detail)
             .arg(FailureKind::Expired.message())
@@ -655,6 +659,103 @@ impl RedisRepository {
             )),
         }
     }
+}
+
+impl RedisRepository {
+    /// The claim script, on the server's clock: takes over a record for which
+    /// [`TrackedOperation::is_claimable_at`] holds, or creates it when it is gone, or answers
+    /// with the record as it stands.
+    async fn claim_by_script(
+        &self,
+        request: &ClaimRequest<'_>,
+        name: &str,
+    ) -> Result<Claim<RedisSession>, RepositoryError> {
+        let mut invocation = self.invocation_on(&CLAIM, name.to_owned());
+        invocation
+            .arg(layout::hex(&request.fingerprint))
+            .arg(micros(request.reference_time))
+            .arg(
+                request
+                    .timeout
+                    .map(|timeout| duration_micros(timeout).to_string())
+                    .unwrap_or_default(),
+            )
+            .arg(
+                request
+                    .expiration
+                    .map(|at| micros(at).to_string())
+                    .unwrap_or_default(),
+            );
+        let reply: Vec<Value> = self.invoke(&invocation).await?;
+        let mut reply = reply.into_iter();
+        match (reply.next(), reply.next(), reply.next(), reply.next()) {
+            (
+                Some(Value::Int(1)),
+                Some(Value::Int(attempt)),
+                Some(Value::Int(claim)),
+                Some(Value::BulkString(previous)),
+            ) => {
+                let attempt =
+                    u64::try_from(attempt).map_err(|_| corrupt(name, "negative attempt"))?;
+                // The server's time in microseconds: positive on any clock Redis runs on.
+                let claim =
+                    u64::try_from(claim).map_err(|_| corrupt(name, "negative claim number"))?;
+                let previous = std::str::from_utf8(&previous)
+                    .ok()
+                    .and_then(|status| status.parse().ok());
+                Ok(Claim::Acquired {
+                    lease: Lease { attempt, claim },
+                    session: RedisSession { attempt },
+                    previous,
+                })
+            }
+            (Some(Value::Int(0)), Some(Value::BulkString(now)), Some(record), None) => {
+                let now = std::str::from_utf8(&now)
+                    .ok()
+                    .and_then(|now| now.parse::<i64>().ok())
+                    .and_then(DateTime::<Utc>::from_timestamp_micros)
+                    .ok_or_else(|| corrupt(name, "the server time is malformed"))?;
+                let record = match record {
+                    Value::BulkString(value) => {
+                        layout::decode(request.target, request.key, name, value)?
+                    }
+                    hash => record::decode(request.target, request.key, name, hash)?
+                        .ok_or_else(|| corrupt(name, "the claim returned an empty record"))?,
+                };
+                Ok(Claim::Existing { record, now })
+            }
+            _ => Err(corrupt(name, "unexpected reply from the claim script")),
+        }
+    }
+
+    /// The TTL of a new Running record, as the scripts' `retain_at` computes it: its
+    /// expiration plus the retention after it (or the retention from `now` without one), and
+    /// at least its timeout (or a full retention when it has none). Milliseconds since the
+    /// Unix epoch, for `PXAT`.
+    fn retain_at(&self, now: i64, expiration: Option<i64>, timeout: Option<i64>) -> i64 {
+        let without = now.saturating_add(duration_micros(self.without_expiration));
+        let at = expiration.map_or(without, |at| {
+            at.saturating_add(duration_micros(self.after_expiration))
+        });
+        at.max(timeout.unwrap_or(without)).div_euclid(1000).max(1)
+    }
+}
+
+/// This machine's time in microseconds since the Unix epoch, as stored.
+fn now_micros() -> i64 {
+    let since = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| since.as_micros());
+    i64::try_from(since).map_or(record::MAX_MICROS, |us| us.min(record::MAX_MICROS))
+}
+
+/// The claim number of a new record: 64 random bits. A new record's claim is made without a
+/// script, so no server time numbers it; random bits keep two claims of one key (a record
+/// that vanished and was created again) from sharing a number, whichever machines made them.
+fn claim_number() -> u64 {
+    static CLAIMS: AtomicU64 = AtomicU64::new(0);
+    // Each `RandomState` has its own keys, seeded from the operating system's randomness.
+    RandomState::new().hash_one(CLAIMS.fetch_add(1, Ordering::Relaxed))
 }
 
 enum FinishAnswer {
@@ -702,61 +803,61 @@ impl IdempotencyRepository for RedisRepository {
         "redis"
     }
 
+    /// A new key is claimed by one `SET … NX GET` (no script), which also answers with the
+    /// record when there is one; only a record that may be taken over (and a record of the
+    /// hash layout) goes through the claim script, which decides on the server's clock.
     async fn claim(
         &self,
         request: &ClaimRequest<'_>,
     ) -> Result<Claim<RedisSession>, RepositoryError> {
-        let mut invocation = self.invocation(&CLAIM, request.target, request.key);
-        invocation
-            .arg(request.fingerprint.as_bytes().as_slice())
-            .arg(micros(request.reference_time))
-            .arg(
-                request
-                    .timeout
-                    .map(|timeout| duration_micros(timeout).to_string())
-                    .unwrap_or_default(),
-            )
-            .arg(
-                request
-                    .expiration
-                    .map(|at| micros(at).to_string())
-                    .unwrap_or_default(),
-            );
-        let reply: Vec<Value> = self.invoke(&invocation).await?;
-        let name = || self.record_key(request.target, request.key);
-        let mut reply = reply.into_iter();
-        match (reply.next(), reply.next(), reply.next(), reply.next()) {
-            (
-                Some(Value::Int(1)),
-                Some(Value::Int(attempt)),
-                Some(Value::Int(claim)),
-                Some(Value::BulkString(previous)),
-            ) => {
-                let attempt =
-                    u64::try_from(attempt).map_err(|_| corrupt(&name(), "negative attempt"))?;
-                // The server's time in microseconds: positive on any clock Redis runs on.
-                let claim =
-                    u64::try_from(claim).map_err(|_| corrupt(&name(), "negative claim number"))?;
-                let previous = std::str::from_utf8(&previous)
-                    .ok()
-                    .and_then(|status| status.parse().ok());
-                Ok(Claim::Acquired {
-                    lease: Lease { attempt, claim },
-                    session: RedisSession { attempt },
-                    previous,
-                })
+        let name = self.record_key(request.target, request.key);
+        let now = now_micros();
+        let claim = claim_number();
+        let timeout = request
+            .timeout
+            .map(|timeout| now + duration_micros(timeout));
+        let expiration = request.expiration.map(micros);
+        let header = Header {
+            status: Status::Running,
+            has_data: false,
+            fingerprint: request.fingerprint,
+            attempt: 1,
+            claim,
+            reference_time: micros(request.reference_time),
+            started_at: Some(now),
+            timeout,
+            expiration,
+            finished_at: None,
+            error_count: 0,
+        };
+        let mut value = Vec::with_capacity(layout::HEADER);
+        header.write("", &mut value);
+        let mut set = redis::cmd("SET");
+        set.arg(&name)
+            .arg(value)
+            .arg("NX")
+            .arg("GET")
+            .arg("PXAT")
+            .arg(self.retain_at(now, expiration, timeout));
+        match self.query_string(&set).await? {
+            Some(Value::Nil) => Ok(Claim::Acquired {
+                lease: Lease { attempt: 1, claim },
+                session: RedisSession { attempt: 1 },
+                previous: None,
+            }),
+            Some(Value::BulkString(value)) => {
+                let record = layout::decode(request.target, request.key, &name, value)?;
+                let now = DateTime::from_timestamp_micros(now)
+                    .ok_or_else(|| corrupt(&name, "the clock is out of range"))?;
+                if record.is_claimable_at(request.fingerprint, now) {
+                    self.claim_by_script(request, &name).await
+                } else {
+                    Ok(Claim::Existing { record, now })
+                }
             }
-            (Some(Value::Int(0)), Some(Value::BulkString(now)), Some(hash), None) => {
-                let now = std::str::from_utf8(&now)
-                    .ok()
-                    .and_then(|now| now.parse::<i64>().ok())
-                    .and_then(DateTime::<Utc>::from_timestamp_micros)
-                    .ok_or_else(|| corrupt(&name(), "the server time is malformed"))?;
-                let record = record::decode(request.target, request.key, &name(), hash)?
-                    .ok_or_else(|| corrupt(&name(), "the claim returned an empty record"))?;
-                Ok(Claim::Existing { record, now })
-            }
-            _ => Err(corrupt(&name(), "unexpected reply from the claim script")),
+            Some(other) => Err(corrupt(&name, &format!("unexpected SET reply {other:?}"))),
+            // Not a string: a record of the hash layout of earlier versions.
+            None => self.claim_by_script(request, &name).await,
         }
     }
 
@@ -807,8 +908,7 @@ impl IdempotencyRepository for RedisRepository {
     ) -> Result<Renewal, RepositoryError> {
         let mut invocation = self.invocation(&RENEW, id.target, id.key);
         invocation
-            .arg(lease.attempt)
-            .arg(lease.claim)
+            .arg(layout::lease_field(lease.attempt, lease.claim))
             .arg(duration_micros(lease_for));
         match self.invoke::<i64>(&invocation).await? {
             -1 => Ok(Renewal::Lost),
@@ -834,7 +934,15 @@ impl IdempotencyRepository for RedisRepository {
         key: &str,
     ) -> Result<Option<TrackedOperation>, RepositoryError> {
         let name = self.record_key(target, key);
-        let hash: Value = self.query(redis::cmd("HGETALL").arg(&name)).await?;
-        record::decode(target, key, &name, hash)
+        match self.query_string(redis::cmd("GET").arg(&name)).await? {
+            Some(Value::Nil) => Ok(None),
+            Some(Value::BulkString(value)) => layout::decode(target, key, &name, value).map(Some),
+            Some(other) => Err(corrupt(&name, &format!("unexpected GET reply {other:?}"))),
+            // Not a string: a record of the hash layout of earlier versions.
+            None => {
+                let hash: Value = self.query(redis::cmd("HGETALL").arg(&name)).await?;
+                record::decode(target, key, &name, hash)
+            }
+        }
     }
 }

@@ -1,5 +1,5 @@
 //! Secrets at rest on Redis: the encryption cases, the whole conformance suite through
-//! `Encrypted`, and the raw `res` field of the record's hash holding no plaintext.
+//! `Encrypted`, and the record's raw string holding no plaintext.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -27,8 +27,9 @@ mod suite {
     ana_core::conformance_tests!(harness());
 }
 
-/// An `HGET` of the record's `res` field finds ciphertext: no byte of the marker the response
-/// carries, and the format's version byte first.
+/// A `GET` of the record finds ciphertext: no byte of the marker the response carries, and
+/// the encryption format's version byte first in the result (after the record's 172-byte
+/// header).
 #[tokio::test]
 async fn the_result_field_holds_no_plaintext() {
     let url = common::redis_url().await;
@@ -49,13 +50,13 @@ async fn the_result_field_holds_no_plaintext() {
     };
     assert_eq!(manager.call(op(response.clone())).await.unwrap(), response);
     let mut connection = common::connect(&url).await;
-    let stored: Vec<u8> = redis::cmd("HGET")
+    let stored: Vec<u8> = redis::cmd("GET")
         .arg(store.record_key("[POST]/pay", "k1"))
-        .arg("res")
         .query_async(&mut connection)
         .await
         .unwrap();
-    assert_eq!(stored[0], 0xA1);
+    assert_eq!(&stored[..3], b"A21", "a Finished record with a result");
+    assert_eq!(stored[172], 0xA1);
     assert!(
         !stored.windows(4).any(|w| w == b"4242"),
         "plaintext in Redis"

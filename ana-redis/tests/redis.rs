@@ -13,8 +13,8 @@ use std::time::Duration;
 use ana_core::chrono::{DateTime, TimeDelta, Utc};
 use ana_core::{
     Claim, ClaimRequest, Completion, Error, Failure, FailureKind, Fingerprint,
-    IdempotencyRepository, Lease, Manager, RecordId, RepositoryError, Status, TrackedOperation,
-    operation,
+    IdempotencyRepository, Lease, Manager, Operation, RecordId, RepositoryError, Status,
+    TrackedOperation, operation,
 };
 use ana_redis::redis::{self, AsyncCommands};
 use ana_redis::{RedisRepository, RedisSession};
@@ -53,6 +53,33 @@ async fn acquire(
     match repository.claim(request).await.expect("claim") {
         Claim::Acquired { lease, session, .. } => (lease, session),
         Claim::Existing { record, .. } => panic!("expected to acquire, found {record:?}"),
+    }
+}
+
+/// An operation on `key` that counts its runs in `runs` and answers `ran`.
+fn counted(
+    runs: &Arc<AtomicUsize>,
+    key: &'static str,
+) -> impl Operation<RedisSession, Payload = &'static str, Output = String, Error = std::io::Error> {
+    let runs = Arc::clone(runs);
+    operation(TARGET, key, "body", move |_ctx: RedisSession| async move {
+        runs.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>("ran".to_owned())
+    })
+}
+
+/// A claim that takes a standing record over: its lease, session and previous status.
+async fn take_over(
+    repository: &RedisRepository,
+    request: &ClaimRequest<'_>,
+) -> (Lease, RedisSession, Option<Status>) {
+    match repository.claim(request).await.expect("claim") {
+        Claim::Acquired {
+            lease,
+            session,
+            previous,
+        } => (lease, session, previous),
+        Claim::Existing { record, .. } => panic!("expected a takeover, found {record:?}"),
     }
 }
 
@@ -123,13 +150,25 @@ async fn running_record_lives_until_its_timeout() {
         timeout: Some(Duration::from_secs(600)),
         ..request("held", Fingerprint::of("body"))
     };
-    acquire(&repository, &request).await;
+    let (lease, session) = acquire(&repository, &request).await;
     let record = repository.get(TARGET, "held").await.unwrap().unwrap();
     let timeout = record.timeout.expect("a timeout");
     let name = repository.record_key(TARGET, "held");
     assert_eq!(
         expiry(&mut redis, &name).await.1,
         timeout.timestamp_micros().div_euclid(1000)
+    );
+
+    // Finished, it is kept until its expiration plus the retention (none here) only.
+    let done = repository
+        .complete(session, id("held"), lease, Some(b"1"))
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Done);
+    let expiration = record.expiration.expect("an expiration");
+    assert_eq!(
+        expiry(&mut redis, &name).await.1,
+        expiration.timestamp_micros().div_euclid(1000)
     );
 }
 
@@ -337,13 +376,26 @@ async fn corrupt_records_are_errors() {
         Err(RepositoryError::Corrupt { .. })
     ));
 
-    // Another type of value under the key: the server's error, kept as the source.
+    // A string that is not a record: corrupt, and left as it is.
     let name = repository.record_key(TARGET, "string");
-    let _: () = redis.set(&name, "not a hash").await.unwrap();
-    match repository
-        .claim(&self::request("string", fingerprint))
-        .await
-    {
+    let _: () = redis.set(&name, "not a record").await.unwrap();
+    assert!(matches!(
+        repository
+            .claim(&self::request("string", fingerprint))
+            .await,
+        Err(RepositoryError::Corrupt { .. })
+    ));
+    assert!(matches!(
+        repository.get(TARGET, "string").await,
+        Err(RepositoryError::Corrupt { .. })
+    ));
+    let value: String = redis.get(&name).await.unwrap();
+    assert_eq!(value, "not a record");
+
+    // Another type of value under the key: the server's error, kept as the source.
+    let name = repository.record_key(TARGET, "list");
+    let _: () = redis.rpush(&name, "not a record").await.unwrap();
+    match repository.claim(&self::request("list", fingerprint)).await {
         Err(error @ RepositoryError::Backend(_)) => assert!(error.source().is_some()),
         other => panic!("expected Backend, got {other:?}"),
     }
@@ -457,13 +509,7 @@ async fn a_dropped_connection_is_replaced() {
         .with_prefix(random_prefix());
     let manager: Manager<&str, String, RedisSession> = Manager::new(repository);
     let runs = Arc::new(AtomicUsize::new(0));
-    let op = |key: &'static str| {
-        let runs = Arc::clone(&runs);
-        operation(TARGET, key, "body", move |_ctx: RedisSession| async move {
-            runs.fetch_add(1, Ordering::SeqCst);
-            Ok::<_, std::io::Error>("ran".to_owned())
-        })
-    };
+    let op = |key: &'static str| counted(&runs, key);
     assert_eq!(manager.call(op("before")).await.expect("a call"), "ran");
 
     let mut admin = connect(&redis_url().await).await;
@@ -641,4 +687,171 @@ async fn failure_kinds_and_missing_results_read_back() {
     let record = get("timed-out").await.unwrap().unwrap();
     assert_eq!(record.failure, Some(FailureKind::TimedOut));
     assert_eq!(record.error.as_deref(), Some("slow"));
+}
+
+/// Records written by the versions that stored one hash per record (a rolling upgrade leaves
+/// them behind) still replay, are taken over, forgotten, counted and timed out; a record taken
+/// over is written in the string layout from then on.
+#[tokio::test]
+async fn records_of_the_hash_layout_still_work() {
+    let repository = repository().await;
+    let mut redis = connect(&redis_url().await).await;
+    let fingerprint = Fingerprint::of("body");
+    let now = micros(Utc::now());
+    let us = |at: DateTime<Utc>| at.timestamp_micros().to_string().into_bytes();
+    let expiration = now + TimeDelta::hours(1);
+    // The fields the earlier versions wrote, and their TTL.
+    let write = |key: &'static str, status: &str, extra: Vec<(&'static str, Vec<u8>)>| {
+        let name = repository.record_key(TARGET, key);
+        let mut fields: Vec<(&'static str, Vec<u8>)> = vec![
+            ("status", status.as_bytes().to_vec()),
+            ("fp", fingerprint.as_bytes().to_vec()),
+            ("ref", us(now - TimeDelta::minutes(5))),
+            ("start", us(now - TimeDelta::minutes(5))),
+            ("att", b"2".to_vec()),
+            ("errs", b"1".to_vec()),
+            ("tok", b"1700000000000000".to_vec()),
+            ("exp", us(expiration)),
+        ];
+        fields.extend(extra);
+        (name, fields)
+    };
+    let records = [
+        write(
+            "finished",
+            "finished",
+            vec![
+                ("res", b"\"paid\"".to_vec()),
+                ("fin", us(now - TimeDelta::minutes(4))),
+            ],
+        ),
+        write(
+            "stale",
+            "running",
+            vec![("timeout", us(now - TimeDelta::seconds(1)))],
+        ),
+        write(
+            "held",
+            "running",
+            vec![("timeout", us(now + TimeDelta::minutes(10)))],
+        ),
+        write(
+            "failed",
+            "failed",
+            vec![
+                ("err", b"card declined".to_vec()),
+                ("fail", b"error".to_vec()),
+            ],
+        ),
+        write(
+            "timed-out",
+            "running",
+            vec![("timeout", us(now - TimeDelta::seconds(1)))],
+        ),
+    ];
+    for (name, fields) in &records {
+        let _: () = redis.hset_multiple(name, fields).await.unwrap();
+        let _: () = redis
+            .pexpire_at(name, (expiration + TimeDelta::hours(1)).timestamp_millis())
+            .await
+            .unwrap();
+    }
+
+    // A Finished record replays through the manager, and reads back whole.
+    let manager: Manager<&str, String, RedisSession> = Manager::new(repository.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let op = |key: &'static str| counted(&runs, key);
+    let replayed = manager.run(op("finished")).await.unwrap();
+    assert!(replayed.is_replayed());
+    assert_eq!(replayed.into_inner(), "paid");
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+    let finished = repository.get(TARGET, "finished").await.unwrap().unwrap();
+    assert_eq!(finished.status, Status::Finished);
+    assert_eq!(finished.expiration, Some(expiration));
+
+    // Running within its timeout: in flight, nothing changed.
+    match repository
+        .claim(&request("held", fingerprint))
+        .await
+        .unwrap()
+    {
+        Claim::Existing { record, .. } => {
+            assert_eq!((record.status, record.attempt), (Status::Running, 2));
+        }
+        Claim::Acquired { .. } => panic!("a held record was taken over"),
+    }
+
+    // Running past its timeout: taken over (attempt 3), finished in the string layout, with
+    // the reference time, expiration and failed attempts it had.
+    let (lease, session, previous) = take_over(&repository, &request("stale", fingerprint)).await;
+    assert_eq!((lease.attempt, previous), (3, Some(Status::Running)));
+    let name = repository.record_key(TARGET, "stale");
+    let kind: String = redis::cmd("TYPE")
+        .arg(&name)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(kind, "string");
+    let done = repository
+        .complete(session, id("stale"), lease, Some(b"\"late\""))
+        .await
+        .unwrap();
+    assert_eq!(done, Completion::Done);
+    let stale = repository.get(TARGET, "stale").await.unwrap().unwrap();
+    assert_eq!(stale.status, Status::Finished);
+    assert_eq!(stale.result.as_deref(), Some(&b"\"late\""[..]));
+    assert_eq!(stale.reference_time, now - TimeDelta::minutes(5));
+    assert_eq!(stale.expiration, Some(expiration));
+    assert_eq!((stale.attempt, stale.error_count), (3, 1));
+
+    // Failed: retried, and a second failure counts on top of the first.
+    let (lease, session, previous) = take_over(&repository, &request("failed", fingerprint)).await;
+    assert_eq!((lease.attempt, previous), (3, Some(Status::Failed)));
+    repository
+        .fail(session, id("failed"), lease, failure("declined again"))
+        .await
+        .unwrap();
+    let failed = repository.get(TARGET, "failed").await.unwrap().unwrap();
+    assert_eq!(failed.error.as_deref(), Some("declined again"));
+    assert_eq!(failed.error_count, 2);
+
+    // A payload that differs: the record as it stands, not taken over.
+    assert!(matches!(
+        repository
+            .claim(&request("timed-out", Fingerprint::of("other")))
+            .await
+            .unwrap(),
+        Claim::Existing { .. }
+    ));
+
+    // Counted with the records of the string layout; the timed-out one is failed in place,
+    // still a hash that the earlier versions read.
+    use ana_core::{Forgotten, Maintenance};
+    let stats = repository.stats().await.unwrap();
+    assert_eq!(
+        (stats.running, stats.finished, stats.failed, stats.timed_out),
+        (2, 2, 1, 1)
+    );
+    let cleaned = repository.cleanup(10).await.unwrap();
+    assert_eq!(cleaned.failed, 1);
+    let name = repository.record_key(TARGET, "timed-out");
+    let status: String = redis.hget(&name, "status").await.unwrap();
+    assert_eq!(status, "failed");
+    let timed_out = repository.get(TARGET, "timed-out").await.unwrap().unwrap();
+    assert_eq!(timed_out.failure, Some(FailureKind::TimedOut));
+
+    // Forgotten: a held one only with force, a finished one at once.
+    assert!(matches!(
+        repository.forget(id("held"), false).await.unwrap(),
+        Forgotten::Held { timeout: Some(_) }
+    ));
+    assert_eq!(
+        repository.forget(id("held"), true).await.unwrap(),
+        Forgotten::Deleted
+    );
+    assert_eq!(
+        repository.forget(id("finished"), false).await.unwrap(),
+        Forgotten::Deleted
+    );
+    assert_eq!(repository.get(TARGET, "finished").await.unwrap(), None);
 }

@@ -6,6 +6,7 @@
 //! cargo run --profile bench -p ana-bench -- limits        # pgbench and redis-benchmark alone
 //! cargo run --profile bench -p ana-bench -- peers <ana-bench-peers binary>  # ana vs its peers
 //! cargo run --profile bench -p ana-bench -- payments  # example 04: idempotent vs bare POST
+//! cargo run --profile bench -p ana-bench -- redis-cost 20000  # Redis's time per new key, replay
 //! valgrind --tool=callgrind target/release/ana-bench inproc new 10000  # the route in process
 //! ```
 //!
@@ -13,7 +14,7 @@
 //! behind `IdempotencyLayer` on the memory store, Postgres, Redis, SQLite and MySQL (new keys
 //! and replays, load from `wrk` in a separate process on loopback), the stores' own limits
 //! (`pgbench` with the claim + finish protocol and the replay `SELECT`; `redis-benchmark` with
-//! the claim script; the SQLite and MySQL repositories' statements in a sqlx loop), and the
+//! the claim's `SET … NX GET`; the SQLite and MySQL repositories' statements in a sqlx loop), and the
 //! memory store's footprint for a million records.
 
 mod footprint;
@@ -21,6 +22,7 @@ mod measure;
 mod nats;
 mod payments;
 mod peers;
+mod redis_cost;
 mod serve;
 mod sql_limits;
 mod wakeup;
@@ -55,6 +57,9 @@ fn main() -> Result<()> {
         Some("limits") => limits(),
         Some("peers") => peers::run(args.get(1).map(String::as_str)),
         Some("payments") => payments::run(args.get(1).map(String::as_str)),
+        Some("redis-cost") => {
+            redis_cost::run(args.get(1).and_then(|n| n.parse().ok()).unwrap_or(20_000))
+        }
         Some("wakeup") => wakeup::report(
             &std::env::var("DATABASE_URL")
                 .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into()),
@@ -69,7 +74,7 @@ fn main() -> Result<()> {
         None | Some("run") => run(),
         Some(other) => {
             bail!(
-                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers, payments, wakeup or nats)"
+                "unknown command {other:?} (expected run, limits, serve, inproc, footprint, peers, payments, redis-cost, wakeup or nats)"
             )
         }
     }
@@ -224,7 +229,7 @@ fn run() -> Result<()> {
         &pg_new_tx,
     ));
     rows.push(Row::limit("pgbench replay SELECT", &pg_replay));
-    rows.push(Row::limit("redis-benchmark claim script", &redis_new));
+    rows.push(Row::limit("redis-benchmark claim SET NX GET", &redis_new));
     rows.push(Row::limit(
         "sqlite read+claim+complete statements",
         &sqlite_new,
@@ -308,7 +313,7 @@ fn run() -> Result<()> {
             ratio(find("redis", true), bare_replay),
         ),
         (
-            "redis new key / redis-benchmark claim script",
+            "redis new key / redis-benchmark claim SET NX GET",
             ratio(find("redis", false), redis_new),
         ),
         (
@@ -364,7 +369,7 @@ fn limits() -> Result<()> {
         replay.requests_per_second
     );
     println!(
-        "redis-benchmark claim script {:.0} req/s",
+        "redis-benchmark claim SET NX GET {:.0} req/s",
         redis.requests_per_second
     );
     let runtime = tokio::runtime::Runtime::new()?;
@@ -678,7 +683,8 @@ fn report(
     let _ = writeln!(
         out,
         "\nFor information (no target): the store paths without the replay cache; a new key \
-         on Redis runs two scripts (claim, complete), redis-benchmark one; the benchmark's \
+         on Redis runs a SET NX GET (the claim, what redis-benchmark runs) and a script (the \
+         complete); the benchmark's \
          handler opens no transaction, so its Postgres finish is one autocommitted UPDATE \
          (a handler writing in its session adds BEGIN and COMMIT). The SQLite and MySQL \
          limits are their repository's own statements sent with sqlx in a loop, one task a \

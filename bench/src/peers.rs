@@ -126,12 +126,12 @@ impl RedisCost {
         self.commands
             .iter()
             .filter(|(name, ..)| is_script(name))
-            .map(|(_, _, usec)| usec)
-            .sum()
+            // Folded from 0.0: an empty f64 sum is -0.0, printed with its sign.
+            .fold(0.0, |sum, (_, _, usec)| sum + usec)
     }
 }
 
-fn is_script(command: &str) -> bool {
+pub(crate) fn is_script(command: &str) -> bool {
     [
         "eval",
         "evalsha",
@@ -326,6 +326,23 @@ fn redis_measured(
     let figures = load()?;
     let after = redis_info(&settings.redis_url)?;
     let requests = figures.requests.max(1) as f64;
+    let commands = command_deltas(&before, &after, requests);
+    Ok(Load {
+        figures,
+        redis: Some(RedisCost {
+            process: (after.cpu_seconds - before.cpu_seconds).max(0.0) * 1e6 / requests,
+            commands,
+        }),
+    })
+}
+
+/// Each command run between two `INFO` readings: its name, calls and microseconds, each
+/// divided by `per` (the requests of the load), the costliest first.
+pub(crate) fn command_deltas(
+    before: &RedisInfo,
+    after: &RedisInfo,
+    per: f64,
+) -> Vec<(String, f64, f64)> {
     let mut commands: Vec<(String, f64, f64)> = after
         .commands
         .iter()
@@ -338,33 +355,23 @@ fn redis_measured(
             let calls = calls.saturating_sub(calls_before);
             (calls > 0).then(|| {
                 let usec = usec.saturating_sub(usec_before);
-                (
-                    name.clone(),
-                    calls as f64 / requests,
-                    usec as f64 / requests,
-                )
+                (name.clone(), calls as f64 / per, usec as f64 / per)
             })
         })
         .collect();
     commands.sort_by(|a, b| b.2.total_cmp(&a.2));
-    Ok(Load {
-        figures,
-        redis: Some(RedisCost {
-            process: (after.cpu_seconds - before.cpu_seconds).max(0.0) * 1e6 / requests,
-            commands,
-        }),
-    })
+    commands
 }
 
 /// Redis's CPU time (user and system, seconds) and its `INFO commandstats`: each command's
 /// calls and microseconds.
 #[derive(Default)]
-struct RedisInfo {
-    cpu_seconds: f64,
+pub(crate) struct RedisInfo {
+    pub(crate) cpu_seconds: f64,
     commands: Vec<(String, u64, u64)>,
 }
 
-fn redis_info(url: &str) -> Result<RedisInfo> {
+pub(crate) fn redis_info(url: &str) -> Result<RedisInfo> {
     let (host, port) = serve::redis_address(url)?;
     let output = Command::new("redis-cli")
         .args(["-h", &host, "-p", &port.to_string()])

@@ -313,45 +313,53 @@ pub(crate) fn redis_address(url: &str) -> Result<(String, u16)> {
     Ok((host.to_owned(), port.parse().context("the Redis port")?))
 }
 
-/// `EVALSHA <claim script> 1 <random key> <arguments>` for redis-benchmark, with the script
-/// loaded into the server first: the same script `RedisRepository` runs for a claim.
+/// `SET <random key> <new Running record> NX GET PXAT <ttl>` for redis-benchmark: the command
+/// `RedisRepository` sends to claim a new key. The record is the one the repository writes,
+/// read back from a key it claims here (and deletes).
 pub(crate) fn redis_claim_command() -> Result<Vec<String>> {
-    let script = concat!(
-        include_str!("../../ana-redis/src/lua/prelude.lua"),
-        include_str!("../../ana-redis/src/lua/claim.lua")
-    );
     let url = std::env::var("REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let (host, port) = redis_address(&url)?;
-    let output = std::process::Command::new("redis-cli")
-        .args([
-            "-h",
-            &host,
-            "-p",
-            &port.to_string(),
-            "SCRIPT",
-            "LOAD",
-            script,
-        ])
-        .output()
-        .context("running redis-cli SCRIPT LOAD")?;
-    let sha = String::from_utf8_lossy(&output.stdout).trim().to_owned();
-    if !output.status.success() || sha.len() != 40 {
-        bail!("loading the claim script failed: {sha}");
+    let repository = RedisRepository::from_url(url.as_str())?.with_prefix(REDIS_PREFIX);
+    let key = format!("limit-template-{}", std::process::id());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let now = chrono::Utc::now();
+    runtime.block_on(repository.claim(&ana_core::ClaimRequest {
+        target: "[POST]/bench",
+        key: &key,
+        fingerprint: ana_core::Fingerprint::of(b"POST /bench {\"amount\":100}"),
+        reference_time: now,
+        timeout: Some(Duration::from_secs(60)),
+        expiration: Some(now + chrono::TimeDelta::days(1)),
+    }))?;
+    let name = repository.record_key("[POST]/bench", &key);
+    let cli = |command: &[&str]| {
+        std::process::Command::new("redis-cli")
+            .args(["-h", &host, "-p", &port.to_string()])
+            .args(command)
+            .output()
+            .context("running redis-cli")
+    };
+    let record = cli(&["GET", &name])?;
+    cli(&["DEL", &name])?;
+    let record = String::from_utf8(record.stdout)
+        .context("the record is ASCII")?
+        .trim_end()
+        .to_owned();
+    if !record.starts_with('A') {
+        bail!("reading the claimed record failed: {record:?}");
     }
-    let now = chrono::Utc::now().timestamp_micros();
     Ok(vec![
-        "EVALSHA".into(),
-        sha,
-        "1".into(),
+        "SET".into(),
         format!("{REDIS_PREFIX}limit:__rand_int__"),
-        // Retention after expiration, retention without expiration (µs).
-        "3600000000".into(),
-        "604800000000".into(),
-        // Fingerprint, reference time, timeout (µs), expiration (µs since the epoch).
-        "0123456789abcdef".into(),
-        now.to_string(),
-        "60000000".into(),
-        (now + 86_400_000_000).to_string(),
+        record,
+        "NX".into(),
+        "GET".into(),
+        "PXAT".into(),
+        (now + chrono::TimeDelta::days(1))
+            .timestamp_millis()
+            .to_string(),
     ])
 }
 

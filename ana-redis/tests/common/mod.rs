@@ -136,12 +136,27 @@ pub async fn connect(url: &str) -> MultiplexedConnection {
     connection
 }
 
-/// Shifts every stored time of one record back by ARGV[1] microseconds.
+/// Shifts every stored time of one record back by ARGV[1] microseconds: the five time fields
+/// of the string layout (at the offsets of the crate\'s `layout.rs`, 17 characters each, `_`
+/// when absent), or the time fields of a record of the hash layout.
 const SHIFT: &str = r"
-for _, field in ipairs({'ref', 'start', 'timeout', 'exp', 'fin'}) do
-  local v = redis.call('HGET', KEYS[1], field)
-  if v then
-    redis.call('HSET', KEYS[1], field, string.format('%.0f', tonumber(v) - tonumber(ARGV[1])))
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind == 'string' then
+  local v = redis.call('GET', KEYS[1])
+  for _, at in ipairs({76, 93, 110, 127, 144}) do
+    local field = string.sub(v, at, at + 16)
+    if field ~= '_________________' then
+      local shifted = string.format('%017.0f', tonumber(field) - tonumber(ARGV[1]))
+      v = string.sub(v, 1, at - 1) .. shifted .. string.sub(v, at + 17)
+    end
+  end
+  redis.call('SET', KEYS[1], v, 'KEEPTTL')
+elseif kind == 'hash' then
+  for _, field in ipairs({'ref', 'start', 'timeout', 'exp', 'fin'}) do
+    local v = redis.call('HGET', KEYS[1], field)
+    if v then
+      redis.call('HSET', KEYS[1], field, string.format('%.0f', tonumber(v) - tonumber(ARGV[1])))
+    end
   end
 end
 return 1
