@@ -261,7 +261,15 @@ impl Statements {
              SET status = 'failed', error = $2, failure = $3, error_count = t.error_count + 1
              FROM picked
              WHERE t.target = picked.target AND t.key = picked.key
-               AND t.status = 'running' AND t.timeout <= clock_timestamp()"
+               AND t.status = 'running' AND t.timeout <= clock_timestamp()
+             RETURNING t.target, t.key, t.watched"
+        );
+        // A timed-out record a call waits on wakes it, as a finish does (one row per record).
+        let row_digest = digest.replace("$1", "target").replace("$2", "key");
+        let fail_timed_out = format!(
+            "WITH failed AS ({fail_timed_out})
+             SELECT CASE WHEN watched THEN pg_notify('{channel}', {row_digest}) END
+             FROM failed"
         );
         let delete_expired = format!(
             "WITH picked AS MATERIALIZED (
