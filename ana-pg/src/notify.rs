@@ -12,7 +12,7 @@ use sqlx::PgPool;
 use sqlx::postgres::PgListener;
 use tokio::sync::oneshot;
 
-use crate::schema::SchemaName;
+use crate::schema::{SchemaName, Sql};
 
 /// The longest pause between two attempts to listen again after the connection was lost.
 const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(5);
@@ -72,11 +72,29 @@ impl Notifications {
 
     /// A watch of `id`, starting the listening task on the first one (in a Tokio runtime;
     /// without one the watch is never woken, and the waiting call polls).
-    pub(crate) fn watch(&self, pool: &PgPool, id: RecordId<'_>) -> Watch {
-        let watch = self.wakeups.watch_digest(digest(id));
-        if self.listening.get().is_none()
-            && let Ok(runtime) = tokio::runtime::Handle::try_current()
-        {
+    ///
+    /// Once registered, the watch marks the record `watched` (`mark`, over `$1` target and
+    /// `$2` key), so its finish notifies; when no Running record was marked (it finished, or
+    /// vanished) or the mark failed, the watch is woken at once and the call reads again.
+    pub(crate) fn watch(&self, pool: &PgPool, mark: &Sql, id: RecordId<'_>) -> Watch {
+        let digest = digest(id);
+        let watch = self.wakeups.watch_digest(digest);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return watch;
+        };
+        let (pool_mark, wakeups) = (pool.clone(), self.wakeups.clone());
+        let (query, target, key) = (mark.get(), id.target.to_owned(), id.key.to_owned());
+        runtime.spawn(async move {
+            let marked = sqlx::query(query)
+                .bind(target)
+                .bind(key)
+                .execute(&pool_mark)
+                .await;
+            if !matches!(marked, Ok(done) if done.rows_affected() == 1) {
+                wakeups.wake_digest(&digest);
+            }
+        });
+        if self.listening.get().is_none() {
             let (stop, stopped) = oneshot::channel();
             if self.listening.set(stop).is_ok() {
                 let task = listen(pool.clone(), self.channel.clone(), self.wakeups.clone());

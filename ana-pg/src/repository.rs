@@ -462,7 +462,9 @@ impl IdempotencyRepository for PgRepository {
     /// listening connection (taken from the pool at the first watch, kept, and opened again
     /// after it was lost).
     fn watch(&self, id: RecordId<'_>) -> Watch {
-        self.shared.notifications.watch(&self.pool, id)
+        self.shared
+            .notifications
+            .watch(&self.pool, &self.shared.sql.mark_watched, id)
     }
 
     async fn get(

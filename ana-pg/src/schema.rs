@@ -87,6 +87,11 @@ const MIGRATIONS: &[Migration] = &[
         description: "outbox",
         sql: include_str!("../migrations/0004_outbox.sql"),
     },
+    Migration {
+        version: 5,
+        description: "watched",
+        sql: include_str!("../migrations/0005_watched.sql"),
+    },
 ];
 
 /// The columns of a record, in the order [`crate::repository`] decodes them.
@@ -111,6 +116,7 @@ pub(crate) struct Statements {
     pub(crate) delete_expired: Sql,
     pub(crate) forget: Sql,
     pub(crate) stats: Sql,
+    pub(crate) mark_watched: Sql,
 }
 
 /// A prepared SQL text, cheap to hand to `sqlx::query` again and again.
@@ -142,7 +148,9 @@ impl Statements {
         // expired, another payload) is answered from that read alone, so a replay or a
         // duplicate writes nothing, locks nothing and needs no WAL flush. Otherwise the
         // insert creates the record or, on conflict, takes it over under the same condition
-        // re-checked on the latest row version.
+        // re-checked on the latest row version. A takeover keeps `watched`: the calls waiting
+        // on the earlier attempt still wait for the record to finish; only a record created
+        // fresh starts unwatched (the column's default).
         let claim = format!(
             "WITH existing AS (
                 SELECT {COLUMNS}, ({claimable}) AS claimable
@@ -178,16 +186,30 @@ impl Statements {
             FROM existing
             WHERE NOT EXISTS (SELECT 1 FROM claimed)"
         );
-        // A finish notifies the calls waiting on the record, in every process, once committed
-        // (the row count of the outer SELECT is the update's).
+        // A finish notifies the calls waiting on the record, in every process, once committed,
+        // and only when a call marked it `watched` (see `mark_watched`): a transaction that
+        // notified commits under Postgres' global notify-queue lock. The notify is a column,
+        // not a filter, so a finish still yields one row (the row count of the outer SELECT is
+        // the update's); `pg_notify` runs only where the CASE takes its branch.
         let channel = crate::notify::channel(schema);
         let digest = crate::notify::DIGEST_SQL;
         let notifying = |update: String| {
             format!(
-                "WITH finished AS ({update} RETURNING 1)
-                 SELECT pg_notify('{channel}', {digest}) FROM finished"
+                "WITH finished AS ({update} RETURNING watched)
+                 SELECT CASE WHEN watched THEN pg_notify('{channel}', {digest}) END
+                 FROM finished"
             )
         };
+        // A waiting call marks the Running record after it started listening. The row lock
+        // orders the mark and the finish: either the mark commits first, and the finish reads
+        // `watched = true` and notifies; or the finish commits first, and the mark re-checks
+        // `status = 'running'` on the latest row version and updates nothing, which tells the
+        // waiting call to read the record again at once. No finish goes unheard.
+        let mark_watched = format!(
+            "UPDATE {table} SET watched = true
+             WHERE target = $1 AND key = $2 AND status = 'running'
+             RETURNING 1"
+        );
         let complete = notifying(format!(
             "UPDATE {table}
              SET status = 'finished', result = $4, error = NULL, failure = NULL,
@@ -239,7 +261,15 @@ impl Statements {
              SET status = 'failed', error = $2, failure = $3, error_count = t.error_count + 1
              FROM picked
              WHERE t.target = picked.target AND t.key = picked.key
-               AND t.status = 'running' AND t.timeout <= clock_timestamp()"
+               AND t.status = 'running' AND t.timeout <= clock_timestamp()
+             RETURNING t.target, t.key, t.watched"
+        );
+        // A timed-out record a call waits on wakes it, as a finish does (one row per record).
+        let row_digest = digest.replace("$1", "target").replace("$2", "key");
+        let fail_timed_out = format!(
+            "WITH failed AS ({fail_timed_out})
+             SELECT CASE WHEN watched THEN pg_notify('{channel}', {row_digest}) END
+             FROM failed"
         );
         let delete_expired = format!(
             "WITH picked AS MATERIALIZED (
@@ -291,6 +321,7 @@ impl Statements {
             get: Sql::new(get),
             fail_timed_out: Sql::new(fail_timed_out),
             delete_expired: Sql::new(delete_expired),
+            mark_watched: Sql::new(mark_watched),
         }
     }
 }
