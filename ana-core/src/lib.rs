@@ -139,7 +139,7 @@ pub use repository::{
     RecordId, Renewal, RepositoryError, SharedRecordId,
 };
 pub use retry::FinishRetry;
-pub use wake::{Wakeups, Watch, record_digest};
+pub use wake::{ListeningTask, Wakeups, Watch, record_digest};
 
 /// Re-exported for store crates and users: the time type of every record.
 pub use chrono;

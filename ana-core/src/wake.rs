@@ -8,9 +8,11 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
-use tokio::sync::watch;
+use tokio::runtime::Handle;
+use tokio::sync::{oneshot, watch};
 
 use crate::record::{Fingerprint, FingerprintHasher};
 use crate::repository::RecordId;
@@ -130,6 +132,62 @@ impl Wakeups {
             if slot.watchers == 0 {
                 slots.remove(digest);
             }
+        }
+    }
+}
+
+/// A store's listening task (the connection that hears the finishes of other processes and
+/// wakes its [`Wakeups`]): started once, by the first waiting call, and stopped when this is
+/// dropped, with the repository's last clone.
+///
+/// ```
+/// use ana_core::ListeningTask;
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let listening = ListeningTask::new();
+/// let runtime = tokio::runtime::Handle::current();
+/// listening.start(&runtime, || async { /* listen, forward, reconnect */ });
+/// listening.start(&runtime, || async { unreachable!("started once") });
+/// assert!(listening.is_started());
+/// # }
+/// ```
+#[derive(Debug, Default)]
+pub struct ListeningTask {
+    /// Dropped with this, which ends the task.
+    stop: OnceLock<oneshot::Sender<()>>,
+}
+
+impl ListeningTask {
+    /// A task not started yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether the task was started.
+    pub fn is_started(&self) -> bool {
+        self.stop.get().is_some()
+    }
+
+    /// Spawns the future `task` makes on `runtime`, unless the task was started already (of
+    /// two racing first calls, one starts it). The future runs until it ends or this is
+    /// dropped.
+    pub fn start<F>(&self, runtime: &Handle, task: impl FnOnce() -> F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        if self.is_started() {
+            return;
+        }
+        let (stop, stopped) = oneshot::channel();
+        if self.stop.set(stop).is_ok() {
+            let task = task();
+            runtime.spawn(async move {
+                tokio::select! {
+                    () = task => {}
+                    _ = stopped => {}
+                }
+            });
         }
     }
 }

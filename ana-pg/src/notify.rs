@@ -3,14 +3,12 @@
 //! waiting calls of this process.
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::time::Duration;
 
-use ana_core::{Fingerprint, RecordId, Wakeups, Watch};
+use ana_core::{Fingerprint, ListeningTask, RecordId, Wakeups, Watch};
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use sqlx::postgres::PgListener;
-use tokio::sync::oneshot;
 
 use crate::schema::{SchemaName, Sql};
 
@@ -48,15 +46,14 @@ pub(crate) fn digest(id: RecordId<'_>) -> Fingerprint {
 pub(crate) struct Notifications {
     wakeups: Wakeups,
     channel: String,
-    /// Dropped with the repository's last clone, which stops the listening task.
-    listening: OnceLock<oneshot::Sender<()>>,
+    listening: ListeningTask,
 }
 
 impl fmt::Debug for Notifications {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Notifications")
             .field("channel", &self.channel)
-            .field("listening", &self.listening.get().is_some())
+            .field("listening", &self.listening.is_started())
             .finish()
     }
 }
@@ -66,7 +63,7 @@ impl Notifications {
         Self {
             wakeups: Wakeups::new(),
             channel: channel(schema),
-            listening: OnceLock::new(),
+            listening: ListeningTask::new(),
         }
     }
 
@@ -94,18 +91,9 @@ impl Notifications {
                 wakeups.wake_digest(&digest);
             }
         });
-        if self.listening.get().is_none() {
-            let (stop, stopped) = oneshot::channel();
-            if self.listening.set(stop).is_ok() {
-                let task = listen(pool.clone(), self.channel.clone(), self.wakeups.clone());
-                runtime.spawn(async move {
-                    tokio::select! {
-                        () = task => {}
-                        _ = stopped => {}
-                    }
-                });
-            }
-        }
+        self.listening.start(&runtime, || {
+            listen(pool.clone(), self.channel.clone(), self.wakeups.clone())
+        });
         watch
     }
 }

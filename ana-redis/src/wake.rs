@@ -13,16 +13,15 @@
 //! them.
 
 use std::fmt;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ana_core::{Fingerprint, Wakeups, Watch};
+use ana_core::{Fingerprint, ListeningTask, Wakeups, Watch};
 use redis::aio::MultiplexedConnection;
 use redis::{
     AsyncConnectionConfig, Client, ProtocolVersion, PushInfo, PushKind, RedisError, Value,
 };
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// The first pause before subscribing again after the connection was lost or refused.
 const FIRST_PAUSE: Duration = Duration::from_millis(50);
@@ -75,8 +74,8 @@ pub(crate) struct Subscriber {
     client: Option<Client>,
     /// The subscribing connection's name, `ana-wake:<pid>:<n>`.
     name: String,
-    /// Dropped with the repository's last clone, which stops the subscribing task.
-    listening: OnceLock<oneshot::Sender<()>>,
+    /// The subscribing task, stopped with the repository's last clone.
+    listening: ListeningTask,
 }
 
 impl fmt::Debug for Subscriber {
@@ -84,7 +83,7 @@ impl fmt::Debug for Subscriber {
         f.debug_struct("Subscriber")
             .field("channel", &self.channel)
             .field("name", &self.client.as_ref().map(|_| &self.name))
-            .field("listening", &self.listening.get().is_some())
+            .field("listening", &self.listening.is_started())
             .finish()
     }
 }
@@ -99,7 +98,7 @@ impl Subscriber {
             channel: channel(prefix),
             client,
             name: format!("ana-wake:{}:{n}", std::process::id()),
-            listening: OnceLock::new(),
+            listening: ListeningTask::new(),
         }
     }
 
@@ -122,24 +121,17 @@ impl Subscriber {
             return Watch::polling();
         };
         let watch = self.wakeups.watch_digest(digest(name));
-        if self.listening.get().is_none()
+        if !self.listening.is_started()
             && let Ok(runtime) = tokio::runtime::Handle::try_current()
         {
-            let (stop, stopped) = oneshot::channel();
-            if self.listening.set(stop).is_ok() {
-                let task = listen(
+            self.listening.start(&runtime, || {
+                listen(
                     client.clone(),
                     self.channel.clone(),
                     self.name.clone(),
                     self.wakeups.clone(),
-                );
-                runtime.spawn(async move {
-                    tokio::select! {
-                        () = task => {}
-                        _ = stopped => {}
-                    }
-                });
-            }
+                )
+            });
         }
         watch
     }
