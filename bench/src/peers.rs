@@ -460,9 +460,43 @@ fn report(settings: &Settings, measured: &[Measured]) -> String {
             bare.new_key.figures.requests_per_second, bare.replay.figures.requests_per_second
         );
     }
+    own_costs(&mut out, &rows);
     redis_costs(&mut out, measured);
     targets(&mut out, &rows);
     out
+}
+
+/// What each layer itself costs per request, beyond the bare handler of the same run, and the
+/// most the req/s ratio can show in this harness.
+fn own_costs(out: &mut String, rows: &[Comparison]) {
+    let _ = writeln!(
+        out,
+        "
+What the layer itself costs per request, beyond the bare handler: the server's CPU \
+         time per request over the bare server's, plus Redis's CPU time per request on Redis. \
+         `wrk`, the server and the store share the two cores, so the req/s ratio cannot exceed \
+         the bare handler's req/s over the peer's (ceiling):\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | peer | ana's own cost | peer's own cost | peer / ana | req/s ceiling, bare / peer |"
+    );
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    let micros =
+        |value: Option<f64>| value.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} µs"));
+    for row in rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.2} |",
+            row.scenario,
+            row.peer_name,
+            micros(row.ana_cost()),
+            micros(row.peer_cost()),
+            row.cost_ratio()
+                .map_or_else(|| "-".to_owned(), |ratio| format!("{ratio:.2}")),
+            row.ceiling(),
+        );
+    }
 }
 
 /// One line of the table: ana against one peer on one store and load.
@@ -471,11 +505,42 @@ struct Comparison {
     ana: Figures,
     peer_name: &'static str,
     peer: Figures,
+    /// The bare handler under the same load script.
+    bare: Figures,
+    /// Redis's CPU time per request (µs), on the Redis store.
+    ana_redis: Option<f64>,
+    peer_redis: Option<f64>,
 }
 
 impl Comparison {
     fn ratio(&self) -> f64 {
         self.ana.requests_per_second / self.peer.requests_per_second
+    }
+
+    /// The most `ratio` can show in this harness: the bare handler against the peer.
+    fn ceiling(&self) -> f64 {
+        self.bare.requests_per_second / self.peer.requests_per_second
+    }
+
+    /// What a layer costs per request of CPU time (µs) beyond the bare handler: the
+    /// server's own over the bare server's, plus what Redis spent, on the Redis store.
+    fn own_cost(figures: &Figures, redis: Option<f64>, bare: &Figures) -> Option<f64> {
+        let server = figures.server_cpu?.as_secs_f64() * 1e6;
+        let bare = bare.server_cpu?.as_secs_f64() * 1e6;
+        Some(server - bare + redis.unwrap_or(0.0))
+    }
+
+    fn ana_cost(&self) -> Option<f64> {
+        Self::own_cost(&self.ana, self.ana_redis, &self.bare)
+    }
+
+    fn peer_cost(&self) -> Option<f64> {
+        Self::own_cost(&self.peer, self.peer_redis, &self.bare)
+    }
+
+    /// The peer's own cost over ana's: how many times ana's the peer spends.
+    fn cost_ratio(&self) -> Option<f64> {
+        Some(self.peer_cost()? / self.ana_cost()?)
     }
 }
 
@@ -491,20 +556,32 @@ fn comparisons(measured: &[Measured]) -> Vec<Comparison> {
         let Some((_, ana)) = of_store().find(|(contender, _)| !contender.peer) else {
             continue;
         };
+        let Some(bare) = CONTENDERS
+            .iter()
+            .zip(measured)
+            .find(|(contender, _)| contender.store == Store::None)
+            .map(|(_, bare)| bare)
+        else {
+            continue;
+        };
         for (load, replay) in [("new key", false), ("replay", true)] {
             for (peer, figures) in of_store().filter(|(contender, _)| contender.peer) {
                 let pick = |m: &Measured| {
                     if replay {
-                        m.replay.figures
+                        m.replay.clone()
                     } else {
-                        m.new_key.figures
+                        m.new_key.clone()
                     }
                 };
+                let (ana, peer_load) = (pick(ana), pick(figures));
                 rows.push(Comparison {
                     scenario: format!("{label} {load}"),
-                    ana: pick(ana),
+                    ana: ana.figures,
                     peer_name: peer.name,
-                    peer: pick(figures),
+                    peer: peer_load.figures,
+                    bare: pick(bare).figures,
+                    ana_redis: ana.redis.map(|redis| redis.process),
+                    peer_redis: peer_load.redis.map(|redis| redis.process),
                 });
             }
         }
@@ -569,6 +646,31 @@ fn targets(out: &mut String, rows: &[Comparison]) {
             if value >= 1.5 { "yes" } else { "NO" }
         );
     }
+    // The same lead on what the layers themselves cost: the least of the peers' own cost over
+    // ana's.
+    let cost_ratio = |scenario: &str| {
+        rows.iter()
+            .filter(|row| row.scenario == scenario)
+            .map(|row| row.cost_ratio().unwrap_or(f64::NAN))
+            .reduce(f64::min)
+            .unwrap_or(f64::NAN)
+    };
+    for (name, scenario) in [
+        (
+            "memory new key, own cost: best peer / ana",
+            "memory new key",
+        ),
+        ("memory replay, own cost: best peer / ana", "memory replay"),
+        ("Redis new key, own cost: idempotent / ana", "Redis new key"),
+        ("Redis replay, own cost: idempotent / ana", "Redis replay"),
+    ] {
+        let value = cost_ratio(scenario);
+        let _ = writeln!(
+            out,
+            "| {name} | {value:.3} | ≥ 1.50 | {} |",
+            if value >= 1.5 { "yes" } else { "NO" }
+        );
+    }
 }
 
 fn cpu(cpu: Option<Duration>) -> String {
@@ -595,5 +697,27 @@ mod tests {
             info.commands,
             [("evalsha".to_owned(), 200, 2400), ("get".to_owned(), 10, 5)]
         );
+    }
+
+    #[test]
+    fn own_cost_is_over_the_bare_server_plus_redis() {
+        let figures = |requests_per_second, cpu_micros: u64| Figures {
+            requests_per_second,
+            server_cpu: Some(Duration::from_nanos(cpu_micros * 1000)),
+            ..Figures::default()
+        };
+        let row = Comparison {
+            scenario: "Redis new key".to_owned(),
+            ana: figures(40_000.0, 19),
+            peer_name: "peer",
+            peer: figures(30_000.0, 21),
+            bare: figures(120_000.0, 7),
+            ana_redis: Some(10.0),
+            peer_redis: Some(18.0),
+        };
+        assert_eq!(row.ana_cost(), Some(22.0));
+        assert_eq!(row.peer_cost(), Some(32.0));
+        assert_eq!(row.cost_ratio(), Some(32.0 / 22.0));
+        assert!((row.ceiling() - 4.0).abs() < 1e-9);
     }
 }
