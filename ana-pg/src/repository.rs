@@ -137,8 +137,8 @@ impl PgRepository {
     ///
     /// The database's refusal or unavailability.
     pub async fn migrate(&self) -> Result<(), RepositoryError> {
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        schema::migrate(&mut conn, &self.shared.schema).await
+        let conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        schema::migrate(conn, &self.shared.schema).await
     }
 
     /// Marks Failed ([`FailureKind::TimedOut`] with its message, error count + 1) up to `limit`

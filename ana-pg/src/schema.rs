@@ -3,9 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, SqlSafeStr, SqlStr};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Postgres, SqlSafeStr, SqlStr};
 
 use crate::error::map_sqlx;
+use crate::session;
 use ana_core::RepositoryError;
 
 /// The schema name used when none is given: `ana`.
@@ -327,12 +329,13 @@ impl Statements {
 }
 
 /// Applies the embedded migrations that `schema` lacks, in one transaction under an advisory
-/// lock of the schema, so concurrent and repeated runs are safe.
+/// lock of the schema, so concurrent and repeated runs are safe. Its `BEGIN` and `COMMIT` run
+/// to their end even if the caller stops waiting (see [`session::begin`]).
 pub(crate) async fn migrate(
-    conn: &mut PgConnection,
+    conn: PoolConnection<Postgres>,
     schema: &SchemaName,
 ) -> Result<(), RepositoryError> {
-    let mut tx = sqlx::Connection::begin(conn).await.map_err(map_sqlx)?;
+    let mut tx = session::begin(conn).await?;
     // Serializes migrators of this schema (other schemas are not held up). Released at
     // COMMIT or ROLLBACK.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('ana-pg migrate ' || $1, 0))")
@@ -388,7 +391,7 @@ pub(crate) async fn migrate(
         .await
         .map_err(map_sqlx)?;
     }
-    tx.commit().await.map_err(map_sqlx)
+    session::commit(tx).await
 }
 
 /// The claim and complete statements of a repository on `schema`, with their `$n` parameters,
