@@ -290,18 +290,21 @@ impl Statements {
         );
         // The delete re-checks its condition on the latest row version (a claim committed
         // after this statement's snapshot is never deleted unforced); the outer SELECT reads
-        // the snapshot, to tell an absent record from a held one.
+        // the snapshot, to tell an absent record from a held one. A deleted record a call
+        // waits on wakes it, as a finish does: the call claims again at once.
         let forget = format!(
             "WITH deleted AS (
                 DELETE FROM {table}
                 WHERE target = $1 AND key = $2
                   AND ($3 OR NOT (status = 'running'
                                   AND (timeout IS NULL OR timeout > clock_timestamp())))
-                RETURNING 1
+                RETURNING watched
             )
-            SELECT EXISTS (SELECT 1 FROM deleted) AS deleted, e.status::text AS status,
-                   e.timeout, clock_timestamp() AS now
+            SELECT d.watched IS NOT NULL AS deleted, e.status::text AS status,
+                   e.timeout, clock_timestamp() AS now,
+                   CASE WHEN d.watched THEN pg_notify('{channel}', {digest}) END AS woken
             FROM (SELECT 1) AS one
+            LEFT JOIN deleted d ON true
             LEFT JOIN {table} e ON e.target = $1 AND e.key = $2"
         );
         let stats = format!(
