@@ -116,6 +116,7 @@ mod operation;
 mod record;
 mod repository;
 mod retry;
+mod step;
 mod wake;
 
 pub use cache::ReplayCache;
@@ -139,6 +140,7 @@ pub use repository::{
     RecordId, Renewal, RepositoryError, SharedRecordId,
 };
 pub use retry::FinishRetry;
+pub use step::to_the_end;
 pub use wake::{ListeningTask, Wakeups, Watch, record_digest};
 
 /// Re-exported for store crates and users: the time type of every record.

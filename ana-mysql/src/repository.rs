@@ -14,7 +14,7 @@ use sqlx::{MySqlExecutor, MySqlPool, Row};
 
 use crate::error::{ClaimRace, TooLong, is_deadlock, map_sqlx};
 use crate::schema::{self, SQL};
-use crate::session::{MySqlSession, State};
+use crate::session::{self, MySqlSession, State};
 
 /// How many times a claim reads and writes again when a concurrent claim changed the record
 /// between its read and its write, or InnoDB rolled its write back as a deadlock victim.
@@ -428,24 +428,24 @@ impl IdempotencyRepository for MySqlRepository {
             None => return self.finished_before(id, lease).await,
         };
         match self.complete_on(&mut *tx, id, lease, result).await {
-            Ok(1) => match tx.commit().await {
+            Ok(1) => match session::commit(tx).await {
                 Ok(()) => Ok(Completion::Done),
                 Err(error) => {
                     // The server rolled back (or the outcome is unknown, and the
                     // compare-and-set leaves a committed Finished record alone).
                     self.fail_quietly(id, lease, FailureKind::CommitFailed)
                         .await;
-                    Err(map_sqlx(error))
+                    Err(error)
                 }
             },
             Ok(_) => {
                 // Rolled back on the server even if this fails (the connection is then
                 // closed instead of pooled).
-                let _ = tx.rollback().await;
+                session::rollback(tx).await;
                 self.classify(id, lease).await
             }
             Err(error) => {
-                let _ = tx.rollback().await;
+                session::rollback(tx).await;
                 self.fail_quietly(id, lease, FailureKind::CommitFailed)
                     .await;
                 Err(map_sqlx(error))
@@ -461,8 +461,7 @@ impl IdempotencyRepository for MySqlRepository {
         failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
         if let Some(State::Open(tx)) = session.take().await {
-            // A failed rollback closes the connection, which rolls back on the server too.
-            let _ = tx.rollback().await;
+            session::rollback(tx).await;
         }
         self.fail_attempt(id, lease, failure).await
     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use ana_core::RepositoryError;
+use ana_core::{RepositoryError, to_the_end};
 use sqlx::pool::PoolConnection;
 use sqlx::{MySql, MySqlConnection, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
@@ -110,22 +110,28 @@ impl MySqlSession {
     }
 }
 
-/// `BEGIN` on `connection`, run to its end even if the caller stops waiting: sqlx 0.9 counts a
-/// transaction only once `BEGIN` has answered, so a `BEGIN` cancelled in flight would put the
-/// connection back in the pool inside a transaction nobody rolls back. Run as its own task, a
-/// transaction nobody waits for any more is dropped, which rolls it back before the
-/// connection is pooled again.
+/// `BEGIN` on `connection`, run to its end even if the caller stops waiting
+/// ([`to_the_end`]): sqlx 0.9 counts a transaction only once `BEGIN` has answered, so a
+/// `BEGIN` cancelled in flight would put the connection back in the pool inside a transaction
+/// nobody rolls back (and the autocommitted writes of its next user would never commit).
 async fn begin(connection: PoolConnection<MySql>) -> Result<Tx, RepositoryError> {
-    let begin = Transaction::begin(connection, None);
-    let begun = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => runtime
-            .spawn(begin)
-            .await
-            .map_err(|error| RepositoryError::Backend(Box::new(error)))?,
-        // No Tokio runtime to run it on (sqlx's own runtime is Tokio): waited for in place.
-        Err(_) => begin.await,
-    };
-    begun.map_err(map_sqlx)
+    to_the_end(Transaction::begin(connection, None))
+        .await?
+        .map_err(map_sqlx)
+}
+
+/// `COMMIT` of `tx`, run to its end even if the caller stops waiting ([`to_the_end`]): sqlx
+/// counts the transaction open until `COMMIT` has answered, so a `COMMIT` cancelled in flight
+/// (a client hanging up on a request whose finish is under way) would have sqlx send a
+/// `ROLLBACK` after it, into a transaction that is over.
+pub(crate) async fn commit(tx: Tx) -> Result<(), RepositoryError> {
+    to_the_end(tx.commit()).await?.map_err(map_sqlx)
+}
+
+/// `ROLLBACK` of `tx`, run to its end even if the caller stops waiting (as [`commit`]): a
+/// failed rollback closes the connection, which rolls back on the server too.
+pub(crate) async fn rollback(tx: Tx) {
+    let _ = to_the_end(tx.rollback()).await;
 }
 
 impl fmt::Debug for MySqlSession {

@@ -172,7 +172,8 @@
 //! - **Operators.** [`PgRepository`] implements [`Maintenance`](ana_core::Maintenance) (the
 //!   `ana` command of crate `ana-cli` runs it): `forget` is one `DELETE` whose condition
 //!   (forced, or no holder at work) Postgres re-checks on the latest row version, so a record
-//!   claimed meanwhile is never deleted unforced; `stats` is a `count(*) … GROUP BY status`
+//!   claimed meanwhile is never deleted unforced, and which wakes the calls waiting on the
+//!   record it deletes, as a finish does; `stats` is a `count(*) … GROUP BY status`
 //!   (a scan of the table); `cleanup` is `fail_timed_out` then `delete_expired`.
 //! - **Fencing.** [`PgSession::attempt`] is the attempt number, increasing with every
 //!   takeover; pass it to systems outside the transaction that can reject a stale writer.

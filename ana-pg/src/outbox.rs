@@ -59,7 +59,7 @@ use sqlx::{PgConnection, PgPool, Postgres, Row, Transaction};
 use crate::error::map_sqlx;
 use crate::repository::PgRepository;
 use crate::schema::{SchemaName, Sql};
-use crate::session::PgSession;
+use crate::session::{self, PgSession};
 
 /// The outbox of a [`PgRepository`]'s schema: `<schema>.outbox`, created by
 /// [`PgRepository::migrate`] (migration 4). Clones share the pool and the SQL.
@@ -238,7 +238,10 @@ impl Outbox {
     ///
     /// The database's refusal or unavailability.
     pub async fn next_batch(&self, limit: u32) -> Result<Option<OutboxBatch>, RepositoryError> {
-        let mut tx = self.pool.begin().await.map_err(map_sqlx)?;
+        // Each step of the batch's transaction runs to its end even if this call or the
+        // batch's `mark_sent` is cancelled (see `session::begin`).
+        let connection = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut tx = session::begin(connection).await?;
         let rows = sqlx::query(self.shared.next_batch.get())
             .bind(i64::from(limit))
             .bind(i64::from(limit))
@@ -248,7 +251,7 @@ impl Outbox {
             .map_err(map_sqlx)?;
         if rows.is_empty() {
             // Nothing held: the (empty) transaction ends here.
-            let _ = tx.rollback().await;
+            session::rollback(tx).await;
             return Ok(None);
         }
         let messages = rows
@@ -323,7 +326,7 @@ impl OutboxBatch {
             .execute(&mut *self.tx)
             .await
             .map_err(map_sqlx)?;
-        self.tx.commit().await.map_err(map_sqlx)
+        session::commit(self.tx).await
     }
 }
 

@@ -137,8 +137,8 @@ impl PgRepository {
     ///
     /// The database's refusal or unavailability.
     pub async fn migrate(&self) -> Result<(), RepositoryError> {
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        schema::migrate(&mut conn, &self.shared.schema).await
+        let conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        schema::migrate(conn, &self.shared.schema).await
     }
 
     /// Marks Failed ([`FailureKind::TimedOut`] with its message, error count + 1) up to `limit`
@@ -485,7 +485,7 @@ impl IdempotencyRepository for PgRepository {
 /// - `forget` is one statement: a `DELETE` whose condition (forced, or not held) Postgres
 ///   re-checks on the latest row version, so a record claimed after the statement's snapshot
 ///   is never deleted unforced. When the record changed under it, it runs again (three times
-///   at most).
+///   at most). A deleted record a call waits on is notified, as a finish is.
 /// - `stats` is one `count(*) … GROUP BY status`: a scan of the table.
 /// - `cleanup` is [`fail_timed_out`](PgRepository::fail_timed_out) then
 ///   [`delete_expired`](PgRepository::delete_expired), each of at most `limit` rows (expired

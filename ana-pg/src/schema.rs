@@ -3,9 +3,11 @@
 use std::fmt;
 use std::sync::Arc;
 
-use sqlx::{AssertSqlSafe, PgConnection, Postgres, SqlSafeStr, SqlStr};
+use sqlx::pool::PoolConnection;
+use sqlx::{AssertSqlSafe, Postgres, SqlSafeStr, SqlStr};
 
 use crate::error::map_sqlx;
+use crate::session;
 use ana_core::RepositoryError;
 
 /// The schema name used when none is given: `ana`.
@@ -288,18 +290,21 @@ impl Statements {
         );
         // The delete re-checks its condition on the latest row version (a claim committed
         // after this statement's snapshot is never deleted unforced); the outer SELECT reads
-        // the snapshot, to tell an absent record from a held one.
+        // the snapshot, to tell an absent record from a held one. A deleted record a call
+        // waits on wakes it, as a finish does: the call claims again at once.
         let forget = format!(
             "WITH deleted AS (
                 DELETE FROM {table}
                 WHERE target = $1 AND key = $2
                   AND ($3 OR NOT (status = 'running'
                                   AND (timeout IS NULL OR timeout > clock_timestamp())))
-                RETURNING 1
+                RETURNING watched
             )
-            SELECT EXISTS (SELECT 1 FROM deleted) AS deleted, e.status::text AS status,
-                   e.timeout, clock_timestamp() AS now
+            SELECT d.watched IS NOT NULL AS deleted, e.status::text AS status,
+                   e.timeout, clock_timestamp() AS now,
+                   CASE WHEN d.watched THEN pg_notify('{channel}', {digest}) END AS woken
             FROM (SELECT 1) AS one
+            LEFT JOIN deleted d ON true
             LEFT JOIN {table} e ON e.target = $1 AND e.key = $2"
         );
         let stats = format!(
@@ -327,12 +332,13 @@ impl Statements {
 }
 
 /// Applies the embedded migrations that `schema` lacks, in one transaction under an advisory
-/// lock of the schema, so concurrent and repeated runs are safe.
+/// lock of the schema, so concurrent and repeated runs are safe. Its `BEGIN` and `COMMIT` run
+/// to their end even if the caller stops waiting (see [`session::begin`]).
 pub(crate) async fn migrate(
-    conn: &mut PgConnection,
+    conn: PoolConnection<Postgres>,
     schema: &SchemaName,
 ) -> Result<(), RepositoryError> {
-    let mut tx = sqlx::Connection::begin(conn).await.map_err(map_sqlx)?;
+    let mut tx = session::begin(conn).await?;
     // Serializes migrators of this schema (other schemas are not held up). Released at
     // COMMIT or ROLLBACK.
     sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended('ana-pg migrate ' || $1, 0))")
@@ -388,7 +394,7 @@ pub(crate) async fn migrate(
         .await
         .map_err(map_sqlx)?;
     }
-    tx.commit().await.map_err(map_sqlx)
+    session::commit(tx).await
 }
 
 /// The claim and complete statements of a repository on `schema`, with their `$n` parameters,

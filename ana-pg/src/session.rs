@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use ana_core::RepositoryError;
+use ana_core::{RepositoryError, to_the_end};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
@@ -110,21 +110,20 @@ impl PgSession {
     }
 }
 
-/// `BEGIN` on `connection`, run to its end even if the caller stops waiting: sqlx 0.9 counts a
-/// transaction only once `BEGIN` has answered, so a `BEGIN` cancelled in flight would put the
-/// connection back in the pool inside a transaction nobody rolls back. Run as its own task, a
-/// transaction nobody waits for any more is dropped, which rolls it back before the
-/// connection is pooled again.
-async fn begin(connection: PoolConnection<Postgres>) -> Result<Tx, RepositoryError> {
+/// `BEGIN` on `connection`, run to its end even if the caller stops waiting
+/// ([`to_the_end`]): sqlx 0.9 counts a transaction only once `BEGIN` has answered, so a
+/// `BEGIN` cancelled in flight would put the connection back in the pool inside a transaction
+/// nobody rolls back.
+pub(crate) async fn begin(connection: PoolConnection<Postgres>) -> Result<Tx, RepositoryError> {
     to_the_end(Transaction::begin(connection, None))
         .await?
         .map_err(map_sqlx)
 }
 
-/// `COMMIT` of `tx`, run to its end even if the caller stops waiting: sqlx counts the
-/// transaction open until `COMMIT` has answered, so a `COMMIT` cancelled in flight (a client
-/// hanging up on a request whose finish is under way) would have sqlx send a `ROLLBACK` after
-/// it, which the server, the commit done, answers with a warning.
+/// `COMMIT` of `tx`, run to its end even if the caller stops waiting ([`to_the_end`]): sqlx
+/// counts the transaction open until `COMMIT` has answered, so a `COMMIT` cancelled in flight
+/// (a client hanging up on a request whose finish is under way) would have sqlx send a
+/// `ROLLBACK` after it, which the server, the commit done, answers with a warning.
 pub(crate) async fn commit(tx: Tx) -> Result<(), RepositoryError> {
     to_the_end(tx.commit()).await?.map_err(map_sqlx)
 }
@@ -133,21 +132,6 @@ pub(crate) async fn commit(tx: Tx) -> Result<(), RepositoryError> {
 /// failed rollback closes the connection, which rolls back on the server too.
 pub(crate) async fn rollback(tx: Tx) {
     let _ = to_the_end(tx.rollback()).await;
-}
-
-/// Runs `step` (a transaction's `BEGIN`, `COMMIT` or `ROLLBACK`) as a task of its own, so that
-/// it runs to its end whether or not the caller still waits for it.
-async fn to_the_end<T: Send + 'static>(
-    step: impl Future<Output = T> + Send + 'static,
-) -> Result<T, RepositoryError> {
-    match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => runtime
-            .spawn(step)
-            .await
-            .map_err(|error| RepositoryError::Backend(Box::new(error))),
-        // No Tokio runtime to run it on (sqlx's own runtime is Tokio): waited for in place.
-        Err(_) => Ok(step.await),
-    }
 }
 
 impl fmt::Debug for PgSession {

@@ -1,11 +1,17 @@
-//! A finish notifies only a record a call waits on: the waiting call marks it `watched`.
+//! A finish notifies only a record a call waits on: the waiting call marks it `watched`. A
+//! forget that deletes such a record, and the clean-up that times it out, wake its waiting
+//! calls as a finish does.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use std::time::Duration;
 
-use ana_core::{BoxError, IdempotencyRepository, Manager, RecordId, operation};
+use ana_core::chrono::TimeDelta;
+use ana_core::{
+    BoxError, Forgotten, IdempotencyRepository, Maintenance, Manager, Payload, RecordId, Status,
+    TrackedOperation, Watch, operation,
+};
 use ana_pg::sqlx::postgres::PgListener;
 use ana_pg::{PgRepository, PgSession};
 use common::TestDb;
@@ -101,4 +107,61 @@ async fn a_watch_of_a_record_finished_already_wakes_at_once() {
     tokio::time::timeout(LIMIT, watch.changed())
         .await
         .expect("the watch is woken");
+}
+
+/// Stores a Running record of `key` whose timeout is `timeout` from the database's now.
+async fn seed_running(db: &TestDb, key: &str, timeout: TimeDelta) {
+    let now = db.now().await;
+    let mut record = TrackedOperation::new(TARGET, key, Status::Running, "pay".fingerprint(), now);
+    record.started_at = Some(now);
+    record.timeout = Some(now + timeout);
+    record.attempt = 1;
+    db.seed(&record).await;
+}
+
+/// A watch of `key`'s Running record, once it marked it `watched`, with the repository
+/// listening: nothing but a notification of `key` wakes it from then on.
+async fn quiet_watch(db: &TestDb, key: &str) -> Watch {
+    // The first watch starts the listening task, whose connecting wakes every watch; marking
+    // a Running record wakes nothing, so that wake-up is the one `first` gets.
+    seed_running(db, "first", TimeDelta::hours(1)).await;
+    let mut first = PgRepository::watch(&db.repository, RecordId::new(TARGET, "first"));
+    tokio::time::timeout(LIMIT, first.changed())
+        .await
+        .expect("the listening task connects");
+    let watch = PgRepository::watch(&db.repository, RecordId::new(TARGET, key));
+    let marked = db.sql(&format!(
+        "SELECT 1 FROM {{s}}.tracked_operations WHERE key = '{key}' AND watched"
+    ));
+    while db.exec(&marked).await == 0 {
+        tokio::task::yield_now().await;
+    }
+    watch
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forget_of_a_record_a_call_waits_on_wakes_it() {
+    let db = TestDb::new().await;
+    seed_running(&db, "forgotten", TimeDelta::hours(1)).await;
+    let mut watch = quiet_watch(&db, "forgotten").await;
+    let forgotten = db
+        .repository
+        .forget(RecordId::new(TARGET, "forgotten"), true)
+        .await
+        .unwrap();
+    assert!(matches!(forgotten, Forgotten::Deleted), "{forgotten:?}");
+    tokio::time::timeout(LIMIT, watch.changed())
+        .await
+        .expect("the forget wakes the watch");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_the_clean_up_times_out_wakes_the_calls_waiting_on_it() {
+    let db = TestDb::new().await;
+    seed_running(&db, "late", TimeDelta::seconds(-1)).await;
+    let mut watch = quiet_watch(&db, "late").await;
+    assert_eq!(db.repository.fail_timed_out(10).await.unwrap(), 1);
+    tokio::time::timeout(LIMIT, watch.changed())
+        .await
+        .expect("the clean-up wakes the watch");
 }

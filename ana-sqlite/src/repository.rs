@@ -18,7 +18,7 @@ use sqlx::{AssertSqlSafe, Row, Sqlite, SqliteConnection, SqliteExecutor, SqliteP
 
 use crate::error::{ClaimRace, is_busy, map_sqlx};
 use crate::schema::{self, SQL};
-use crate::session::{SqliteSession, State};
+use crate::session::{self, SqliteSession, State};
 
 /// How many times a claim reads and writes again when a concurrent claim changed the record
 /// between its read and its write.
@@ -154,8 +154,8 @@ impl SqliteRepository {
     ///
     /// The database's refusal or unavailability.
     pub async fn migrate(&self) -> Result<(), RepositoryError> {
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
-        schema::migrate(&mut conn).await
+        let conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        schema::migrate(conn).await
     }
 
     /// SQLite's clock, the one every deadline of the store is set and compared on.
@@ -538,21 +538,21 @@ impl IdempotencyRepository for SqliteRepository {
             }
         };
         match self.complete_on(&mut *tx, id, lease, result).await {
-            Ok(1) => match tx.commit().await {
+            Ok(1) => match session::commit(tx).await {
                 Ok(()) => Ok(Completion::Done),
                 Err(error) => {
                     self.fail_quietly(id, lease, FailureKind::CommitFailed)
                         .await;
-                    Err(map_sqlx(error))
+                    Err(error)
                 }
             },
             Ok(_) => {
                 // Rolled back even if this fails (the connection is then closed).
-                let _ = tx.rollback().await;
+                session::rollback(tx).await;
                 self.classify(id, lease).await
             }
             Err(error) => {
-                let _ = tx.rollback().await;
+                session::rollback(tx).await;
                 self.fail_quietly(id, lease, FailureKind::CommitFailed)
                     .await;
                 Err(map_sqlx(error))
@@ -569,7 +569,7 @@ impl IdempotencyRepository for SqliteRepository {
     ) -> Result<Completion, RepositoryError> {
         if let Some(State::Open(tx)) = session.take().await {
             // Released before the failure is written: the write needs the lock it holds.
-            let _ = tx.rollback().await;
+            session::rollback(tx).await;
         }
         self.fail_attempt(id, lease, failure).await
     }

@@ -2,10 +2,12 @@
 
 use std::sync::LazyLock;
 
-use ana_core::RepositoryError;
-use sqlx::{Sqlite, SqliteConnection};
+use ana_core::{RepositoryError, to_the_end};
+use sqlx::pool::PoolConnection;
+use sqlx::{SqlSafeStr, Sqlite, Transaction};
 
 use crate::error::map_sqlx;
+use crate::session;
 
 /// One embedded migration.
 struct Migration {
@@ -182,10 +184,11 @@ impl Statements {
 /// Applies the embedded migrations the database lacks, inside `BEGIN IMMEDIATE`: the write
 /// lock serializes concurrent migrators (other processes on the same file included), and
 /// applied versions are listed in `ana_schema_migrations`, so repeated runs do nothing.
-pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), RepositoryError> {
-    let mut tx = sqlx::Connection::begin_with(conn, "BEGIN IMMEDIATE")
-        .await
-        .map_err(map_sqlx)?;
+/// Its `BEGIN IMMEDIATE` and `COMMIT` run to their end even if the caller stops waiting (see
+/// [`session::begin`]).
+pub(crate) async fn migrate(conn: PoolConnection<Sqlite>) -> Result<(), RepositoryError> {
+    let begin = Transaction::begin(conn, Some("BEGIN IMMEDIATE".into_sql_str()));
+    let mut tx = to_the_end(begin).await?.map_err(map_sqlx)?;
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS ana_schema_migrations (
             version INTEGER PRIMARY KEY,
@@ -215,7 +218,7 @@ pub(crate) async fn migrate(conn: &mut SqliteConnection) -> Result<(), Repositor
             .await
             .map_err(map_sqlx)?;
     }
-    tx.commit().await.map_err(map_sqlx)
+    session::commit(tx).await
 }
 
 /// The read, claim and complete statements of a new key, with their `?n` parameters, so that

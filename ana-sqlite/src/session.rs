@@ -4,7 +4,7 @@ use std::fmt;
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use ana_core::RepositoryError;
+use ana_core::{RepositoryError, to_the_end};
 use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
@@ -115,20 +115,31 @@ impl SqliteSession {
     }
 }
 
-/// `BEGIN IMMEDIATE` on a pooled connection, run to its end as a task of its own even if the
-/// caller stops waiting: a transaction nobody waits for any more is then dropped, which rolls
-/// it back before the connection is pooled again.
-async fn begin(pool: SqlitePool) -> Result<Tx, RepositoryError> {
-    let begin = async move { pool.begin_with("BEGIN IMMEDIATE").await };
-    let begun = match tokio::runtime::Handle::try_current() {
-        Ok(runtime) => runtime
-            .spawn(begin)
-            .await
-            .map_err(|error| RepositoryError::Backend(Box::new(error)))?,
-        // No Tokio runtime to run it on (sqlx's own runtime is Tokio): waited for in place.
-        Err(_) => begin.await,
-    };
-    begun.map_err(map_sqlx)
+/// `BEGIN IMMEDIATE` on a pooled connection, run to its end even if the caller stops waiting
+/// ([`to_the_end`]): a transaction nobody waits for any more is dropped by the task, which
+/// rolls it back before the connection is pooled again.
+///
+/// sqlx's SQLite driver runs each statement on the connection's own thread, and that thread
+/// runs a `BEGIN`, `COMMIT` or `ROLLBACK` it received to its end and settles a dropped one
+/// itself (a `BEGIN` nobody acknowledged is rolled back; the rollback queued by a `COMMIT`
+/// dropped in flight is skipped). So a step cancelled in flight leaves neither the connection,
+/// the pool nor the record wrong on SQLite, and no test can tell this crate's steps from the
+/// driver's; they run to their end here as on every store, not relying on that driver detail.
+pub(crate) async fn begin(pool: SqlitePool) -> Result<Tx, RepositoryError> {
+    to_the_end(async move { pool.begin_with("BEGIN IMMEDIATE").await })
+        .await?
+        .map_err(map_sqlx)
+}
+
+/// `COMMIT` of `tx`, run to its end even if the caller stops waiting (as [`begin`]).
+pub(crate) async fn commit(tx: Tx) -> Result<(), RepositoryError> {
+    to_the_end(tx.commit()).await?.map_err(map_sqlx)
+}
+
+/// `ROLLBACK` of `tx`, run to its end even if the caller stops waiting (as [`begin`]): a
+/// failed rollback closes the connection, which rolls back too.
+pub(crate) async fn rollback(tx: Tx) {
+    let _ = to_the_end(tx.rollback()).await;
 }
 
 impl fmt::Debug for SqliteSession {

@@ -149,17 +149,17 @@ pub enum Store {
     MySql(MySqlPool),
 }
 
-/// Runs `step` (a transaction's `BEGIN` or `COMMIT`) as a task of its own, to its end even if
-/// the request is cancelled (its client hung up) with the statement in flight. sqlx counts a
-/// transaction open from the answer to `BEGIN` to the answer to `COMMIT`: a `BEGIN` cancelled
-/// in flight would put the connection back in the pool inside a transaction nobody ends (the
-/// next user's statements would run in it; Postgres warns "there is already a transaction in
-/// progress"), and a `COMMIT` cancelled in flight would have sqlx send a `ROLLBACK` after it
-/// ("there is no transaction in progress").
+/// Runs `step` (a transaction's `BEGIN` or `COMMIT`) to its end even if the request is
+/// cancelled (its client hung up) with the statement in flight ([`ana_core::to_the_end`]).
+/// sqlx counts a transaction open from the answer to `BEGIN` to the answer to `COMMIT`: a
+/// `BEGIN` cancelled in flight would put the connection back in the pool inside a transaction
+/// nobody ends (the next user's statements would run in it; Postgres warns "there is already a
+/// transaction in progress"), and a `COMMIT` cancelled in flight would have sqlx send a
+/// `ROLLBACK` after it ("there is no transaction in progress").
 pub(crate) async fn to_the_end<T: Send + 'static>(
     step: impl Future<Output = Result<T, sqlx::Error>> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::spawn(step)
+    ana_core::to_the_end(step)
         .await
         .map_err(|error| StoreError::Backend(Box::new(error)))?
         .map_err(StoreError::from)
