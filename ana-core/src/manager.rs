@@ -23,8 +23,8 @@ use crate::observe::{CallOutcome, Event, EventKind, Observed, Reporting, StoreTi
 use crate::operation::Operation;
 use crate::record::{FailureKind, Fingerprint, Payload, Status, TrackedOperation};
 use crate::repository::{
-    Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId, Renewal,
-    RepositoryError, SharedRecordId,
+    BoxError, Claim, ClaimRequest, Completion, Failure, IdempotencyRepository, Lease, RecordId,
+    Renewal, RepositoryError, SharedRecordId,
 };
 use crate::retry::FinishRetry;
 
@@ -876,7 +876,7 @@ pub struct Attempt<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
     cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
 }
 
-impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'_, P, R, Ctx> {
+impl<'m, P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'m, P, R, Ctx> {
     /// The store's session the work runs in (for Postgres, the transaction that records the
     /// result).
     pub fn session(&self) -> &Ctx {
@@ -910,6 +910,22 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
     /// A value the codec refuses is recorded done all the same (Finished without a result)
     /// and answered [`Error::Codec`]: the work is done, and a retry must not do it again.
     pub async fn complete<E>(self, value: &R) -> Result<(), Error<E>> {
+        // Awaited after the `match`, whose scrutinee would take room across the await.
+        let later = match self.complete_at_once(value) {
+            Ok(ended) => return ended,
+            Err(later) => later,
+        };
+        later.await
+    }
+
+    /// The finish, when the store answers at once; else the boxed future that finishes the
+    /// attempt over I/O. Boxed: with a store that answers at once (the memory store) the
+    /// future of `complete` holds the attempt and a pointer; a store that answers over I/O
+    /// pays one allocation beside its round trip.
+    fn complete_at_once<E>(
+        self,
+        value: &R,
+    ) -> AtOnce<Result<(), Error<E>>, impl Future<Output = Result<(), Error<E>>>> {
         let Self {
             session,
             mut held,
@@ -918,61 +934,35 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         held.stop_renewal();
         let manager = held.manager;
         let encoded = manager.codec.encode(value);
-        let bytes = encoded.as_deref().ok();
         let timer = StoreTimer::start();
         let (id, lease) = (held.id(), held.lease);
-        // A store that answers at once (the memory store) takes no boxed future.
-        let (done, retries) =
-            if let Some(done) = manager.repository.complete_now(&session, id, lease, bytes) {
-                (done, 0)
-            } else {
-                let finish = manager.finish_retry.run(held.deadline, || {
-                    manager
-                        .repository
-                        .complete(session.clone(), id, lease, bytes)
-                });
-                within(&held.observed, finish).await
-            };
-        timer.stop(manager.repository.name(), "finish");
-        held.observed.retried(retries);
-        // A store error leaves the attempt armed: it is failed in the background.
-        let done = match done {
-            Ok(done) => done,
-            Err(error) => return Err(held.ended(Error::Repository(error))),
-        };
-        held.disarm();
-        let ended = match done {
-            Completion::Done => {
-                if let (Some(cache), Some((fingerprint, expiration)), Ok(bytes)) =
-                    (&manager.replay_cache, cached, &encoded)
-                {
-                    let now = manager.clock.now();
-                    let (target, key) = (held.record.target(), held.record.key());
-                    cache.insert(target, key, fingerprint, bytes, now, expiration);
-                }
-                match encoded {
-                    Ok(_) => {
-                        held.report(CallOutcome::Executed);
-                        return Ok(());
-                    }
-                    Err(error) => Error::Codec(error),
-                }
+        let bytes = encoded.as_deref().ok();
+        match manager.repository.complete_now(&session, id, lease, bytes) {
+            Some(done) => {
+                timer.stop(manager.repository.name(), "finish");
+                Ok(completed(held, cached, encoded, done, 0))
             }
-            Completion::Superseded => Error::Superseded {
-                target: held.record.target().to_owned(),
-                key: held.record.key().to_owned(),
-            },
-            Completion::Expired => Error::Expired {
-                target: held.record.target().to_owned(),
-                key: held.record.key().to_owned(),
-            },
-        };
-        Err(held.ended(ended))
+            None => {
+                let later = Completing {
+                    session,
+                    held,
+                    cached,
+                    encoded,
+                    timer,
+                };
+                Err(Box::pin(later.finish()))
+            }
+        }
     }
 
     /// Rolls the session back and records the attempt Failed with `failure` (the next call
     /// runs the work again). A record another attempt took over is left as it is.
     pub async fn fail(self, failure: Failure<'_>) -> Result<(), RepositoryError> {
+        // Boxed: a caller that may fail or complete an attempt keeps a small future.
+        Box::pin(self.fail_in_store(failure)).await
+    }
+
+    async fn fail_in_store(self, failure: Failure<'_>) -> Result<(), RepositoryError> {
         let Self {
             session, mut held, ..
         } = self;
@@ -991,6 +981,82 @@ impl<P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attempt<'
         held.report(CallOutcome::of_failure(kind));
         done.map(drop)
     }
+}
+
+/// A step's answer when the store gave it at once, else the boxed future that awaits it.
+type AtOnce<T, F> = Result<T, Pin<Box<F>>>;
+
+/// An attempt whose store answers its finish over I/O: the part of
+/// [`Attempt::complete`] that awaits it.
+struct Completing<'m, P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> {
+    session: Ctx,
+    held: Held<'m, P, R, Ctx>,
+    cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
+    encoded: Result<Vec<u8>, BoxError>,
+    timer: StoreTimer,
+}
+
+impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Completing<'_, P, R, Ctx> {
+    async fn finish<E>(self) -> Result<(), Error<E>> {
+        let manager = self.held.manager;
+        let bytes = self.encoded.as_deref().ok();
+        let (id, lease) = (self.held.id(), self.held.lease);
+        let session = &self.session;
+        let finish = manager.finish_retry.run(self.held.deadline, || {
+            manager
+                .repository
+                .complete(session.clone(), id, lease, bytes)
+        });
+        let (done, retries) = within(&self.held.observed, finish).await;
+        self.timer.stop(manager.repository.name(), "finish");
+        completed(self.held, self.cached, self.encoded, done, retries)
+    }
+}
+
+/// The end of [`Attempt::complete`], once the store answered `done` after `retries` tries
+/// again.
+fn completed<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static, E>(
+    mut held: Held<'_, P, R, Ctx>,
+    cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
+    encoded: Result<Vec<u8>, BoxError>,
+    done: Result<Completion, RepositoryError>,
+    retries: u32,
+) -> Result<(), Error<E>> {
+    held.observed.retried(retries);
+    // A store error leaves the attempt armed: it is failed in the background.
+    let done = match done {
+        Ok(done) => done,
+        Err(error) => return Err(held.ended(Error::Repository(error))),
+    };
+    held.disarm();
+    let manager = held.manager;
+    let ended = match done {
+        Completion::Done => {
+            if let (Some(cache), Some((fingerprint, expiration)), Ok(bytes)) =
+                (&manager.replay_cache, cached, &encoded)
+            {
+                let now = manager.clock.now();
+                let (target, key) = (held.record.target(), held.record.key());
+                cache.insert(target, key, fingerprint, bytes, now, expiration);
+            }
+            match encoded {
+                Ok(_) => {
+                    held.report(CallOutcome::Executed);
+                    return Ok(());
+                }
+                Err(error) => Error::Codec(error),
+            }
+        }
+        Completion::Superseded => Error::Superseded {
+            target: held.record.target().to_owned(),
+            key: held.record.key().to_owned(),
+        },
+        Completion::Expired => Error::Expired {
+            target: held.record.target().to_owned(),
+            key: held.record.key().to_owned(),
+        },
+    };
+    Err(held.ended(ended))
 }
 
 /// The attempt's identity, and a clone of its session until it is finished: dropped before
@@ -1274,5 +1340,48 @@ impl<S: IdempotencyRepository> DynRepository<S::Session> for S {
         key: &'a str,
     ) -> BoxFuture<'a, Result<Option<TrackedOperation>, RepositoryError>> {
         Box::pin(IdempotencyRepository::get(self, target, key))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    // Test code: a failed expectation is a panic.
+    #![allow(clippy::panic)]
+
+    use std::convert::Infallible;
+
+    use super::*;
+    use crate::{MemoryRepository, MemorySession};
+
+    /// With a store that answers at once, finishing an attempt awaits nothing: the future of
+    /// `complete` (and of `fail`) holds the attempt and a pointer, so a caller that embeds it
+    /// (an HTTP layer's future per request) stays small.
+    #[tokio::test]
+    async fn finishing_futures_hold_the_attempt_and_a_pointer() {
+        let manager: Manager<Fingerprint, String, MemorySession> =
+            Manager::new(MemoryRepository::new());
+        let begin = |key| manager.begin::<Infallible>(Call::new("t", key, Fingerprint::of("x")));
+        let Ok(Begun::Acquired(attempt)) = begin("completed").await else {
+            panic!("the first call runs")
+        };
+        let held = std::mem::size_of_val(&attempt);
+        let value = "done".to_owned();
+        let complete = attempt.complete::<Infallible>(&value);
+        let size = std::mem::size_of_val(&complete);
+        assert!(
+            size <= held + 32,
+            "complete: {size} bytes for an attempt of {held}"
+        );
+        assert!(complete.await.is_ok());
+        let Ok(Begun::Acquired(attempt)) = begin("failed").await else {
+            panic!("the first call runs")
+        };
+        let fail = attempt.fail(Failure::new(FailureKind::Error, "no"));
+        let size = std::mem::size_of_val(&fail);
+        assert!(
+            size <= held + 64,
+            "fail: {size} bytes for an attempt of {held}"
+        );
+        assert!(fail.await.is_ok());
     }
 }
