@@ -1,9 +1,8 @@
 //! [`MemoryRepository`]: the embedded store, for tests, single-process services and queues.
 
-use std::borrow::Borrow;
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -101,7 +100,9 @@ struct Shared {
 }
 
 struct Shard {
-    records: HashSet<Record, BuildHasherDefault<IdHasher>>,
+    /// Keyed by identity inline: a lookup or a rehash reads no record's allocation (on a
+    /// store of many keys, each such read is a cache miss).
+    records: HashMap<Id, Record, BuildHasherDefault<IdHasher>>,
     next_sweep: i64,
     /// The first instant a record of the shard may be evicted ([`Header::evictable_from`];
     /// `i64::MAX` when none may be): a sweep before it would find nothing to evict, so none is
@@ -112,7 +113,7 @@ struct Shard {
 impl Default for Shard {
     fn default() -> Self {
         Self {
-            records: HashSet::default(),
+            records: HashMap::default(),
             next_sweep: 0,
             earliest_eviction: i64::MAX,
         }
@@ -240,7 +241,7 @@ impl MemoryRepository {
         shard.note_evictable(header.evictable_from());
         if shard
             .records
-            .replace(Record::new(&id, header, &data))
+            .insert(id, Record::new(header, &data))
             .is_none()
         {
             self.shared.len.fetch_add(1, Ordering::Relaxed);
@@ -256,7 +257,7 @@ impl MemoryRepository {
     fn sweep(&self, shard: &mut Shard, now: i64) -> usize {
         let before = shard.records.len();
         let mut earliest = i64::MAX;
-        shard.records.retain(|record| {
+        shard.records.retain(|_, record| {
             let header = record.header();
             let keep = !header.is_evictable_at(now);
             if keep {
@@ -300,7 +301,6 @@ impl MemoryRepository {
             let attempt = header.attempt.saturating_add(1).min(MAX_ATTEMPT);
             let claim = self.next_claim();
             let record = Record::new(
-                id,
                 Header {
                     status: Status::Running,
                     no_result: false,
@@ -312,7 +312,7 @@ impl MemoryRepository {
                 },
                 record.data(),
             );
-            shard.records.replace(record);
+            shard.records.insert(*id, record);
             let previous = Some(header.status);
             return Ok(Some(acquired(Lease { attempt, claim }, id, previous)));
         }
@@ -342,7 +342,7 @@ impl MemoryRepository {
             finished_at: NONE,
         };
         shard.note_evictable(header.evictable_from());
-        shard.records.insert(Record::new(id, header, &[]));
+        shard.records.insert(*id, Record::new(header, &[]));
         self.shared.len.fetch_add(1, Ordering::Relaxed);
         Ok(Some(acquired(Lease { attempt: 1, claim }, id, None)))
     }
@@ -411,8 +411,9 @@ impl MemoryRepository {
     ) -> Completion {
         let id = session.id;
         let now = micros(self.clock.now());
-        let mut shard = self.shard(&id);
-        let Some(record) = shard.records.get(&id) else {
+        let mut guard = self.shard(&id);
+        let shard = &mut *guard;
+        let Some(record) = shard.records.get_mut(&id) else {
             // Removed by a sweep (expired, no holder at work on it) or forgotten by force.
             return missing;
         };
@@ -427,10 +428,10 @@ impl MemoryRepository {
             return Completion::Superseded;
         }
         let (header, data, completion) = finish(header, now);
+        *record = Record::new(header, data);
         // No longer held: evictable from its expiration.
         shard.note_evictable(header.evictable_from());
-        shard.records.replace(Record::new(&id, header, data));
-        drop(shard);
+        drop(guard);
         self.shared
             .wakeups
             .wake_digest(&Fingerprint::from_bytes(id));
@@ -520,8 +521,8 @@ impl IdempotencyRepository for MemoryRepository {
             return Ok(Renewal::Lost);
         }
         let timeout = now.saturating_add(micros_of(lease_for));
-        let record = Record::new(&id, Header { timeout, ..header }, record.data());
-        shard.records.replace(record);
+        let record = Record::new(Header { timeout, ..header }, record.data());
+        shard.records.insert(id, record);
         Ok(time(timeout).map_or(Renewal::Lost, |until| Renewal::Renewed { until }))
     }
 
@@ -569,7 +570,7 @@ impl Maintenance for MemoryRepository {
         let now = micros(self.clock.now());
         let mut stats = Stats::default();
         for shard in &self.shared.shards {
-            for record in &lock(shard).records {
+            for record in lock(shard).records.values() {
                 let header = record.header();
                 stats.count(header.status, 1);
                 stats.timed_out += u64::from(header.is_timed_out_at(now));
@@ -593,8 +594,8 @@ impl Maintenance for MemoryRepository {
             let timed_out: Vec<Id> = shard
                 .records
                 .iter()
-                .filter(|record| record.header().is_timed_out_at(now))
-                .map(|record| *record.id())
+                .filter(|(_, record)| record.header().is_timed_out_at(now))
+                .map(|(id, _)| *id)
                 .take(left)
                 .collect();
             for id in timed_out {
@@ -610,13 +611,13 @@ impl Maintenance for MemoryRepository {
                     ..header
                 };
                 shard.note_evictable(failed.evictable_from());
-                let record = Record::new(&id, failed, timed_out.message().as_bytes());
-                shard.records.replace(record);
+                let record = Record::new(failed, timed_out.message().as_bytes());
+                shard.records.insert(id, record);
                 cleaned.failed += 1;
             }
             let mut left = limit - cleaned.deleted;
             let before = shard.records.len();
-            shard.records.retain(|record| {
+            shard.records.retain(|_, record| {
                 let evict = left > 0 && record.header().is_evictable_at(now);
                 left -= u64::from(evict);
                 !evict
@@ -705,27 +706,25 @@ impl Header {
 }
 
 // Layout of a record's single allocation.
-const ID: usize = 0;
-const FINGERPRINT: usize = ID + 16;
+const FINGERPRINT: usize = 0;
 /// One byte: the status in bits 0-1, the failure kind in bits 2-6 ([`failure_code`]), and bit 7
 /// set on a Finished record without a result.
 const STATUS: usize = FINGERPRINT + Fingerprint::LEN;
 const ERROR_COUNT: usize = STATUS + 1;
-// The attempt takes four bytes: with the claim's eight, a record with a 200-byte HTTP response
-// stays in the allocator's 352-byte size class.
+// The attempt takes four bytes (claims saturate it at `MAX_ATTEMPT`): every stored key pays
+// for each byte of the header.
 const ATTEMPT: usize = ERROR_COUNT + 4;
 const CLAIM: usize = ATTEMPT + 4;
 const TIMES: usize = CLAIM + 8;
 const DATA: usize = TIMES + 5 * 8;
 
-/// One stored record in one allocation: identity, header, then the result (Finished) or the
-/// error message (Failed). Hashed and compared by identity.
+/// One stored record in one allocation: header, then the result (Finished) or the error
+/// message (Failed).
 struct Record(Box<[u8]>);
 
 impl Record {
-    fn new(id: &Id, header: Header, data: &[u8]) -> Self {
+    fn new(header: Header, data: &[u8]) -> Self {
         let mut bytes = Vec::with_capacity(DATA + data.len());
-        bytes.extend_from_slice(id);
         bytes.extend_from_slice(header.fingerprint.as_bytes());
         let status: u8 = match header.status {
             Status::Ready => 0,
@@ -750,10 +749,6 @@ impl Record {
         }
         bytes.extend_from_slice(data);
         Self(bytes.into_boxed_slice())
-    }
-
-    fn id(&self) -> &Id {
-        self.0.first_chunk().unwrap_or(&[0; 16])
     }
 
     fn data(&self) -> &[u8] {
@@ -805,26 +800,6 @@ impl Record {
             error_count: header.error_count,
             attempt: header.attempt,
         }
-    }
-}
-
-impl PartialEq for Record {
-    fn eq(&self, other: &Self) -> bool {
-        self.id() == other.id()
-    }
-}
-
-impl Eq for Record {}
-
-impl Hash for Record {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.id().hash(state);
-    }
-}
-
-impl Borrow<Id> for Record {
-    fn borrow(&self) -> &Id {
-        self.id()
     }
 }
 

@@ -299,7 +299,7 @@ fn run() -> Result<()> {
         Target::at_most_ms(
             "memory store, 1,000,000 records (MB)",
             footprint as f64 / 1e6,
-            400.0,
+            420.0,
         ),
     ];
 
