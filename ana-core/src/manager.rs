@@ -938,10 +938,7 @@ impl<'m, P: ?Sized, R: Send + 'static, Ctx: Clone + Send + Sync + 'static> Attem
         let (id, lease) = (held.id(), held.lease);
         let bytes = encoded.as_deref().ok();
         match manager.repository.complete_now(&session, id, lease, bytes) {
-            Some(done) => {
-                timer.stop(manager.repository.name(), "finish");
-                Ok(completed(held, cached, encoded, done, 0))
-            }
+            Some(done) => Ok(completed(held, cached, encoded, timer, done, 0)),
             None => {
                 let later = Completing {
                     session,
@@ -1008,20 +1005,29 @@ impl<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static> Completing<'_, P, R, Ctx>
                 .complete(session.clone(), id, lease, bytes)
         });
         let (done, retries) = within(&self.held.observed, finish).await;
-        self.timer.stop(manager.repository.name(), "finish");
-        completed(self.held, self.cached, self.encoded, done, retries)
+        completed(
+            self.held,
+            self.cached,
+            self.encoded,
+            self.timer,
+            done,
+            retries,
+        )
     }
 }
 
-/// The end of [`Attempt::complete`], once the store answered `done` after `retries` tries
-/// again.
+/// The end of [`Attempt::complete`], once the store answered `done` (timed by `timer`) after
+/// `retries` tries again.
 fn completed<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static, E>(
     mut held: Held<'_, P, R, Ctx>,
     cached: Option<(Fingerprint, Option<DateTime<Utc>>)>,
     encoded: Result<Vec<u8>, BoxError>,
+    timer: StoreTimer,
     done: Result<Completion, RepositoryError>,
     retries: u32,
 ) -> Result<(), Error<E>> {
+    let manager = held.manager;
+    timer.stop(manager.repository.name(), "finish");
     held.observed.retried(retries);
     // A store error leaves the attempt armed: it is failed in the background.
     let done = match done {
@@ -1029,7 +1035,6 @@ fn completed<P: ?Sized, R, Ctx: Clone + Send + Sync + 'static, E>(
         Err(error) => return Err(held.ended(Error::Repository(error))),
     };
     held.disarm();
-    let manager = held.manager;
     let ended = match done {
         Completion::Done => {
             if let (Some(cache), Some((fingerprint, expiration)), Ok(bytes)) =

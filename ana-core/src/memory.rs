@@ -290,7 +290,7 @@ impl MemoryRepository {
         let timeout = request
             .timeout
             .map_or(NONE, |timeout| now.saturating_add(micros_of(timeout)));
-        if let Some(record) = shard.records.get(id) {
+        if let Some(record) = shard.records.get_mut(id) {
             let header = record.header();
             if !header.is_claimable_at(request.fingerprint, now) {
                 return Ok(Some(Claim::Existing {
@@ -300,7 +300,7 @@ impl MemoryRepository {
             }
             let attempt = header.attempt.saturating_add(1).min(MAX_ATTEMPT);
             let claim = self.next_claim();
-            let record = Record::new(
+            *record = Record::new(
                 Header {
                     status: Status::Running,
                     no_result: false,
@@ -312,7 +312,6 @@ impl MemoryRepository {
                 },
                 record.data(),
             );
-            shard.records.insert(*id, record);
             let previous = Some(header.status);
             return Ok(Some(acquired(Lease { attempt, claim }, id, previous)));
         }
@@ -411,8 +410,7 @@ impl MemoryRepository {
     ) -> Completion {
         let id = session.id;
         let now = micros(self.clock.now());
-        let mut guard = self.shard(&id);
-        let shard = &mut *guard;
+        let mut shard = self.shard(&id);
         let Some(record) = shard.records.get_mut(&id) else {
             // Removed by a sweep (expired, no holder at work on it) or forgotten by force.
             return missing;
@@ -431,7 +429,7 @@ impl MemoryRepository {
         *record = Record::new(header, data);
         // No longer held: evictable from its expiration.
         shard.note_evictable(header.evictable_from());
-        drop(guard);
+        drop(shard);
         self.shared
             .wakeups
             .wake_digest(&Fingerprint::from_bytes(id));
@@ -513,7 +511,7 @@ impl IdempotencyRepository for MemoryRepository {
         let now = micros(self.clock.now());
         let id = identity(id.target, id.key);
         let mut shard = self.shard(&id);
-        let Some(record) = shard.records.get(&id) else {
+        let Some(record) = shard.records.get_mut(&id) else {
             return Ok(Renewal::Lost);
         };
         let header = record.header();
@@ -521,8 +519,7 @@ impl IdempotencyRepository for MemoryRepository {
             return Ok(Renewal::Lost);
         }
         let timeout = now.saturating_add(micros_of(lease_for));
-        let record = Record::new(Header { timeout, ..header }, record.data());
-        shard.records.insert(id, record);
+        *record = Record::new(Header { timeout, ..header }, record.data());
         Ok(time(timeout).map_or(Renewal::Lost, |until| Renewal::Renewed { until }))
     }
 
@@ -599,7 +596,7 @@ impl Maintenance for MemoryRepository {
                 .take(left)
                 .collect();
             for id in timed_out {
-                let Some(record) = shard.records.get(&id) else {
+                let Some(record) = shard.records.get_mut(&id) else {
                     continue;
                 };
                 let header = record.header();
@@ -610,9 +607,8 @@ impl Maintenance for MemoryRepository {
                     error_count: header.error_count.saturating_add(1),
                     ..header
                 };
+                *record = Record::new(failed, timed_out.message().as_bytes());
                 shard.note_evictable(failed.evictable_from());
-                let record = Record::new(failed, timed_out.message().as_bytes());
-                shard.records.insert(id, record);
                 cleaned.failed += 1;
             }
             let mut left = limit - cleaned.deleted;
