@@ -137,6 +137,16 @@
 //!   ([`FailureKind::BeginFailed`](ana_core::FailureKind::BeginFailed)).
 //!   `BEGIN` runs as a task of its own, so a `transaction()` call cancelled while it is in
 //!   flight never puts the connection back in the pool inside a transaction (sqlx 0.9 would).
+//! - **Connections handed over under load.** When the pool is full and the repository's
+//!   calls hold its connections, a claim waits for one of those calls rather than in the
+//!   pool. A call done with its connection in a known state (a replay's read, or a finish
+//!   without a transaction, answered) hands it straight to the claim waiting longest, so
+//!   the release test above is skipped: two exchanges with the database for a new key
+//!   instead of three. Any other way a call ends (a transaction, an error) puts the
+//!   connection back in the pool and sends a waiting claim there. A connection passes at
+//!   most 16 times in a row, then goes back to the pool, where other code on the same pool
+//!   waits its turn. A claim waits for a call at most the pool's acquire timeout, then for
+//!   the pool as usual.
 //! - **Finish.** `complete` updates the record in the session's transaction, conditional on
 //!   the attempt token, the claim number, Running status and expiration, then commits. When
 //!   the operation opened no transaction the `UPDATE` runs alone, and once more on another
@@ -185,6 +195,7 @@
 
 mod cleanup;
 mod error;
+mod handoff;
 mod notify;
 pub mod outbox;
 mod repository;

@@ -14,6 +14,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, PgPool, Row};
 
 use crate::error::{ClaimRace, ForgetRace, map_sqlx};
+use crate::handoff::Handoff;
 use crate::notify::Notifications;
 use crate::schema::{self, InvalidSchemaName, SchemaName, Statements};
 use crate::session::{self, PgSession, State};
@@ -61,6 +62,7 @@ struct Shared {
     schema: SchemaName,
     sql: Statements,
     notifications: Notifications,
+    handoff: Arc<Handoff>,
 }
 
 impl fmt::Debug for PgRepository {
@@ -98,6 +100,7 @@ impl PgRepository {
                 schema,
                 sql,
                 notifications,
+                handoff: Arc::default(),
             }),
             retention: Duration::ZERO,
         }
@@ -309,7 +312,12 @@ impl IdempotencyRepository for PgRepository {
     }
 
     async fn claim(&self, request: &ClaimRequest<'_>) -> Result<Claim<PgSession>, RepositoryError> {
-        let mut conn = self.pool.acquire().await.map_err(map_sqlx)?;
+        let mut lent = self
+            .shared
+            .handoff
+            .acquire(&self.pool)
+            .await
+            .map_err(map_sqlx)?;
         let mut tries = 0;
         let (attempt, claim, previous) = loop {
             tries += 1;
@@ -320,7 +328,7 @@ impl IdempotencyRepository for PgRepository {
                 .bind(request.reference_time)
                 .bind(request.timeout.map(micros))
                 .bind(request.expiration)
-                .fetch_optional(&mut *conn)
+                .fetch_optional(&mut *lent.connection)
                 .await
                 .map_err(map_sqlx)?;
             // No row: the record was committed by a concurrent claim after this statement's
@@ -349,6 +357,7 @@ impl IdempotencyRepository for PgRepository {
                 // latest version and left it). The read is stale: again, to answer the record
                 // as it stands now.
                 if !record.is_claimable_at(request.fingerprint, now) {
+                    lent.release(&self.pool);
                     return Ok(Claim::Existing { record, now });
                 }
             }
@@ -365,7 +374,7 @@ impl IdempotencyRepository for PgRepository {
         // time and goes through the pool once.
         Ok(Claim::Acquired {
             lease: Lease { attempt, claim },
-            session: PgSession::new(conn, attempt),
+            session: PgSession::new(lent, attempt),
             previous,
         })
     }
@@ -377,19 +386,31 @@ impl IdempotencyRepository for PgRepository {
         lease: Lease,
         result: Option<&[u8]>,
     ) -> Result<Completion, RepositoryError> {
-        let mut tx = match session.take().await {
-            Some(State::Open(tx)) => tx,
+        // `_held` counts the connection as the repository's until the transaction is done.
+        let (mut tx, _held) = match session.take().await {
+            Some(State::Open(tx, held)) => (tx, held),
             // The operation never opened its transaction: one autocommitted statement.
-            Some(State::Idle(mut connection)) => {
-                let updated = self.complete_on(&mut *connection, id, lease, result).await;
-                drop(connection);
+            Some(State::Idle(mut lent)) => {
+                let updated = self
+                    .complete_on(&mut *lent.connection, id, lease, result)
+                    .await;
                 return match updated {
-                    Ok(1) => Ok(Completion::Done),
-                    Ok(_) => self.classify(id, lease).await,
+                    Ok(changed) => {
+                        // Answered, and no transaction open: ready for the next claim.
+                        lent.release(&self.pool);
+                        if changed == 1 {
+                            Ok(Completion::Done)
+                        } else {
+                            self.classify(id, lease).await
+                        }
+                    }
                     // The claim's connection may have been dropped while the operation ran
                     // (an idle timeout, a proxy). Nothing was in a transaction on it, and the
                     // statement is a compare-and-set: it runs again, on another connection.
-                    Err(_) => self.complete_detached(&session, id, lease, result).await,
+                    Err(_) => {
+                        drop(lent);
+                        self.complete_detached(&session, id, lease, result).await
+                    }
                 };
             }
             Some(State::Detached) => {
@@ -434,7 +455,7 @@ impl IdempotencyRepository for PgRepository {
         lease: Lease,
         failure: Failure<'_>,
     ) -> Result<Completion, RepositoryError> {
-        if let Some(State::Open(tx)) = session.take().await {
+        if let Some(State::Open(tx, _held)) = session.take().await {
             session::rollback(tx).await;
         }
         self.fail_attempt(id, lease, failure).await

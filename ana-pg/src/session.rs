@@ -10,15 +10,17 @@ use sqlx::{PgConnection, Postgres, Transaction};
 use tokio::sync::{Mutex, OwnedMappedMutexGuard, OwnedMutexGuard};
 
 use crate::error::map_sqlx;
+use crate::handoff::{Held, Lent};
 
 type Tx = Transaction<'static, Postgres>;
 
 /// Where a session's connection stands.
 pub(crate) enum State {
     /// The claim's connection, no transaction opened yet: the operation has not asked for it.
-    Idle(PoolConnection<Postgres>),
-    /// `BEGIN` sent at the operation's first [`PgSession::transaction`].
-    Open(Tx),
+    Idle(Lent),
+    /// `BEGIN` sent at the operation's first [`PgSession::transaction`]; the connection
+    /// counts as held until the transaction is done.
+    Open(Tx, Held),
     /// `BEGIN` failed; the connection is gone.
     BeginFailed,
     /// The operation opened no transaction and the statement finishing its record failed:
@@ -46,7 +48,7 @@ pub struct PgSession {
 }
 
 impl PgSession {
-    pub(crate) fn new(connection: PoolConnection<Postgres>, attempt: u64) -> Self {
+    pub(crate) fn new(connection: Lent, attempt: u64) -> Self {
         Self {
             state: Arc::new(Mutex::new(Some(State::Idle(connection)))),
             attempt,
@@ -77,13 +79,13 @@ impl PgSession {
         if matches!(*guard, Some(State::Idle(_))) {
             // Until `BEGIN` answers, the session counts as failed: if this call is cancelled
             // meanwhile, the finish marks the attempt Failed (`FailureKind::BeginFailed`).
-            let Some(State::Idle(connection)) = guard.replace(State::BeginFailed) else {
+            let Some(State::Idle(lent)) = guard.replace(State::BeginFailed) else {
                 return Err(RepositoryError::SessionClosed);
             };
-            *guard = Some(State::Open(begin(connection).await?));
+            *guard = Some(State::Open(begin(lent.connection).await?, lent.held));
         }
         OwnedMutexGuard::try_map(guard, |state| match state {
-            Some(State::Open(tx)) => Some(tx),
+            Some(State::Open(tx, _)) => Some(tx),
             _ => None,
         })
         .map(|guard| PgTransaction { guard })
@@ -95,7 +97,7 @@ impl PgSession {
     pub async fn is_closed(&self) -> bool {
         !matches!(
             *self.state.lock().await,
-            Some(State::Idle(_) | State::Open(_))
+            Some(State::Idle(_) | State::Open(..))
         )
     }
 

@@ -280,3 +280,104 @@ async fn a_claim_racing_a_takeover_answers_the_record_as_it_stands() {
         other => panic!("expected the record held by the other claim, got {other:?}"),
     }
 }
+
+/// Calls of every kind at once on a pool of two connections, so that claims wait for the
+/// connections other calls hold and get them handed over: new keys finishing without a
+/// transaction (handed over), in one (back to the pool), failing (back to the pool), and
+/// replays (handed over). Every call answers, each key runs once, and the pool ends with
+/// its two connections idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_on_a_full_pool_hand_connections_over_and_all_answer() {
+    const KEYS: usize = 48;
+    let db = TestDb::with_pool_size(2).await;
+    let manager: Manager<&'static str, String, PgSession> = Manager::new(db.repository.clone());
+    let runs = Arc::new(AtomicUsize::new(0));
+    let barrier = Arc::new(Barrier::new(2 * KEYS));
+    let mut calls = tokio::task::JoinSet::new();
+    // Each key twice: a new key and its duplicate or replay, all released at once.
+    for n in 0..2 * KEYS {
+        let (manager, runs, barrier) = (manager.clone(), Arc::clone(&runs), Arc::clone(&barrier));
+        let schema = db.schema.clone();
+        calls.spawn(async move {
+            let key = format!("k{}", n % KEYS);
+            let kind = n % KEYS % 3;
+            let op = operation(
+                "[POST]/payments",
+                key.clone(),
+                "pay 10",
+                move |session: PgSession| async move {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    match kind {
+                        0 => Ok(format!("done {key}")),
+                        1 => {
+                            let mut tx = session.transaction().await?;
+                            sqlx::query(AssertSqlSafe(format!(
+                                "INSERT INTO \"{schema}\".ledger (key, note) VALUES ($1, 'x')"
+                            )))
+                            .bind(&key)
+                            .execute(&mut *tx)
+                            .await?;
+                            Ok(format!("written {key}"))
+                        }
+                        _ => Err::<String, BoxError>("declined".into()),
+                    }
+                },
+            );
+            barrier.wait().await;
+            (n % KEYS, manager.run(op).await)
+        });
+    }
+    let mut answered = 0;
+    while let Some(joined) = tokio::time::timeout(Duration::from_secs(60), calls.join_next())
+        .await
+        .expect("every call answers")
+    {
+        let (key, result) = joined.unwrap();
+        answered += 1;
+        match key % 3 {
+            0 | 1 => assert!(
+                matches!(
+                    &result,
+                    Ok(Outcome::Executed(_) | Outcome::Replayed(_))
+                        | Err(Error::StillRunning { .. })
+                ),
+                "key {key}: {result:?}"
+            ),
+            _ => assert!(
+                matches!(
+                    &result,
+                    Err(Error::Operation(_) | Error::StillRunning { .. })
+                ),
+                "key {key}: {result:?}"
+            ),
+        }
+    }
+    assert_eq!(answered, 2 * KEYS);
+    // Each key ran once, or twice when it failed and its duplicate came after.
+    let ran = runs.load(Ordering::SeqCst);
+    assert!((KEYS..=KEYS + KEYS / 3).contains(&ran), "{ran} runs");
+    assert_eq!(db.ledger().await.len(), KEYS / 3);
+    for key in (0..KEYS).filter(|key| key % 3 != 2) {
+        let record = db
+            .repository
+            .get("[POST]/payments", &format!("k{key}"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.status, Status::Finished, "k{key}");
+    }
+    // Every connection is back in the pool, none kept by a hand-over (each goes back through
+    // sqlx's release task: polled until it ran).
+    let idle = tokio::time::timeout(Duration::from_secs(10), async {
+        while u32::try_from(db.pool.num_idle()).ok() != Some(db.pool.size()) {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    assert!(
+        idle.is_ok(),
+        "pool: {} open, {} idle",
+        db.pool.size(),
+        db.pool.num_idle()
+    );
+}
