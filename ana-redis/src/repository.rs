@@ -505,8 +505,24 @@ impl RedisRepository {
     /// The Redis key of the record `(target, key)`: the prefix, the target's length in bytes,
     /// `:`, the target, `:`, the key. The length makes the layout unambiguous whatever the
     /// target holds. Useful to inspect a record (`GET`, `PTTL`).
+    ///
+    /// ```
+    /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// // No connection is made until the store is used.
+    /// let store = ana_redis::RedisRepository::from_url("redis://127.0.0.1:6379")?;
+    /// assert_eq!(store.record_key("[POST]/pay", "k1"), "ana:10:[POST]/pay:k1");
+    /// # Ok(()) }
+    /// ```
     pub fn record_key(&self, target: &str, key: &str) -> String {
-        format!("{}{}:{target}:{key}", self.prefix, target.len())
+        // Made on every call: pieces pushed into one allocation, not `format!`.
+        let mut length = itoa::Buffer::new();
+        let length = length.format(target.len());
+        let pieces = [&*self.prefix, length, ":", target, ":", key];
+        let mut name = String::with_capacity(pieces.iter().map(|piece| piece.len()).sum());
+        for piece in pieces {
+            name.push_str(piece);
+        }
+        name
     }
 
     /// Stores `record` as it is, replacing any record with its identity, with the TTL the
