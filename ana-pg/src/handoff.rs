@@ -183,6 +183,15 @@ mod tests {
             .unwrap()
     }
 
+    /// The connection `claim` gets, after `passes` hand-overs (0: from the pool), checked
+    /// usable.
+    async fn got(claim: impl Future<Output = Result<Lent, sqlx::Error>>, passes: u32) -> Lent {
+        let mut lent = claim.await.unwrap();
+        assert_eq!(lent.held.passes, passes);
+        backend(&mut lent).await;
+        lent
+    }
+
     /// Polls `future` until it registered as waiting (it waits at its first poll).
     async fn started<F: Future + Unpin>(future: &mut F, handoff: &Handoff, waiting: usize) {
         tokio::select! {
@@ -217,10 +226,7 @@ mod tests {
         // Dropped, not released (an error, a transaction): back to the pool, and the
         // claim waiting turns there.
         drop(second);
-        let mut third = third.await.unwrap();
-        assert_eq!(third.held.passes, 0, "from the pool");
-        backend(&mut third).await;
-        drop(third);
+        drop(got(third, 0).await);
         assert_eq!(handoff.counts(), (0, 0));
     }
 
@@ -244,10 +250,7 @@ mod tests {
             async move { pool.acquire().await.map(drop) }
         });
         lent.release(&pool);
-        let mut next = next.await.unwrap();
-        assert_eq!(next.held.passes, 0, "taken from the pool");
-        backend(&mut next).await;
-        drop(next);
+        drop(got(next, 0).await);
         outside.await.unwrap().unwrap();
     }
 
@@ -262,11 +265,9 @@ mod tests {
         started(&mut waiting, &handoff, 2).await;
         drop(gone);
 
+        // Handed over, past the claim that left.
         first.release(&pool);
-        let mut lent = waiting.await.unwrap();
-        assert_eq!(lent.held.passes, 1, "handed over, past the claim that left");
-        backend(&mut lent).await;
-        drop(lent);
+        drop(got(waiting, 1).await);
         assert_eq!(handoff.counts(), (0, 0));
     }
 
