@@ -162,17 +162,19 @@ mod tests {
     use sqlx::postgres::PgPoolOptions;
     use std::time::Duration;
 
-    async fn pool(size: u32) -> PgPool {
+    /// A pool of `size` connections, and a hand-over queue with no connection held.
+    async fn pool(size: u32) -> (PgPool, Arc<Handoff>) {
         let url = std::env::var("DATABASE_URL")
             .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-        PgPoolOptions::new()
+        let pool = PgPoolOptions::new()
             .max_connections(size)
             .acquire_timeout(Duration::from_secs(5))
             .connect(&url)
             .await
             .unwrap_or_else(|error| {
                 panic!("no PostgreSQL at {url} (set DATABASE_URL, or `make services`): {error}")
-            })
+            });
+        (pool, Arc::default())
     }
 
     /// The backend process id of a connection: which connection it is.
@@ -204,8 +206,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_released_connection_goes_to_the_claim_waiting_longest() {
-        let pool = pool(1).await;
-        let handoff = Arc::new(Handoff::default());
+        let (pool, handoff) = pool(1).await;
         let mut first = handoff.acquire(&pool).await.unwrap();
         let pid = backend(&mut first).await;
         let mut second = Box::pin(handoff.acquire(&pool));
@@ -232,8 +233,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_connection_goes_back_to_the_pool_after_its_passes() {
-        let pool = pool(1).await;
-        let handoff = Arc::new(Handoff::default());
+        let (pool, handoff) = pool(1).await;
         let mut lent = handoff.acquire(&pool).await.unwrap();
         for pass in 1..=MAX_PASSES {
             let mut next = Box::pin(handoff.acquire(&pool));
@@ -256,8 +256,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_claim_that_stopped_waiting_is_skipped() {
-        let pool = pool(1).await;
-        let handoff = Arc::new(Handoff::default());
+        let (pool, handoff) = pool(1).await;
         let first = handoff.acquire(&pool).await.unwrap();
         let mut gone = Box::pin(handoff.acquire(&pool));
         started(&mut gone, &handoff, 1).await;
@@ -273,8 +272,7 @@ mod tests {
 
     #[tokio::test]
     async fn claims_take_from_the_pool_while_it_has_room() {
-        let pool = pool(2).await;
-        let handoff = Arc::new(Handoff::default());
+        let (pool, handoff) = pool(2).await;
         let mut first = handoff.acquire(&pool).await.unwrap();
         // One connection held, but the pool may open a second: no waiting here.
         let mut second = handoff.acquire(&pool).await.unwrap();

@@ -74,8 +74,7 @@ impl Header {
         let mut hex = String::with_capacity(2 * Fingerprint::LEN);
         self.fingerprint.push_hex(&mut hex);
         out.extend_from_slice(hex.as_bytes());
-        push_padded(out, false, self.attempt, 20);
-        push_padded(out, false, self.claim, 20);
+        push_lease(out, self.attempt, self.claim);
         for time in [
             Some(self.reference_time),
             self.started_at,
@@ -171,9 +170,15 @@ pub(crate) fn encode(record: &TrackedOperation) -> Vec<u8> {
 /// renewal compares with the stored ones.
 pub(crate) fn lease_field(attempt: u64, claim: u64) -> Vec<u8> {
     let mut field = Vec::with_capacity(40);
-    push_padded(&mut field, false, attempt, 20);
-    push_padded(&mut field, false, claim, 20);
+    push_lease(&mut field, attempt, claim);
     field
+}
+
+/// Appends the attempt and claim numbers, 20 digits each: the header's lease, which a finish
+/// sends as [`lease_field`] for the scripts to compare.
+fn push_lease(out: &mut Vec<u8>, attempt: u64, claim: u64) {
+    push_padded(out, false, attempt, 20);
+    push_padded(out, false, claim, 20);
 }
 
 /// Reads the header of a stored string; `name` (the Redis key) is for errors.
